@@ -1,0 +1,6 @@
+pub mod add;
+pub mod calckey;
+pub mod fsck;
+pub mod info;
+pub mod init;
+pub mod whereis;

@@ -1,0 +1,50 @@
+//! `ferry`: the command line. Parses arguments, resolves the environment (cwd, clock, terminal),
+//! calls the library, prints results, and maps errors to messages with hints and exit codes.
+
+mod commands;
+mod ui;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "Continuous, git-annex compatible file sync", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make the current directory a ferry repository (creating a git repository if needed)
+    Init(commands::init::Args),
+    /// Annex files (or add small files and dotfiles to git) and stage them
+    Add(commands::add::Args),
+    /// Show which repositories hold the content of annexed files
+    Whereis(commands::whereis::Args),
+    /// Summarize the repository: identity, annexed files, sizes, what is present here
+    Info(commands::info::Args),
+    /// Verify annexed content and fix the location log
+    Fsck(commands::fsck::Args),
+    /// Print the key a file's content would get, without adding it
+    Calckey(commands::calckey::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Init(a) => commands::init::run(a),
+        Command::Add(a) => commands::add::run(a),
+        Command::Whereis(a) => commands::whereis::run(a),
+        Command::Info(a) => commands::info::run(a),
+        Command::Fsck(a) => commands::fsck::run(a),
+        Command::Calckey(a) => commands::calckey::run(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            ui::report_error(&e);
+            ExitCode::from(1)
+        }
+    }
+}

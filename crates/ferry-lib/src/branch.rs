@@ -1,0 +1,338 @@
+//! The `git-annex` branch: journal, reads, and commits, the way git-annex does them.
+//!
+//! Writes never touch the branch directly. A changed file's *full new content* goes into
+//! `.git/annex/journal/<mangled path>` (temp file in `othertmp/`, then rename) under an
+//! exclusive fcntl lock on `journal.lck`, the same lock git-annex takes, so both tools can write
+//! to one repository. Readers prefer the journal copy. [`Branch::commit`] stages the journal into
+//! `.git/annex/index`, commits with the old tip as parent, moves the ref only if it still points
+//! at that parent, and then empties the journal. If another writer moved the ref meanwhile, the
+//! journal is union-merged with the new tip and the commit is retried, so no writer's lines are
+//! ever lost.
+
+use crate::error::{Error, IoContext, Result};
+use crate::git::{CatFile, Git};
+use crate::lock::{Lock, LockKind, lock_wait};
+use crate::logs::Timestamp;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+pub const BRANCH: &str = "refs/heads/git-annex";
+
+pub struct Branch {
+    git: Git,
+    annex_dir: PathBuf,
+    cat: Mutex<Option<CatFile>>,
+    /// Fixed clock for reproducible logs (`GIT_ANNEX_VECTOR_CLOCK`), else the system clock.
+    fixed_clock: Option<u64>,
+}
+
+/// `/` → `_`, `_` → `__` (on bytes: branch paths may hold any byte a key name holds).
+pub fn mangle(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len() + 4);
+    for &c in path {
+        match c {
+            b'_' => out.extend_from_slice(b"__"),
+            b'/' => out.push(b'_'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn unmangle(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut i = 0;
+    while i < name.len() {
+        if name[i] == b'_' {
+            if name.get(i + 1) == Some(&b'_') {
+                i += 1;
+                out.push(b'_');
+            } else {
+                out.push(b'/');
+            }
+        } else {
+            out.push(name[i]);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Union merge of two log files: the sorted, deduplicated set of their lines.
+pub fn union_lines(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let set: BTreeSet<&[u8]> =
+        a.split(|&c| c == b'\n').chain(b.split(|&c| c == b'\n')).filter(|l| !l.is_empty()).collect();
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    for l in set {
+        out.extend_from_slice(l);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Held while writing journal files; the same lock git-annex takes.
+pub struct JournalLock(#[allow(dead_code)] Lock);
+
+impl Branch {
+    pub fn new(git: Git, annex_dir: PathBuf, fixed_clock: Option<u64>) -> Branch {
+        Branch { git, annex_dir, cat: Mutex::new(None), fixed_clock }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        match self.fixed_clock {
+            Some(s) => Timestamp { secs: s, pico: 0 },
+            None => Timestamp::from_system(std::time::SystemTime::now()),
+        }
+    }
+
+    fn journal_dir(&self) -> PathBuf {
+        self.annex_dir.join("journal")
+    }
+
+    pub fn lock_journal(&self) -> Result<JournalLock> {
+        std::fs::create_dir_all(&self.annex_dir).ctx("creating", &self.annex_dir)?;
+        Ok(JournalLock(lock_wait(&self.annex_dir.join("journal.lck"), LockKind::Exclusive)?))
+    }
+
+    pub fn exists(&self) -> Result<bool> {
+        Ok(self.git.rev_parse(BRANCH)?.is_some())
+    }
+
+    /// Creates the branch: from `origin/git-annex` (or another remote's) when a clone has one,
+    /// otherwise as an empty root commit "branch created", as git-annex does.
+    pub fn ensure_exists(&self) -> Result<()> {
+        if self.exists()? {
+            return Ok(());
+        }
+        let from_remote = match self.git.rev_parse("refs/remotes/origin/git-annex")? {
+            Some(c) => Some(c),
+            None => {
+                let refs = self.git.run_str(["for-each-ref", "--format=%(objectname)", "refs/remotes/*/git-annex"])?;
+                refs.lines().next().map(str::to_string)
+            }
+        };
+        let commit = match from_remote {
+            Some(c) => c,
+            None => {
+                let tree = self.git.run_str(["mktree"])?;
+                String::from_utf8_lossy(&self.git.run_with_input(
+                    ["commit-tree", "--no-gpg-sign", &tree],
+                    b"branch created\n",
+                )?)
+                .trim()
+                .to_string()
+            }
+        };
+        // Expect the ref to be absent: never clobber a branch another process just made.
+        self.git.run(["update-ref", BRANCH, &commit, ""])?;
+        Ok(())
+    }
+
+    /// The current content of a branch file: the journal's copy if any, else the branch's.
+    pub fn read(&self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        let j = self.journal_dir().join(std::ffi::OsStr::from_bytes(&mangle(path)));
+        match std::fs::read(&j) {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("reading {}", j.display()), e)),
+        }
+        self.read_committed(path)
+    }
+
+    /// Like [`Branch::read`] for many files, with one git process for the committed ones.
+    pub fn read_many(&self, paths: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let jdir = self.journal_dir();
+        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(paths.len());
+        let mut from_branch = Vec::new();
+        let mut revs = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let j = jdir.join(std::ffi::OsStr::from_bytes(&mangle(p)));
+            match std::fs::read(&j) {
+                Ok(c) => out.push(Some(c)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    out.push(None);
+                    from_branch.push(i);
+                    let mut rev = format!("{BRANCH}:").into_bytes();
+                    rev.extend_from_slice(p);
+                    revs.push(rev);
+                }
+                Err(e) => return Err(Error::io(format!("reading {}", j.display()), e)),
+            }
+        }
+        if self.exists()? {
+            for (i, blob) in from_branch.into_iter().zip(crate::git::cat_many(&self.git, &revs)?) {
+                out[i] = blob.filter(|(k, _)| k == "blob").map(|(_, d)| d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The branch's committed copy only.
+    pub fn read_committed(&self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut guard = self.cat.lock().unwrap();
+        if guard.is_none() {
+            *guard = Some(self.git.cat_file()?);
+        }
+        let mut rev = format!("{BRANCH}:").into_bytes();
+        rev.extend_from_slice(path);
+        Ok(guard.as_mut().unwrap().get(&rev)?.filter(|(k, _)| k == "blob").map(|(_, d)| d))
+    }
+
+    /// Writes a file's full new content into the journal. The caller holds the journal lock.
+    pub fn write(&self, _lock: &JournalLock, path: &[u8], content: &[u8]) -> Result<()> {
+        let jdir = self.journal_dir();
+        let tmpdir = self.annex_dir.join("othertmp");
+        for d in [&jdir, &tmpdir] {
+            if !d.is_dir() {
+                std::fs::create_dir_all(d).ctx("creating", d)?;
+            }
+        }
+        let name = std::ffi::OsString::from_vec(mangle(path));
+        let mut tmpname = name.clone();
+        tmpname.push(format!(".{}", std::process::id()));
+        let tmp = tmpdir.join(tmpname);
+        let mut f = std::fs::File::create(&tmp).ctx("writing", &tmp)?;
+        f.write_all(content).ctx("writing", &tmp)?;
+        drop(f);
+        let dest = jdir.join(&name);
+        std::fs::rename(&tmp, &dest).ctx("renaming into", &dest)?;
+        Ok(())
+    }
+
+    /// Journal entries waiting to be committed: (branch path, journal file).
+    fn journal_files(&self) -> Result<Vec<(Vec<u8>, PathBuf)>> {
+        let dir = self.journal_dir();
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent.ctx("listing", &dir)?;
+            out.push((unmangle(ent.file_name().as_bytes()), ent.path()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn journal_is_empty(&self) -> Result<bool> {
+        Ok(self.journal_files()?.is_empty())
+    }
+
+    /// Commits the journal to the branch. Returns the new commit, or `None` if nothing was
+    /// pending. Takes the journal lock itself unless the caller passes the one it holds.
+    pub fn commit(&self, held: Option<&JournalLock>, message: &str) -> Result<Option<String>> {
+        let own;
+        let _lock = match held {
+            Some(l) => l,
+            None => {
+                own = self.lock_journal()?;
+                &own
+            }
+        };
+        let files = self.journal_files()?;
+        if files.is_empty() {
+            return Ok(None);
+        }
+        self.ensure_exists()?;
+        let index = self.annex_dir.join("index");
+        let ig = self.git.with_index(&index);
+        for attempt in 0..10 {
+            let tip = self.git.rev_parse(BRANCH)?.ok_or_else(|| Error::Protocol("git-annex branch vanished".into()))?;
+            if attempt > 0 {
+                // Someone else committed meanwhile: fold their version of our files in.
+                for (path, jf) in &files {
+                    if let Some(theirs) = self.read_committed(path)? {
+                        let ours = std::fs::read(jf).ctx("reading", jf)?;
+                        std::fs::write(jf, union_lines(&ours, &theirs)).ctx("writing", jf)?;
+                    }
+                }
+            }
+            let lck = self.annex_dir.join("index.lck");
+            let indexed = std::fs::read_to_string(&lck).unwrap_or_default();
+            if indexed.trim() != tip || !index.exists() {
+                ig.run(["read-tree", &tip])?;
+            }
+            // Hash the journal files as blobs and stage them.
+            let mut paths = Vec::new();
+            for (_, jf) in &files {
+                paths.extend_from_slice(jf.as_os_str().as_bytes());
+                paths.push(b'\n');
+            }
+            let shas = self.git.run_with_input(["hash-object", "-w", "--no-filters", "--stdin-paths"], &paths)?;
+            let shas: Vec<&str> = std::str::from_utf8(&shas).unwrap_or("").lines().collect();
+            if shas.len() != files.len() {
+                return Err(Error::Protocol("git hash-object returned the wrong number of ids".into()));
+            }
+            let mut info = Vec::new();
+            for ((path, _), sha) in files.iter().zip(&shas) {
+                info.extend_from_slice(format!("100644 {sha}\t").as_bytes());
+                info.extend_from_slice(path);
+                info.push(0);
+            }
+            ig.run_with_input(["update-index", "-z", "--index-info"], &info)?;
+            let tree = ig.run_str(["write-tree"])?;
+            let msg = format!("{message}\n");
+            let commit = String::from_utf8_lossy(
+                &self.git.run_with_input(["commit-tree", "--no-gpg-sign", &tree, "-p", &tip], msg.as_bytes())?,
+            )
+            .trim()
+            .to_string();
+            match self.git.run(["update-ref", "-m", "update", BRANCH, &commit, &tip]) {
+                Ok(_) => {
+                    for (_, jf) in &files {
+                        let _ = std::fs::remove_file(jf);
+                    }
+                    std::fs::write(&lck, format!("{commit}\n")).ctx("writing", &lck)?;
+                    return Ok(Some(commit));
+                }
+                Err(_) if attempt < 9 => {
+                    // The index now holds our tree on a stale base; rebuild it from the new tip.
+                    let _ = std::fs::remove_file(&lck);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("loop returns")
+    }
+
+    /// Paths of all files on the branch (committed), e.g. to count keys.
+    pub fn list_files(&self) -> Result<Vec<String>> {
+        if !self.exists()? {
+            return Ok(Vec::new());
+        }
+        let out = self.git.run(["ls-tree", "-r", "-z", "--name-only", BRANCH])?;
+        Ok(out.split(|&b| b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+    }
+}
+
+/// Where a key's location log lives on the branch.
+pub fn location_log_path(key: &crate::key::Key) -> Vec<u8> {
+    let mut p = key.hash_dir_lower().into_bytes();
+    p.extend_from_slice(&key.file_name());
+    p.extend_from_slice(b".log");
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mangling_round_trips() {
+        let p = b"028/edc/SHA256E-s13--f285_x.txt.log";
+        assert_eq!(mangle(p), b"028_edc_SHA256E-s13--f285__x.txt.log");
+        assert_eq!(unmangle(&mangle(p)), p);
+    }
+
+    #[test]
+    fn union_is_sorted_and_deduplicated() {
+        assert_eq!(union_lines(b"b\na\n", b"c\na\n"), b"a\nb\nc\n");
+        assert_eq!(union_lines(b"", b"x"), b"x\n");
+    }
+}

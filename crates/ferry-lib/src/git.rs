@@ -1,0 +1,268 @@
+//! The only place that runs `git`.
+//!
+//! Every call gets a controlled environment: inherited `GIT_DIR`/`GIT_WORK_TREE`/`GIT_INDEX_FILE`
+//! are removed (ferry is often run from inside git hooks, where they point elsewhere), prompts are
+//! off, and output is parsed with `-z` wherever git offers it so no file name is ever mangled.
+//! Callers that talk to git often keep one long-running `cat-file --batch` ([`CatFile`]).
+
+use crate::error::{Error, Result};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+#[derive(Clone, Debug)]
+pub struct Git {
+    /// Directory git runs in (`-C`): the work tree top, or the git dir of a bare repo.
+    pub dir: PathBuf,
+    /// Extra environment, e.g. `GIT_INDEX_FILE` for the annex index.
+    env: Vec<(String, PathBuf)>,
+}
+
+impl Git {
+    pub fn new(dir: impl Into<PathBuf>) -> Git {
+        Git { dir: dir.into(), env: Vec::new() }
+    }
+
+    /// The same repository, with git's index replaced by `index` (used for the git-annex branch).
+    pub fn with_index(&self, index: &Path) -> Git {
+        let mut g = self.clone();
+        g.env.push(("GIT_INDEX_FILE".into(), index.to_path_buf()));
+        g
+    }
+
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut c = Command::new("git");
+        c.arg("-C").arg(&self.dir);
+        c.args(args);
+        for v in ["GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_PREFIX"] {
+            c.env_remove(v);
+        }
+        c.env("GIT_TERMINAL_PROMPT", "0");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs git and returns stdout; a non-zero exit is an error carrying stderr.
+    pub fn run<I, S>(&self, args: I) -> Result<Vec<u8>>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.run_with_input(args, &[])
+    }
+
+    pub fn run_with_input<I, S>(&self, args: I, input: &[u8]) -> Result<Vec<u8>>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.command(args);
+        let desc = describe(&cmd);
+        cmd.stdin(if input.is_empty() { Stdio::null() } else { Stdio::piped() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| Error::GitMissing(e.to_string()))?;
+        // Write on a thread so a large input cannot deadlock against a large output.
+        let writer = child.stdin.take().map(|mut stdin| {
+            let input = input.to_vec();
+            std::thread::spawn(move || stdin.write_all(&input))
+        });
+        let out = child.wait_with_output().map_err(|e| Error::io("running git", e))?;
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        if !out.status.success() {
+            return Err(Error::Git { command: desc, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        }
+        Ok(out.stdout)
+    }
+
+    /// Runs git, returning stdout trimmed as a string.
+    pub fn run_str<I, S>(&self, args: I) -> Result<String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Ok(String::from_utf8_lossy(&self.run(args)?).trim_end().to_string())
+    }
+
+    /// Runs git; `Ok(None)` when it exits 1 with nothing on stderr (git's "not found").
+    pub fn run_opt<I, S>(&self, args: I) -> Result<Option<String>>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.command(args);
+        let desc = describe(&cmd);
+        let out = cmd.stdin(Stdio::null()).output().map_err(|e| Error::GitMissing(e.to_string()))?;
+        if out.status.success() {
+            return Ok(Some(String::from_utf8_lossy(&out.stdout).trim_end().to_string()));
+        }
+        if out.status.code() == Some(1) && out.stderr.is_empty() {
+            return Ok(None);
+        }
+        Err(Error::Git { command: desc, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+    }
+
+    /// `git config --get NAME`, `None` when unset.
+    pub fn config(&self, name: &str) -> Result<Option<String>> {
+        self.run_opt(["config", "--get", name])
+    }
+
+    pub fn config_bool(&self, name: &str, default: bool) -> Result<bool> {
+        Ok(match self.run_opt(["config", "--type=bool", "--get", name])? {
+            Some(v) => v == "true",
+            None => default,
+        })
+    }
+
+    /// The commit a ref points at, `None` when the ref does not exist.
+    pub fn rev_parse(&self, rev: &str) -> Result<Option<String>> {
+        let out = self
+            .command(["rev-parse", "--verify", "--quiet", rev])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::GitMissing(e.to_string()))?;
+        Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+
+    pub fn cat_file(&self) -> Result<CatFile> {
+        CatFile::start(self)
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let args: Vec<String> = cmd.get_args().skip(2).map(|a| a.to_string_lossy().into_owned()).collect();
+    format!("git {}", args.join(" "))
+}
+
+/// A long-running `git cat-file --batch`: one process for any number of blob reads.
+pub struct CatFile {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl CatFile {
+    fn start(git: &Git) -> Result<CatFile> {
+        let mut child = git
+            .command(["cat-file", "--batch"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| Error::GitMissing(e.to_string()))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(CatFile { child, stdin, stdout })
+    }
+
+    /// The content of `rev` (e.g. `git-annex:uuid.log` or a blob id), `None` if it is missing.
+    pub fn get(&mut self, rev: &[u8]) -> Result<Option<(String, Vec<u8>)>> {
+        let broken = |e: std::io::Error| Error::io("talking to git cat-file", e);
+        if rev.contains(&b'\n') {
+            return Ok(None);
+        }
+        self.stdin.write_all(rev).map_err(broken)?;
+        self.stdin.write_all(b"\n").map_err(broken)?;
+        self.stdin.flush().map_err(broken)?;
+        let mut header = Vec::new();
+        self.stdout.read_until(b'\n', &mut header).map_err(broken)?;
+        if header.ends_with(b" missing\n") || header.ends_with(b" ambiguous\n") {
+            return Ok(None);
+        }
+        let h = String::from_utf8_lossy(&header);
+        let mut parts = h.split_whitespace();
+        let (Some(_sha), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Error::Protocol(format!("unexpected git cat-file output: {h:?}")));
+        };
+        let size: usize = size.parse().map_err(|_| Error::Protocol(format!("bad size in {h:?}")))?;
+        let mut data = vec![0u8; size + 1];
+        self.stdout.read_exact(&mut data).map_err(broken)?;
+        data.pop();
+        Ok(Some((kind.to_string(), data)))
+    }
+}
+
+impl Drop for CatFile {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads many objects in one pipelined `git cat-file --batch` run: all requests are written on a
+/// thread while the replies are read, so there is no round trip per object.
+/// Returns, per request, `(type, content)` or `None` when missing.
+pub fn cat_many(git: &Git, revs: &[Vec<u8>]) -> Result<Vec<Option<(String, Vec<u8>)>>> {
+    if revs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut child = git
+        .command(["cat-file", "--batch"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::GitMissing(e.to_string()))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut input = Vec::with_capacity(revs.len() * 64);
+    for r in revs {
+        // A name with a newline cannot be asked for; ask for something that is surely missing.
+        input.extend_from_slice(if r.contains(&b'\n') { b"0000000000000000000000000000000000000000" } else { r });
+        input.push(b'\n');
+    }
+    let writer = std::thread::spawn(move || {
+        let r = stdin.write_all(&input);
+        drop(stdin);
+        r
+    });
+    let mut stdout = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
+    let broken = |e: std::io::Error| Error::io("reading from git cat-file", e);
+    let mut out = Vec::with_capacity(revs.len());
+    let mut header = Vec::new();
+    for _ in revs {
+        header.clear();
+        stdout.read_until(b'\n', &mut header).map_err(broken)?;
+        if header.is_empty() {
+            return Err(Error::Protocol("git cat-file ended early".into()));
+        }
+        if header.ends_with(b" missing\n") || header.ends_with(b" ambiguous\n") {
+            out.push(None);
+            continue;
+        }
+        let h = String::from_utf8_lossy(&header);
+        let mut parts = h.split_whitespace();
+        let (Some(_), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Error::Protocol(format!("unexpected git cat-file output: {h:?}")));
+        };
+        let size: usize = size.parse().map_err(|_| Error::Protocol(format!("bad size in {h:?}")))?;
+        let mut data = vec![0u8; size + 1];
+        stdout.read_exact(&mut data).map_err(broken)?;
+        data.pop();
+        out.push(Some((kind.to_string(), data)));
+    }
+    let _ = writer.join();
+    let _ = child.wait();
+    Ok(out)
+}
+
+/// Sizes of many objects in one pipelined `git cat-file --batch-check` run.
+pub fn sizes_many(git: &Git, shas: &[&str]) -> Result<Vec<Option<u64>>> {
+    if shas.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut input = String::with_capacity(shas.len() * 41);
+    for s in shas {
+        input.push_str(s);
+        input.push('\n');
+    }
+    let out = git.run_with_input(["cat-file", "--batch-check=%(objectsize)"], input.as_bytes())?;
+    Ok(String::from_utf8_lossy(&out).lines().map(|l| l.parse().ok()).collect())
+}

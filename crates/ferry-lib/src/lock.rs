@@ -1,0 +1,100 @@
+//! fcntl open-file-description (OFD) locks.
+//!
+//! git-annex locks with POSIX `fcntl` locks. On Linux, `flock` locks (std's `File::lock`, fs4,
+//! fd-lock) do not exclude those, so ferry uses `F_OFD_SETLK[W]`, which conflicts with classic
+//! POSIX record locks and, unlike them, belongs to the open file (safe across threads and not
+//! dropped when some other descriptor of the same file is closed).
+
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+/// A held lock; released when dropped (the file is closed).
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+fn fcntl_lock(file: &File, kind: LockKind, wait: bool) -> std::io::Result<bool> {
+    // SAFETY: a zeroed flock is a valid value; every field we rely on is set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = match kind {
+        LockKind::Shared => libc::F_RDLCK,
+        LockKind::Exclusive => libc::F_WRLCK,
+    } as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    fl.l_pid = 0; // required to be 0 for OFD locks
+    let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
+    loop {
+        // SAFETY: fd is valid for the life of `file`, and `fl` is a valid flock.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::EACCES) if !wait => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+fn open_lock_file(path: &Path, kind: LockKind) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).create(true).mode(0o644);
+    if kind == LockKind::Exclusive {
+        o.write(true);
+    } else {
+        // A shared lock needs read access only, but create needs write.
+        o.write(true);
+    }
+    o.open(path).map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
+}
+
+/// Takes the lock, waiting for other holders (ferry's or git-annex's) to release it.
+pub fn lock_wait(path: &Path, kind: LockKind) -> Result<Lock> {
+    let file = open_lock_file(path, kind)?;
+    fcntl_lock(&file, kind, true).map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+    Ok(Lock { _file: file, path: path.to_path_buf() })
+}
+
+/// Takes the lock if nobody holds a conflicting one; `None` otherwise.
+pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<Lock>> {
+    let file = open_lock_file(path, kind)?;
+    let got = fcntl_lock(&file, kind, false).map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+    Ok(got.then(|| Lock { _file: file, path: path.to_path_buf() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_excludes_within_one_process() {
+        // OFD locks conflict between open file descriptions even in one process, unlike
+        // classic POSIX locks; this is what makes them usable from threads.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.lck");
+        let a = try_lock(&p, LockKind::Exclusive).unwrap();
+        assert!(a.is_some());
+        assert!(try_lock(&p, LockKind::Exclusive).unwrap().is_none());
+        assert!(try_lock(&p, LockKind::Shared).unwrap().is_none());
+        drop(a);
+        let s1 = try_lock(&p, LockKind::Shared).unwrap();
+        let s2 = try_lock(&p, LockKind::Shared).unwrap();
+        assert!(s1.is_some() && s2.is_some());
+        assert!(try_lock(&p, LockKind::Exclusive).unwrap().is_none());
+    }
+}

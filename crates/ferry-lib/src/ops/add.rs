@@ -1,0 +1,395 @@
+//! `add`: annex new and changed files (locked: the work-tree file becomes a symlink into the
+//! store), put small files and dotfiles into git, and record that the content is here.
+//!
+//! Order of work, chosen so that a crash at any point loses nothing and a rerun repairs:
+//! 1. hash each file (in parallel) between two `fstat`s; any change of inode, size, mtime or
+//!    ctime voids the hash, and the file is reported instead of stored under a wrong key;
+//! 2. hard-link the file into the store (no copy; the object shares the inode);
+//! 3. atomically replace the work-tree file by the annex symlink (symlink to a temp name, then
+//!    rename over), so the path always names either the file or a link to the same content;
+//! 4. stage everything with one `git update-index`, then write the location log through the
+//!    journal and commit it to the `git-annex` branch once.
+//!
+//! A rerun after a crash finds untracked annex symlinks (stages them, logs the content) or the
+//! original file (hashes it again; the object is already there).
+
+use crate::annexed::literal_pathspec;
+use crate::branch::location_log_path;
+use crate::error::{Error, IoContext, Result};
+use crate::hash::{Backend, StatStamp, hash_file};
+use crate::key::Key;
+use crate::lock::{LockKind, lock_wait};
+use crate::logs::{LocationLog, Presence};
+use crate::matching::Expr;
+use crate::paths::is_dotfile;
+use crate::repo::Repo;
+use crate::store::{link_target, parse_link_target};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct AddOptions {
+    /// Repo-relative paths (empty vec = the top); resolved by the caller.
+    pub paths: Vec<Vec<u8>>,
+    /// Hashing threads.
+    pub jobs: usize,
+    pub backend: Backend,
+    /// `--force-large` / `--force-small`: override annex.largefiles.
+    pub force: Option<bool>,
+}
+
+/// What happened to one path.
+#[derive(Clone, Debug)]
+pub enum AddEvent {
+    /// Content annexed (or already in the store) and the path staged as a locked file.
+    Annexed { path: Vec<u8>, key: Key, bytes: u64 },
+    /// Added to git as it is (small file, dotfile, or a symlink that is not an annex link).
+    ToGit { path: Vec<u8>, why: &'static str },
+    /// An annex symlink that was already in the work tree, (re)staged.
+    Restaged { path: Vec<u8>, key: Key },
+    /// Nothing done, with the reason (not an error: a FIFO, a nested repository...).
+    Skipped { path: Vec<u8>, reason: String },
+    /// Could not be added; nothing about the file was changed.
+    Failed { path: Vec<u8>, error: String },
+    /// Before any work: how much there is to do.
+    Planned { files: usize, bytes: u64 },
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AddSummary {
+    pub annexed: usize,
+    pub to_git: usize,
+    pub restaged: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+enum Plan {
+    Annex { path: Vec<u8>, size: u64 },
+    Git { path: Vec<u8>, why: &'static str },
+    Restage { path: Vec<u8>, key: Key, target: Vec<u8> },
+}
+
+fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
+
+/// The largefiles decision for the repository: git config, then `.gitattributes`, then the
+/// branch's `config.log`; unset means "annex everything" for `add`.
+struct LargeFiles {
+    config: Option<Expr>,
+    from_attrs: std::collections::HashMap<Vec<u8>, Expr>,
+    branch: Option<Expr>,
+}
+
+impl LargeFiles {
+    fn load(repo: &Repo, paths: &[Vec<u8>]) -> Result<LargeFiles> {
+        let config = repo.git.config("annex.largefiles")?.map(|s| Expr::parse(&s)).transpose()?;
+        let branch = repo
+            .branch
+            .read(b"config.log")?
+            .and_then(|c| crate::logs::parse_config_log(&c, "annex.largefiles"))
+            .map(|s| Expr::parse(&s))
+            .transpose()?;
+        let mut from_attrs = std::collections::HashMap::new();
+        if config.is_none() && !paths.is_empty() {
+            let mut input = Vec::new();
+            for p in paths {
+                input.extend_from_slice(p);
+                input.push(0);
+            }
+            let out = repo.git.run_with_input(["check-attr", "-z", "--stdin", "annex.largefiles"], &input)?;
+            let fields: Vec<&[u8]> = out.split(|&b| b == 0).collect();
+            // Few distinct expressions, many paths: parse each expression once.
+            let mut cache: std::collections::HashMap<Vec<u8>, Expr> = std::collections::HashMap::new();
+            for rec in fields.chunks(3) {
+                if let [path, _attr, value] = rec {
+                    if *value == b"unspecified" || *value == b"unset" || value.is_empty() {
+                        continue;
+                    }
+                    if !cache.contains_key(*value) {
+                        cache.insert(value.to_vec(), Expr::parse(&String::from_utf8_lossy(value))?);
+                    }
+                    from_attrs.insert(path.to_vec(), cache[*value].clone());
+                }
+            }
+        }
+        Ok(LargeFiles { config, from_attrs, branch })
+    }
+
+    fn is_large(&self, path: &[u8], size: u64) -> bool {
+        if let Some(e) = &self.config {
+            return e.matches(path, size);
+        }
+        if let Some(e) = self.from_attrs.get(path) {
+            return e.matches(path, size);
+        }
+        if let Some(e) = &self.branch {
+            return e.matches(path, size);
+        }
+        true
+    }
+}
+
+/// Lists the paths `add` should look at: untracked (not ignored) and modified tracked files.
+fn candidates(repo: &Repo, paths: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
+    let specs: Vec<OsString> = if paths.is_empty() { vec![literal_pathspec(b"")] } else { paths.iter().map(|p| literal_pathspec(p)).collect() };
+    let mut out = Vec::new();
+    for mode in [&["--others", "--exclude-standard"][..], &["--modified"][..]] {
+        let mut args: Vec<OsString> = vec!["ls-files".into(), "-z".into()];
+        args.extend(mode.iter().map(OsString::from));
+        args.push("--".into());
+        args.extend(specs.iter().cloned());
+        let listed = repo.git.run(&args)?;
+        out.extend(listed.split(|&b| b == 0).filter(|p| !p.is_empty()).map(<[u8]>::to_vec));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub fn add(repo: &Repo, opts: &AddOptions, on_event: &(dyn Fn(&AddEvent) + Sync)) -> Result<AddSummary> {
+    let top = repo.work_tree()?.to_path_buf();
+    let annex_dir = repo.annex_dir();
+    std::fs::create_dir_all(&annex_dir).ctx("creating", &annex_dir)?;
+    // One add at a time per repository: a second waits for the first.
+    let _add_lock = lock_wait(&annex_dir.join("ferry-add.lck"), LockKind::Exclusive)?;
+
+    let mut summary = AddSummary::default();
+    let emit = |e: AddEvent, s: &mut AddSummary| {
+        match &e {
+            AddEvent::Annexed { .. } => s.annexed += 1,
+            AddEvent::ToGit { .. } => s.to_git += 1,
+            AddEvent::Restaged { .. } => s.restaged += 1,
+            AddEvent::Skipped { .. } => s.skipped += 1,
+            AddEvent::Failed { .. } => s.failed += 1,
+            AddEvent::Planned { .. } => {}
+        }
+        on_event(&e);
+    };
+
+    let listed = candidates(repo, &opts.paths)?;
+    let dotfiles = repo.git.config_bool("annex.dotfiles", false)?;
+    let large = LargeFiles::load(repo, &listed)?;
+
+    // Classify by lstat: never follow a symlink.
+    let mut plans = Vec::with_capacity(listed.len());
+    let mut planned_bytes = 0u64;
+    for rel in listed {
+        if rel.ends_with(b"/") {
+            emit(AddEvent::Skipped { path: rel, reason: "a nested git repository; not added".into() }, &mut summary);
+            continue;
+        }
+        let abs = top.join(os(&rel));
+        let md = match std::fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: not add's job
+            Err(e) => {
+                emit(AddEvent::Failed { path: rel, error: e.to_string() }, &mut summary);
+                continue;
+            }
+        };
+        let ft = md.file_type();
+        if ft.is_symlink() {
+            let target = std::fs::read_link(&abs).map(|t| t.into_os_string().into_vec()).unwrap_or_default();
+            match parse_link_target(&target) {
+                Some(key) => plans.push(Plan::Restage { path: rel, key, target }),
+                None => plans.push(Plan::Git { path: rel, why: "symlink" }),
+            }
+        } else if ft.is_file() {
+            let small = match opts.force {
+                Some(large) => (!large).then_some("forced small"),
+                None if is_dotfile(&rel) && !dotfiles => Some("dotfile"),
+                None => (!large.is_large(&rel, md.len())).then_some("non-large file"),
+            };
+            if let Some(why) = small {
+                plans.push(Plan::Git { path: rel, why });
+            } else {
+                planned_bytes += md.len();
+                plans.push(Plan::Annex { path: rel, size: md.len() });
+            }
+        } else {
+            emit(AddEvent::Skipped { path: rel, reason: "not a regular file or symlink".into() }, &mut summary);
+        }
+    }
+    let annex_count = plans.iter().filter(|p| matches!(p, Plan::Annex { .. })).count();
+    emit(AddEvent::Planned { files: annex_count, bytes: planned_bytes }, &mut summary);
+
+    let mut to_stage: Vec<Vec<u8>> = Vec::new();
+    let mut present_keys: Vec<Key> = Vec::new();
+    let mut annex_jobs: Vec<(Vec<u8>, u64)> = Vec::new();
+    for p in plans {
+        match p {
+            Plan::Annex { path, size } => annex_jobs.push((path, size)),
+            Plan::Git { path, why } => {
+                to_stage.push(path.clone());
+                emit(AddEvent::ToGit { path, why }, &mut summary);
+            }
+            Plan::Restage { path, key, target } => {
+                // A moved annex link points at the wrong place: rewrite it before staging.
+                let want = link_target(&path, &key);
+                if target != want {
+                    if let Err(e) = replace_with_symlink(&top.join(os(&path)), &want) {
+                        emit(AddEvent::Failed { path, error: e.to_string() }, &mut summary);
+                        continue;
+                    }
+                }
+                if repo.store().find(&key).is_some() {
+                    present_keys.push(key.clone());
+                }
+                to_stage.push(path.clone());
+                emit(AddEvent::Restaged { path, key }, &mut summary);
+            }
+        }
+    }
+
+    // Hash and ingest in parallel; results come back in completion order.
+    let store = repo.store();
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<(Vec<u8>, std::result::Result<(Key, u64), String>)>();
+    let jobs = opts.jobs.max(1).min(annex_jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let (annex_jobs, next, store, top) = (&annex_jobs, &next, &store, &top);
+            s.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((rel, size)) = annex_jobs.get(i) else { break };
+                    let r = ingest_one(store, top, rel, *size, opts.backend).map_err(|e| e.to_string());
+                    if tx.send((rel.clone(), r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (rel, r) in rx {
+            match r {
+                Ok((key, bytes)) => {
+                    to_stage.push(rel.clone());
+                    present_keys.push(key.clone());
+                    emit(AddEvent::Annexed { path: rel, key, bytes }, &mut summary);
+                }
+                Err(error) => emit(AddEvent::Failed { path: rel, error }, &mut summary),
+            }
+        }
+    });
+
+    stage(repo, &to_stage)?;
+    record_present(repo, &present_keys)?;
+    Ok(summary)
+}
+
+/// Hashes one file and moves it into the store, leaving an annex symlink in its place.
+fn ingest_one(store: &crate::store::Store, top: &Path, rel: &[u8], size: u64, backend: Backend) -> Result<(Key, u64)> {
+    let abs = top.join(os(rel));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&abs)
+        .ctx("opening", &abs)?;
+    let before = StatStamp::of(&f.metadata().ctx("reading", &abs)?);
+    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Err(Error::Unsupported(format!("{} is no longer a regular file", abs.display())));
+    }
+    let (hex, n) = hash_file(backend, &mut f, size).ctx("reading", &abs)?;
+    let after = StatStamp::of(&f.metadata().ctx("reading", &abs)?);
+    let now_at_path = std::fs::symlink_metadata(&abs).map(|m| (m.dev(), m.ino())).ok();
+    if before != after || n != after.size || now_at_path != Some((after.dev, after.ino)) {
+        return Err(Error::Protocol(format!("{} changed while it was being added; run ferry add again once it is stable", abs.display())));
+    }
+    let key = backend.key(n, &hex, rel);
+    match store.ingest_hardlink(&abs, &key, &after) {
+        Err(Error::Unsupported(_)) => store.ingest_copy(&abs, &key, backend)?,
+        r => r?,
+    };
+    replace_with_symlink(&abs, &link_target(rel, &key))?;
+    Ok((key, n))
+}
+
+/// Atomically replaces `path` by a symlink to `target` (temp link in the same dir, rename).
+fn replace_with_symlink(path: &Path, target: &[u8]) -> Result<()> {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp: PathBuf = dir.join(format!(
+        ".ferry-link.{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(os(target), &tmp).ctx("creating symlink", &tmp)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(format!("replacing {} with its annex link", path.display()), e));
+    }
+    Ok(())
+}
+
+/// Stages paths with one `git update-index`. Waits a little for another git's `index.lock`.
+fn stage(repo: &Repo, paths: &[Vec<u8>]) -> Result<()> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let mut input = Vec::new();
+    for p in paths {
+        input.extend_from_slice(p);
+        input.push(0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // annex.largefiles=nothing: if git-annex's clean filter is configured, files we decided
+        // to put in git must go to git.
+        let r = repo.git.run_with_input(
+            ["-c", "annex.largefiles=nothing", "update-index", "--add", "--remove", "-z", "--stdin"],
+            &input,
+        );
+        match r {
+            Ok(_) => return Ok(()),
+            Err(Error::Git { stderr, .. }) if stderr.contains("index.lock") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(Error::Git { command, stderr }) => {
+                return Err(Error::Git {
+                    command,
+                    stderr: format!("{stderr}\n(the content is safe in the store; run ferry add again to stage it)"),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Records in the location log that `keys` are present here, and commits the branch once.
+pub fn record_present(repo: &Repo, keys: &[Key]) -> Result<()> {
+    set_presence(repo, repo.uuid(), keys, Presence::Present)
+}
+
+/// Sets `uuid`'s presence for each key where it differs, with one branch commit at the end.
+pub fn set_presence(repo: &Repo, uuid: &str, keys: &[Key], status: Presence) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut keys = keys.to_vec();
+    keys.sort();
+    keys.dedup();
+    let lock = repo.branch.lock_journal()?;
+    let paths: Vec<Vec<u8>> = keys.iter().map(location_log_path).collect();
+    let logs = repo.branch.read_many(&paths)?;
+    let now = repo.branch.now();
+    for (path, content) in paths.iter().zip(logs) {
+        let mut log = LocationLog::parse(&content.unwrap_or_default());
+        if log.status_of(uuid) == Some(status) {
+            continue;
+        }
+        log.set(uuid, status, now);
+        repo.branch.write(&lock, path, &log.render())?;
+    }
+    repo.branch.commit(Some(&lock), "update")?;
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Operations shared by the command line and (later) the daemon. Each takes a [`crate::Repo`]
+//! and reports per-file results through a callback or a returned value; none prints.
+
+pub mod add;
+pub mod fsck;
+pub mod info;
+pub mod whereis;

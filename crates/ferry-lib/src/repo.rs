@@ -1,0 +1,164 @@
+//! The repository handle everything starts from: where things are, who we are.
+
+use crate::branch::Branch;
+use crate::error::{Error, IoContext, Result};
+use crate::git::Git;
+use crate::logs::UuidLog;
+use std::path::{Path, PathBuf};
+
+pub struct Repo {
+    /// Top of the work tree; `None` for a bare repository.
+    pub top: Option<PathBuf>,
+    /// Absolute git directory.
+    pub git_dir: PathBuf,
+    pub git: Git,
+    pub branch: Branch,
+    uuid: Option<String>,
+}
+
+/// Options that the caller (the CLI) resolves from its environment.
+#[derive(Clone, Debug, Default)]
+pub struct RepoOptions {
+    /// `GIT_ANNEX_VECTOR_CLOCK`: a fixed clock for reproducible logs.
+    pub fixed_clock: Option<u64>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum InitOutcome {
+    Created,
+    AlreadyInitialized,
+}
+
+impl Repo {
+    /// Finds the repository containing `dir`.
+    pub fn discover(dir: &Path, opts: &RepoOptions) -> Result<Repo> {
+        let probe = Git::new(dir);
+        let out = probe
+            .run(["rev-parse", "--is-bare-repository", "--absolute-git-dir", "--show-toplevel"])
+            .map_err(|e| match e {
+                Error::Git { .. } => Error::NotARepo(dir.to_path_buf()),
+                e => e,
+            })?;
+        let out = String::from_utf8_lossy(&out);
+        let mut lines = out.lines();
+        let bare = lines.next() == Some("true");
+        let git_dir = PathBuf::from(lines.next().unwrap_or_default());
+        let top = if bare { None } else { lines.next().map(PathBuf::from) };
+        let git = Git::new(top.clone().unwrap_or_else(|| git_dir.clone()));
+        let branch = Branch::new(git.clone(), git_dir.join("annex"), opts.fixed_clock);
+        let uuid = git.config("annex.uuid")?.filter(|u| !u.is_empty());
+        Ok(Repo { top, git_dir, git, branch, uuid })
+    }
+
+    /// Like [`Repo::discover`], but the repository must already be initialised.
+    pub fn open(dir: &Path, opts: &RepoOptions) -> Result<Repo> {
+        let r = Repo::discover(dir, opts)?;
+        if r.uuid.is_none() {
+            return Err(Error::NotInitialized(r.top.clone().unwrap_or_else(|| r.git_dir.clone())));
+        }
+        if let Some(v) = r.git.config("annex.version")? {
+            if !matches!(v.as_str(), "8" | "9" | "10") {
+                return Err(Error::BadVersion(r.git_dir.clone(), v));
+            }
+        }
+        r.branch.ensure_exists()?;
+        Ok(r)
+    }
+
+    /// Creates a git repository in `dir` (branch `main`) when there is none, then makes it an
+    /// annex. An already initialised repository keeps its UUID; only an explicitly given
+    /// description is updated.
+    pub fn init(dir: &Path, description: Option<&str>, default_description: &str, opts: &RepoOptions) -> Result<(Repo, InitOutcome)> {
+        let probe = Git::new(dir);
+        if probe.run(["rev-parse", "--git-dir"]).is_err() {
+            probe.run(["init", "--quiet", "-b", "main"])?;
+        }
+        let mut repo = Repo::discover(dir, opts)?;
+        std::fs::create_dir_all(repo.annex_dir().join("objects")).ctx("creating", &repo.annex_dir())?;
+        if let Some(uuid) = repo.uuid.clone() {
+            repo.branch.ensure_exists()?;
+            if let Some(desc) = description {
+                repo.describe(&uuid, desc)?;
+            } else if repo.description(&uuid)?.is_none() {
+                repo.describe(&uuid, default_description)?;
+            }
+            return Ok((repo, InitOutcome::AlreadyInitialized));
+        }
+        let uuid = uuid::Uuid::new_v4().to_string();
+        repo.branch.ensure_exists()?;
+        if repo.git.config("annex.version")?.is_none() {
+            repo.git.run(["config", "annex.version", "10"])?;
+        }
+        repo.git.run(["config", "annex.uuid", &uuid])?;
+        repo.uuid = Some(uuid.clone());
+        repo.describe(&uuid, description.unwrap_or(default_description))?;
+        Ok((repo, InitOutcome::Created))
+    }
+
+    fn describe(&self, uuid: &str, desc: &str) -> Result<()> {
+        let lock = self.branch.lock_journal()?;
+        let mut log = UuidLog::parse(&self.branch.read(b"uuid.log")?.unwrap_or_default());
+        if log.get(uuid) == Some(desc) {
+            return Ok(());
+        }
+        log.set(uuid, desc, self.branch.now());
+        self.branch.write(&lock, b"uuid.log", &log.render())?;
+        self.branch.commit(Some(&lock), "update")?;
+        Ok(())
+    }
+
+    pub fn description(&self, uuid: &str) -> Result<Option<String>> {
+        let log = UuidLog::parse(&self.branch.read(b"uuid.log")?.unwrap_or_default());
+        Ok(log.get(uuid).map(str::to_string))
+    }
+
+    /// Every known repository: UUID → description.
+    pub fn uuid_descriptions(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let log = UuidLog::parse(&self.branch.read(b"uuid.log")?.unwrap_or_default());
+        Ok(log.current().into_iter().map(|(u, e)| (u.to_string(), e.value.clone())).collect())
+    }
+
+    /// Remote names by UUID, from `remote.<name>.annex-uuid`.
+    pub fn remote_names(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let out = self.git.run_opt(["config", "--get-regexp", r"^remote\..*\.annex-uuid$"])?.unwrap_or_default();
+        let mut m = std::collections::BTreeMap::new();
+        for line in out.lines() {
+            if let Some((k, v)) = line.split_once(' ') {
+                let name = k.strip_prefix("remote.").and_then(|k| k.strip_suffix(".annex-uuid"));
+                if let Some(name) = name {
+                    m.insert(v.to_string(), name.to_string());
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn uuid(&self) -> &str {
+        self.uuid.as_deref().unwrap_or("")
+    }
+
+    pub fn is_bare(&self) -> bool {
+        self.top.is_none()
+    }
+
+    pub fn annex_dir(&self) -> PathBuf {
+        self.git_dir.join("annex")
+    }
+
+    /// The work tree top; errors for a bare repository.
+    pub fn work_tree(&self) -> Result<&Path> {
+        self.top.as_deref().ok_or_else(|| Error::Unsupported("this command needs a work tree; the repository is bare".into()))
+    }
+
+    pub fn store(&self) -> crate::store::Store {
+        crate::store::Store::new(self.annex_dir(), self.is_bare())
+    }
+
+    /// numcopies: `numcopies.log` on the branch, else `annex.numcopies` git config, else 1.
+    pub fn numcopies(&self) -> Result<u32> {
+        if let Some(n) = self.branch.read(b"numcopies.log")?.and_then(|c| crate::logs::parse_numcopies(&c)) {
+            return Ok(n);
+        }
+        Ok(self.git.config("annex.numcopies")?.and_then(|v| v.parse().ok()).unwrap_or(1))
+    }
+}
