@@ -1,1 +1,8 @@
+//! One integration-test binary (one link step) for the whole CLI.
 
+mod add;
+mod bad_input;
+mod common;
+mod fsck;
+mod init;
+mod interop;

@@ -75,6 +75,7 @@ impl Repo {
         }
         let mut repo = Repo::discover(dir, opts)?;
         std::fs::create_dir_all(repo.annex_dir().join("objects")).ctx("creating", &repo.annex_dir())?;
+        repo.learn_local_remote_uuids()?;
         if let Some(uuid) = repo.uuid.clone() {
             repo.branch.ensure_exists()?;
             if let Some(desc) = description {
@@ -131,6 +132,36 @@ impl Repo {
             }
         }
         Ok(m)
+    }
+
+    /// Records `remote.<name>.annex-uuid` for remotes that are local paths, by reading their
+    /// config (as git-annex does for local remotes). Remotes that are not there are left alone.
+    pub fn learn_local_remote_uuids(&self) -> Result<()> {
+        let urls = self.git.run_opt(["config", "--get-regexp", r"^remote\..*\.url$"])?.unwrap_or_default();
+        for line in urls.lines() {
+            let Some((k, url)) = line.split_once(' ') else { continue };
+            let Some(name) = k.strip_prefix("remote.").and_then(|k| k.strip_suffix(".url")) else { continue };
+            if self.git.config(&format!("remote.{name}.annex-uuid"))?.is_some() {
+                continue;
+            }
+            let path = match url.strip_prefix("file://") {
+                Some(p) => PathBuf::from(p),
+                None if url.starts_with('/') || url.starts_with('.') || !url.contains(':') => {
+                    let base = self.top.clone().unwrap_or_else(|| self.git_dir.clone());
+                    base.join(url)
+                }
+                None => continue,
+            };
+            let cfg = [path.join(".git/config"), path.join("config")].into_iter().find(|p| p.is_file());
+            let Some(cfg) = cfg else { continue };
+            let uuid = Git::new(&self.git.dir).run_opt(["config", "--file", &cfg.to_string_lossy(), "--get", "annex.uuid"]);
+            if let Ok(Some(uuid)) = uuid {
+                if !uuid.is_empty() {
+                    self.git.run(["config", &format!("remote.{name}.annex-uuid"), &uuid])?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn uuid(&self) -> &str {

@@ -1,0 +1,187 @@
+//! Hermetic test environment: a private HOME and git config, the real `ferry` binary, real git
+//! and real git-annex (the oracle). Nothing here mocks anything.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub home: PathBuf,
+}
+
+pub struct Run {
+    pub out: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn ok(&self) -> bool {
+        self.out.status.success()
+    }
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.ok(), "command failed: {:?}\nstdout:\n{}\nstderr:\n{}", self.out.status, self.stdout(), self.stderr());
+        self
+    }
+    #[track_caller]
+    pub fn assert_fails(&self) -> &Self {
+        assert!(!self.ok(), "command should have failed\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+        self
+    }
+    /// stdout parsed as one JSON value per line.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout().lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect(l)).collect()
+    }
+}
+
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+/// git-annex is the oracle; the test command installs it. Missing it is a loud failure.
+pub fn require_annex() {
+    let ok = Command::new("git-annex").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "git-annex is required for the interoperability tests: run scripts/test (as root it installs it) or apt-get install git-annex");
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let tmp = tempfile::Builder::new().prefix("ferry-test-").tempdir().unwrap();
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(
+            home.join(".gitconfig"),
+            "[user]\n\tname = Ferry Test\n\temail = test@ferry.invalid\n[init]\n\tdefaultBranch = main\n[advice]\n\tdetachedHead = false\n[safe]\n\tdirectory = *\n",
+        )
+        .unwrap();
+        Env { tmp, home }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    pub fn mkdir(&self, rel: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    fn prepare(&self, cmd: &mut Command, dir: &Path) {
+        cmd.current_dir(dir);
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("GIT_") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.env("HOME", &self.home)
+            .env("GIT_CONFIG_GLOBAL", self.home.join(".gitconfig"))
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("LC_ALL", "C.UTF-8")
+            .env("USER", "tester")
+            .stdin(Stdio::null());
+    }
+
+    pub fn cmd(&self, dir: &Path, program: &str, args: &[&OsStr]) -> Command {
+        let mut c = Command::new(program);
+        c.args(args);
+        self.prepare(&mut c, dir);
+        c
+    }
+
+    fn run_prog<S: AsRef<OsStr>>(&self, dir: &Path, program: &str, args: &[S]) -> Run {
+        let args: Vec<&OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        let out = self.cmd(dir, program, &args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        Run { out }
+    }
+
+    pub fn ferry<S: AsRef<OsStr>>(&self, dir: &Path, args: &[S]) -> Run {
+        self.run_prog(dir, ferry_bin(), args)
+    }
+
+    pub fn git<S: AsRef<OsStr>>(&self, dir: &Path, args: &[S]) -> Run {
+        self.run_prog(dir, "git", args)
+    }
+
+    pub fn annex<S: AsRef<OsStr>>(&self, dir: &Path, args: &[S]) -> Run {
+        require_annex();
+        let mut all: Vec<&OsStr> = vec![OsStr::new("annex")];
+        all.extend(args.iter().map(|a| a.as_ref()));
+        self.run_prog(dir, "git", &all)
+    }
+
+    /// A new directory initialised with `ferry init`.
+    pub fn ferry_repo(&self, name: &str) -> PathBuf {
+        let d = self.mkdir(name);
+        self.ferry(&d, &["init"]).assert_ok();
+        d
+    }
+
+    /// A new directory initialised with `git annex init`.
+    pub fn annex_repo(&self, name: &str) -> PathBuf {
+        let d = self.mkdir(name);
+        self.git(&d, &["init", "-q", "-b", "main"]).assert_ok();
+        self.annex(&d, &["init", "-q", name]).assert_ok();
+        d
+    }
+}
+
+pub fn write(dir: &Path, rel: impl AsRef<[u8]>, content: impl AsRef<[u8]>) -> PathBuf {
+    let p = dir.join(OsStr::from_bytes(rel.as_ref()));
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn config(env: &Env, dir: &Path, key: &str) -> String {
+    env.git(dir, &["config", "--get", key]).stdout().trim().to_string()
+}
+
+/// The key an annex symlink points to.
+pub fn link_key(path: &Path) -> String {
+    let t = std::fs::read_link(path).unwrap_or_else(|e| panic!("{} is not a symlink: {e}", path.display()));
+    let t = t.as_os_str().as_bytes();
+    String::from_utf8_lossy(t.rsplit(|&b| b == b'/').next().unwrap()).into_owned()
+}
+
+/// Runs a child to completion and returns (output, peak RSS in KiB) from wait4.
+pub fn run_with_rss(mut cmd: Command) -> (std::process::ExitStatus, u64) {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid);
+    std::mem::forget(child);
+    use std::os::unix::process::ExitStatusExt;
+    (std::process::ExitStatus::from_raw(status), ru.ru_maxrss as u64)
+}
