@@ -8,7 +8,12 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "Continuous, git-annex compatible file sync", propagate_version = true)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Continuous, git-annex compatible file sync",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

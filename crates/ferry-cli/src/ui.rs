@@ -14,17 +14,25 @@ pub fn report_error(e: &anyhow::Error) {
 fn hint(e: &Error) -> Option<&'static str> {
     Some(match e {
         Error::NotARepo(_) => "run `ferry init` here first, or cd into a ferry repository",
-        Error::NotInitialized(_) => "run `ferry init` to make this git repository a ferry repository",
+        Error::NotInitialized(_) => {
+            "run `ferry init` to make this git repository a ferry repository"
+        }
         Error::OutsideRepo { .. } => "only paths inside the repository's work tree can be used",
         Error::InGitDir(_) => "git's own files are never annexed; name files in the work tree",
         Error::GitMissing(_) => "install git (Debian: apt-get install git)",
-        Error::BadExpression { .. } => "fix annex.largefiles (git config, .gitattributes or the branch config)",
+        Error::BadExpression { .. } => {
+            "fix annex.largefiles (git config, .gitattributes or the branch config)"
+        }
         _ => return None,
     })
 }
 
 pub fn options() -> RepoOptions {
-    RepoOptions { fixed_clock: std::env::var("GIT_ANNEX_VECTOR_CLOCK").ok().and_then(|v| v.parse().ok()) }
+    RepoOptions {
+        fixed_clock: std::env::var("GIT_ANNEX_VECTOR_CLOCK")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    }
 }
 
 pub fn cwd() -> anyhow::Result<PathBuf> {
@@ -54,7 +62,12 @@ pub fn resolve_paths(repo: &Repo, args: &[PathBuf]) -> anyhow::Result<(Vec<Vec<u
     }
     if args.is_empty() {
         // Default: the current directory.
-        out.push(ferry_lib::paths::repo_relative(top, &repo.git_dir, &cwd, std::path::Path::new("."))?);
+        out.push(ferry_lib::paths::repo_relative(
+            top,
+            &repo.git_dir,
+            &cwd,
+            std::path::Path::new("."),
+        )?);
     }
     Ok((out, missing))
 }
@@ -69,5 +82,7 @@ pub fn stderr_is_tty() -> bool {
 }
 
 pub fn default_jobs() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }

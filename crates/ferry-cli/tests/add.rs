@@ -17,30 +17,68 @@ fn add_locks_files_and_records_location() {
     assert_eq!(lines.len(), 5, "{lines:?}");
     assert!(lines.iter().all(|l| l["success"] == true));
     let key = link_key(&d.join("hello.txt"));
-    assert_eq!(key, "SHA256E-s12--a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447.txt");
     assert_eq!(
-        std::fs::read_link(d.join("hello.txt")).unwrap().to_str().unwrap(),
+        key,
+        "SHA256E-s12--a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447.txt"
+    );
+    assert_eq!(
+        std::fs::read_link(d.join("hello.txt"))
+            .unwrap()
+            .to_str()
+            .unwrap(),
         format!(".git/annex/objects/J7/0G/{key}/{key}")
     );
-    assert!(std::fs::read_link(d.join("sub/deeper/x.bin")).unwrap().starts_with("../../.git/annex/objects"));
-    assert_eq!(std::fs::read(d.join("hello.txt")).unwrap(), b"hello world\n");
-    assert_eq!(link_key(&d.join("empty.txt")), "SHA256E-s0--e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.txt");
+    assert!(
+        std::fs::read_link(d.join("sub/deeper/x.bin"))
+            .unwrap()
+            .starts_with("../../.git/annex/objects")
+    );
+    assert_eq!(
+        std::fs::read(d.join("hello.txt")).unwrap(),
+        b"hello world\n"
+    );
+    assert_eq!(
+        link_key(&d.join("empty.txt")),
+        "SHA256E-s0--e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855.txt"
+    );
     assert_eq!(link_key(&d.join("dup1")), link_key(&d.join("dup2")));
     // Objects are read-only, in a read-only key directory, as git-annex leaves them.
     let obj = d.join(".git/annex/objects/J7/0G").join(&key).join(&key);
-    assert_eq!(std::fs::metadata(&obj).unwrap().permissions().mode() & 0o777, 0o444);
-    assert_eq!(std::fs::metadata(obj.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o555);
+    assert_eq!(
+        std::fs::metadata(&obj).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+    assert_eq!(
+        std::fs::metadata(obj.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o555
+    );
     // Staged as symlinks; add does not commit.
     let staged = env.git(&d, &["ls-files", "-s", "hello.txt"]).stdout();
     assert!(staged.starts_with("120000 "), "{staged}");
-    assert!(env.git(&d, &["rev-parse", "--verify", "-q", "HEAD"]).stdout().is_empty());
+    assert!(
+        env.git(&d, &["rev-parse", "--verify", "-q", "HEAD"])
+            .stdout()
+            .is_empty()
+    );
     // Location log on the branch, lower hash dir.
     let uuid = config(&env, &d, "annex.uuid");
-    let log = env.git(&d, &["show", &format!("git-annex:e7d/d01/{key}.log")]).assert_ok().stdout();
+    let log = env
+        .git(&d, &["show", &format!("git-annex:e7d/d01/{key}.log")])
+        .assert_ok()
+        .stdout();
     assert!(log.trim_end().ends_with(&format!(" 1 {uuid}")), "{log}");
     assert_eq!(log.lines().count(), 1);
     // Nothing left behind in the journal.
-    assert_eq!(std::fs::read_dir(d.join(".git/annex/journal")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(d.join(".git/annex/journal"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -53,9 +91,17 @@ fn dotfiles_and_largefiles_decide_what_goes_to_git() {
     write(&d, "big.dat", vec![7u8; 5000]);
     write(&d, "notes.txt", vec![b'n'; 5000]);
     write(&d, ".gitattributes", "*.txt annex.largefiles=nothing\n");
-    env.git(&d, &["config", "annex.largefiles", "largerthan=1kb"]).assert_ok();
+    env.git(&d, &["config", "annex.largefiles", "largerthan=1kb"])
+        .assert_ok();
     env.ferry(&d, &["add"]).assert_ok();
-    let mode = |p: &str| env.git(&d, &["ls-files", "-s", p]).stdout().split(' ').next().unwrap_or("").to_string();
+    let mode = |p: &str| {
+        env.git(&d, &["ls-files", "-s", p])
+            .stdout()
+            .split(' ')
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
     assert_eq!(mode(".hidden"), "100644");
     assert_eq!(mode(".config/app.ini"), "100644");
     assert_eq!(mode("small.dat"), "100644");
@@ -65,7 +111,8 @@ fn dotfiles_and_largefiles_decide_what_goes_to_git() {
     env.git(&d, &["commit", "-qm", "x"]).assert_ok();
 
     // Without the git config, .gitattributes decides.
-    env.git(&d, &["config", "--unset", "annex.largefiles"]).assert_ok();
+    env.git(&d, &["config", "--unset", "annex.largefiles"])
+        .assert_ok();
     write(&d, "more.txt", vec![b'm'; 5000]);
     write(&d, "more.bin", "b");
     env.ferry(&d, &["add"]).assert_ok();
@@ -73,7 +120,8 @@ fn dotfiles_and_largefiles_decide_what_goes_to_git() {
     assert_eq!(mode("more.bin"), "120000");
 
     // annex.dotfiles=true annexes dotfiles.
-    env.git(&d, &["config", "annex.dotfiles", "true"]).assert_ok();
+    env.git(&d, &["config", "annex.dotfiles", "true"])
+        .assert_ok();
     write(&d, ".secret", "s");
     env.ferry(&d, &["add", ".secret"]).assert_ok();
     assert_eq!(mode(".secret"), "120000");
@@ -86,7 +134,8 @@ fn a_bad_largefiles_expression_is_refused_before_anything_changes() {
     let env = Env::new();
     let d = env.ferry_repo("r");
     write(&d, "f", "x");
-    env.git(&d, &["config", "annex.largefiles", "largerthan=lots"]).assert_ok();
+    env.git(&d, &["config", "annex.largefiles", "largerthan=lots"])
+        .assert_ok();
     let r = env.ferry(&d, &["add"]);
     r.assert_fails();
     assert!(r.stderr().contains("annex.largefiles"), "{}", r.stderr());
@@ -107,7 +156,10 @@ fn foreign_symlinks_are_committed_as_symlinks_never_followed() {
     }
     assert_eq!(std::fs::read_link(d.join("abs-link")).unwrap(), outside);
     assert_eq!(std::fs::read(&outside).unwrap(), b"not ours");
-    assert_eq!(std::fs::read_link(d.join("dangling")).unwrap().to_str(), Some("missing/target"));
+    assert_eq!(
+        std::fs::read_link(d.join("dangling")).unwrap().to_str(),
+        Some("missing/target")
+    );
 }
 
 #[test]
@@ -133,13 +185,24 @@ fn unchanged_annexed_files_are_skipped_and_changed_ones_reannexed() {
     let new = link_key(&d.join("a"));
     assert_ne!(old, new);
     // The old version is still in the store.
-    let found = walk_objects(&d).into_iter().filter(|p| p.ends_with(&old)).count();
+    let found = walk_objects(&d)
+        .into_iter()
+        .filter(|p| p.ends_with(&old))
+        .count();
     assert_eq!(found, 1);
 }
 
 fn walk_objects(d: &std::path::Path) -> Vec<String> {
-    let out = std::process::Command::new("find").arg(d.join(".git/annex/objects")).arg("-type").arg("f").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    let out = std::process::Command::new("find")
+        .arg(d.join(".git/annex/objects"))
+        .arg("-type")
+        .arg("f")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -164,13 +227,28 @@ fn awkward_names_round_trip() {
     r.assert_ok();
     for (i, n) in names.iter().enumerate() {
         let p = d.join(std::ffi::OsStr::from_bytes(n));
-        assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_symlink(), "{}", String::from_utf8_lossy(n));
-        assert_eq!(std::fs::read(&p).unwrap(), format!("content {i}").into_bytes());
+        assert!(
+            std::fs::symlink_metadata(&p)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{}",
+            String::from_utf8_lossy(n)
+        );
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            format!("content {i}").into_bytes()
+        );
     }
     // Adding one such file by name works too (leading dash after --).
     write(&d, "-x", "dash");
     env.ferry(&d, &["add", "--", "-x"]).assert_ok();
-    assert!(std::fs::symlink_metadata(d.join("-x")).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(d.join("-x"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     env.git(&d, &["commit", "-qm", "names"]).assert_ok();
     env.annex(&d, &["fsck", "--quiet"]).assert_ok();
     env.ferry(&d, &["fsck"]).assert_ok();
@@ -184,10 +262,17 @@ fn sparse_5gib_file_is_streamed_in_constant_memory() {
     f.set_len(5 << 30).unwrap();
     drop(f);
     let mut cmd = std::process::Command::new(ferry_bin());
-    cmd.arg("add").arg("sparse.img").current_dir(&d).env("HOME", &env.home).env("GIT_CONFIG_GLOBAL", env.home.join(".gitconfig"));
+    cmd.arg("add")
+        .arg("sparse.img")
+        .current_dir(&d)
+        .env("HOME", &env.home)
+        .env("GIT_CONFIG_GLOBAL", env.home.join(".gitconfig"));
     let (status, rss_kib) = run_with_rss(cmd);
     assert!(status.success());
-    assert!(rss_kib < 64 * 1024, "peak RSS {rss_kib} KiB for a 5 GiB file");
+    assert!(
+        rss_kib < 64 * 1024,
+        "peak RSS {rss_kib} KiB for a 5 GiB file"
+    );
     let key = link_key(&d.join("sparse.img"));
     // SHA-256 of 5 GiB of zeros, computed independently.
     let expect = std::process::Command::new("python3")
@@ -195,6 +280,10 @@ fn sparse_5gib_file_is_streamed_in_constant_memory() {
         .arg("import hashlib\nh = hashlib.sha256()\nb = bytes(1 << 24)\nfor _ in range(320): h.update(b)\nprint(h.hexdigest())")
         .output()
         .unwrap();
-    let expect = String::from_utf8_lossy(&expect.stdout).split_whitespace().next().unwrap().to_string();
+    let expect = String::from_utf8_lossy(&expect.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     assert_eq!(key, format!("SHA256E-s5368709120--{expect}.img"));
 }

@@ -13,12 +13,20 @@ fn init_creates_git_repo_and_annex() {
     assert_eq!(uuid.len(), 36);
     assert_eq!(&uuid[14..15], "4", "a v4 UUID");
     assert_eq!(config(&env, &d, "annex.version"), "10");
-    assert_eq!(env.git(&d, &["symbolic-ref", "HEAD"]).stdout().trim(), "refs/heads/main");
-    let log = env.git(&d, &["show", "git-annex:uuid.log"]).assert_ok().stdout();
+    assert_eq!(
+        env.git(&d, &["symbolic-ref", "HEAD"]).stdout().trim(),
+        "refs/heads/main"
+    );
+    let log = env
+        .git(&d, &["show", "git-annex:uuid.log"])
+        .assert_ok()
+        .stdout();
     assert!(log.starts_with(&format!("{uuid} tester@")), "{log}");
     assert!(log.contains(" timestamp="));
     // The first branch commit is git-annex's "branch created" with an empty tree.
-    let first = env.git(&d, &["log", "--format=%s", "--reverse", "git-annex"]).stdout();
+    let first = env
+        .git(&d, &["log", "--format=%s", "--reverse", "git-annex"])
+        .stdout();
     assert_eq!(first.lines().next(), Some("branch created"));
     // Real git-annex accepts the repository and knows its description.
     let info = env.annex(&d, &["info", "--fast"]).assert_ok().stdout();
@@ -36,9 +44,16 @@ fn init_with_description_and_rerun_keeps_uuid() {
     r.assert_ok();
     assert!(r.stdout().contains("already initialised"));
     assert_eq!(config(&env, &d, "annex.uuid"), uuid);
-    assert_eq!(env.git(&d, &["rev-parse", "git-annex"]).stdout(), tip, "rerun must change nothing");
+    assert_eq!(
+        env.git(&d, &["rev-parse", "git-annex"]).stdout(),
+        tip,
+        "rerun must change nothing"
+    );
     let log = env.git(&d, &["show", "git-annex:uuid.log"]).stdout();
-    assert!(log.starts_with(&format!("{uuid} laptop A timestamp=")), "{log}");
+    assert!(
+        log.starts_with(&format!("{uuid} laptop A timestamp=")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -60,19 +75,26 @@ fn init_in_a_clone_gets_new_uuid_and_origin_branch() {
     env.ferry(&a, &["add"]).assert_ok();
     env.git(&a, &["commit", "-qm", "f"]).assert_ok();
     let ua = config(&env, &a, "annex.uuid");
-    env.git(env.tmp.path(), &["clone", "-q", "a", "b"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
     let b = env.path("b");
     env.ferry(&b, &["init", "clone b"]).assert_ok();
     let ub = config(&env, &b, "annex.uuid");
     assert_ne!(ua, ub);
     let log = env.git(&b, &["show", "git-annex:uuid.log"]).stdout();
-    assert!(log.contains(&ua) && log.contains(&format!("{ub} clone b")), "{log}");
+    assert!(
+        log.contains(&ua) && log.contains(&format!("{ub} clone b")),
+        "{log}"
+    );
     // The clone knows where f's content is (in a), and so does real git-annex.
     let w = env.ferry(&b, &["whereis", "--json", "f.txt"]);
     let j = &w.json_lines()[0];
     assert_eq!(j["whereis"][0]["uuid"], ua.as_str());
     assert_eq!(j["whereis"][0]["remote"], "origin");
-    let aw = env.annex(&b, &["whereis", "--json", "f.txt"]).assert_ok().stdout();
+    let aw = env
+        .annex(&b, &["whereis", "--json", "f.txt"])
+        .assert_ok()
+        .stdout();
     assert!(aw.contains(&ua), "{aw}");
 }
 
@@ -82,10 +104,18 @@ fn commands_outside_a_repo_explain_what_to_do() {
     let d = env.mkdir("plain");
     let r = env.ferry(&d, &["add"]);
     r.assert_fails();
-    assert!(r.stderr().contains("not inside a git repository"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("not inside a git repository"),
+        "{}",
+        r.stderr()
+    );
     assert!(r.stderr().contains("ferry init"), "{}", r.stderr());
     env.git(&d, &["init", "-q"]).assert_ok();
     let r = env.ferry(&d, &["whereis"]);
     r.assert_fails();
-    assert!(r.stderr().contains("not a ferry/git-annex repository yet"), "{}", r.stderr());
+    assert!(
+        r.stderr().contains("not a ferry/git-annex repository yet"),
+        "{}",
+        r.stderr()
+    );
 }

@@ -25,7 +25,8 @@ struct IndexEntry {
 }
 
 fn ls_files(git: &Git, pathspecs: &[Vec<u8>]) -> Result<Vec<IndexEntry>> {
-    let mut args: Vec<std::ffi::OsString> = vec!["ls-files".into(), "-z".into(), "-s".into(), "--".into()];
+    let mut args: Vec<std::ffi::OsString> =
+        vec!["ls-files".into(), "-z".into(), "-s".into(), "--".into()];
     for p in pathspecs {
         args.push(literal_pathspec(p));
     }
@@ -33,14 +34,22 @@ fn ls_files(git: &Git, pathspecs: &[Vec<u8>]) -> Result<Vec<IndexEntry>> {
     let mut entries = Vec::new();
     for rec in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
         // "<mode> <sha> <stage>\t<path>"
-        let Some(tab) = rec.iter().position(|&b| b == b'\t') else { continue };
+        let Some(tab) = rec.iter().position(|&b| b == b'\t') else {
+            continue;
+        };
         let meta = String::from_utf8_lossy(&rec[..tab]);
         let mut it = meta.split(' ');
-        let (Some(mode), Some(sha), Some(stage)) = (it.next(), it.next(), it.next()) else { continue };
+        let (Some(mode), Some(sha), Some(stage)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
         if stage != "0" && stage != "2" {
             continue; // during a conflict, look at "ours" only
         }
-        entries.push(IndexEntry { mode: mode.to_string(), sha: sha.to_string(), path: rec[tab + 1..].to_vec() });
+        entries.push(IndexEntry {
+            mode: mode.to_string(),
+            sha: sha.to_string(),
+            path: rec[tab + 1..].to_vec(),
+        });
     }
     Ok(entries)
 }
@@ -57,7 +66,11 @@ pub fn literal_pathspec(p: &[u8]) -> std::ffi::OsString {
 pub fn annexed_files(git: &Git, pathspecs: &[Vec<u8>]) -> Result<Vec<AnnexedFile>> {
     let entries = ls_files(git, pathspecs)?;
     // Symlinks are always worth reading; regular blobs only when small enough to be pointers.
-    let regular: Vec<&str> = entries.iter().filter(|e| e.mode.starts_with("100")).map(|e| e.sha.as_str()).collect();
+    let regular: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.mode.starts_with("100"))
+        .map(|e| e.sha.as_str())
+        .collect();
     let sizes = sizes_many(git, &regular)?;
     let mut small = std::collections::HashSet::new();
     for (sha, size) in regular.iter().zip(sizes) {
@@ -65,16 +78,32 @@ pub fn annexed_files(git: &Git, pathspecs: &[Vec<u8>]) -> Result<Vec<AnnexedFile
             small.insert(*sha);
         }
     }
-    let wanted: Vec<&IndexEntry> =
-        entries.iter().filter(|e| e.mode == "120000" || small.contains(e.sha.as_str())).collect();
-    let blobs = cat_many(git, &wanted.iter().map(|e| e.sha.as_bytes().to_vec()).collect::<Vec<_>>())?;
+    let wanted: Vec<&IndexEntry> = entries
+        .iter()
+        .filter(|e| e.mode == "120000" || small.contains(e.sha.as_str()))
+        .collect();
+    let blobs = cat_many(
+        git,
+        &wanted
+            .iter()
+            .map(|e| e.sha.as_bytes().to_vec())
+            .collect::<Vec<_>>(),
+    )?;
     let mut out = Vec::new();
     for (e, blob) in wanted.into_iter().zip(blobs) {
         let Some((_, data)) = blob else { continue };
         let locked = e.mode == "120000";
-        let key = if locked { parse_link_target(&data) } else { parse_pointer(&data) };
+        let key = if locked {
+            parse_link_target(&data)
+        } else {
+            parse_pointer(&data)
+        };
         if let Some(key) = key {
-            out.push(AnnexedFile { path: e.path.clone(), key, locked });
+            out.push(AnnexedFile {
+                path: e.path.clone(),
+                key,
+                locked,
+            });
         }
     }
     Ok(out)

@@ -63,8 +63,11 @@ pub fn unmangle(name: &[u8]) -> Vec<u8> {
 
 /// Union merge of two log files: the sorted, deduplicated set of their lines.
 pub fn union_lines(a: &[u8], b: &[u8]) -> Vec<u8> {
-    let set: BTreeSet<&[u8]> =
-        a.split(|&c| c == b'\n').chain(b.split(|&c| c == b'\n')).filter(|l| !l.is_empty()).collect();
+    let set: BTreeSet<&[u8]> = a
+        .split(|&c| c == b'\n')
+        .chain(b.split(|&c| c == b'\n'))
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut out = Vec::with_capacity(a.len() + b.len());
     for l in set {
         out.extend_from_slice(l);
@@ -78,7 +81,12 @@ pub struct JournalLock(#[allow(dead_code)] Lock);
 
 impl Branch {
     pub fn new(git: Git, annex_dir: PathBuf, fixed_clock: Option<u64>) -> Branch {
-        Branch { git, annex_dir, cat: Mutex::new(None), fixed_clock }
+        Branch {
+            git,
+            annex_dir,
+            cat: Mutex::new(None),
+            fixed_clock,
+        }
     }
 
     pub fn now(&self) -> Timestamp {
@@ -94,7 +102,10 @@ impl Branch {
 
     pub fn lock_journal(&self) -> Result<JournalLock> {
         std::fs::create_dir_all(&self.annex_dir).ctx("creating", &self.annex_dir)?;
-        Ok(JournalLock(lock_wait(&self.annex_dir.join("journal.lck"), LockKind::Exclusive)?))
+        Ok(JournalLock(lock_wait(
+            &self.annex_dir.join("journal.lck"),
+            LockKind::Exclusive,
+        )?))
     }
 
     pub fn exists(&self) -> Result<bool> {
@@ -110,22 +121,27 @@ impl Branch {
         let from_remote = match self.git.rev_parse("refs/remotes/origin/git-annex")? {
             Some(c) => Some(c),
             None => {
-                let refs = self.git.run_str(["for-each-ref", "--format=%(objectname)", "refs/remotes/*/git-annex"])?;
+                let refs = self.git.run_str([
+                    "for-each-ref",
+                    "--format=%(objectname)",
+                    "refs/remotes/*/git-annex",
+                ])?;
                 refs.lines().next().map(str::to_string)
             }
         };
-        let commit = match from_remote {
-            Some(c) => c,
-            None => {
-                let tree = self.git.run_str(["mktree"])?;
-                String::from_utf8_lossy(&self.git.run_with_input(
-                    ["commit-tree", "--no-gpg-sign", &tree],
-                    b"branch created\n",
-                )?)
-                .trim()
-                .to_string()
-            }
-        };
+        let commit =
+            match from_remote {
+                Some(c) => c,
+                None => {
+                    let tree = self.git.run_str(["mktree"])?;
+                    String::from_utf8_lossy(&self.git.run_with_input(
+                        ["commit-tree", "--no-gpg-sign", &tree],
+                        b"branch created\n",
+                    )?)
+                    .trim()
+                    .to_string()
+                }
+            };
         // Expect the ref to be absent: never clobber a branch another process just made.
         self.git.run(["update-ref", BRANCH, &commit, ""])?;
         Ok(())
@@ -133,7 +149,9 @@ impl Branch {
 
     /// The current content of a branch file: the journal's copy if any, else the branch's.
     pub fn read(&self, path: &[u8]) -> Result<Option<Vec<u8>>> {
-        let j = self.journal_dir().join(std::ffi::OsStr::from_bytes(&mangle(path)));
+        let j = self
+            .journal_dir()
+            .join(std::ffi::OsStr::from_bytes(&mangle(path)));
         match std::fs::read(&j) {
             Ok(c) => return Ok(Some(c)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -163,7 +181,10 @@ impl Branch {
             }
         }
         if self.exists()? {
-            for (i, blob) in from_branch.into_iter().zip(crate::git::cat_many(&self.git, &revs)?) {
+            for (i, blob) in from_branch
+                .into_iter()
+                .zip(crate::git::cat_many(&self.git, &revs)?)
+            {
                 out[i] = blob.filter(|(k, _)| k == "blob").map(|(_, d)| d);
             }
         }
@@ -178,7 +199,12 @@ impl Branch {
         }
         let mut rev = format!("{BRANCH}:").into_bytes();
         rev.extend_from_slice(path);
-        Ok(guard.as_mut().unwrap().get(&rev)?.filter(|(k, _)| k == "blob").map(|(_, d)| d))
+        Ok(guard
+            .as_mut()
+            .unwrap()
+            .get(&rev)?
+            .filter(|(k, _)| k == "blob")
+            .map(|(_, d)| d))
     }
 
     /// Writes a file's full new content into the journal. The caller holds the journal lock.
@@ -242,7 +268,10 @@ impl Branch {
         let index = self.annex_dir.join("index");
         let ig = self.git.with_index(&index);
         for attempt in 0..10 {
-            let tip = self.git.rev_parse(BRANCH)?.ok_or_else(|| Error::Protocol("git-annex branch vanished".into()))?;
+            let tip = self
+                .git
+                .rev_parse(BRANCH)?
+                .ok_or_else(|| Error::Protocol("git-annex branch vanished".into()))?;
             if attempt > 0 {
                 // Someone else committed meanwhile: fold their version of our files in.
                 for (path, jf) in &files {
@@ -263,10 +292,15 @@ impl Branch {
                 paths.extend_from_slice(jf.as_os_str().as_bytes());
                 paths.push(b'\n');
             }
-            let shas = self.git.run_with_input(["hash-object", "-w", "--no-filters", "--stdin-paths"], &paths)?;
+            let shas = self.git.run_with_input(
+                ["hash-object", "-w", "--no-filters", "--stdin-paths"],
+                &paths,
+            )?;
             let shas: Vec<&str> = std::str::from_utf8(&shas).unwrap_or("").lines().collect();
             if shas.len() != files.len() {
-                return Err(Error::Protocol("git hash-object returned the wrong number of ids".into()));
+                return Err(Error::Protocol(
+                    "git hash-object returned the wrong number of ids".into(),
+                ));
             }
             let mut info = Vec::new();
             for ((path, _), sha) in files.iter().zip(&shas) {
@@ -277,12 +311,16 @@ impl Branch {
             ig.run_with_input(["update-index", "-z", "--index-info"], &info)?;
             let tree = ig.run_str(["write-tree"])?;
             let msg = format!("{message}\n");
-            let commit = String::from_utf8_lossy(
-                &self.git.run_with_input(["commit-tree", "--no-gpg-sign", &tree, "-p", &tip], msg.as_bytes())?,
-            )
+            let commit = String::from_utf8_lossy(&self.git.run_with_input(
+                ["commit-tree", "--no-gpg-sign", &tree, "-p", &tip],
+                msg.as_bytes(),
+            )?)
             .trim()
             .to_string();
-            match self.git.run(["update-ref", "-m", "update", BRANCH, &commit, &tip]) {
+            match self
+                .git
+                .run(["update-ref", "-m", "update", BRANCH, &commit, &tip])
+            {
                 Ok(_) => {
                     for (_, jf) in &files {
                         let _ = std::fs::remove_file(jf);
@@ -306,8 +344,14 @@ impl Branch {
         if !self.exists()? {
             return Ok(Vec::new());
         }
-        let out = self.git.run(["ls-tree", "-r", "-z", "--name-only", BRANCH])?;
-        Ok(out.split(|&b| b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect())
+        let out = self
+            .git
+            .run(["ls-tree", "-r", "-z", "--name-only", BRANCH])?;
+        Ok(out
+            .split(|&b| b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect())
     }
 }
 

@@ -33,13 +33,18 @@ pub enum Error {
     BadExpression { expr: String, why: String },
     #[error("{0}")]
     Unsupported(String),
-    #[error("repository {0} has a newer or unknown annex.version {1}; this ferry supports version 10")]
+    #[error(
+        "repository {0} has a newer or unknown annex.version {1}; this ferry supports version 10"
+    )]
     BadVersion(PathBuf, String),
 }
 
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

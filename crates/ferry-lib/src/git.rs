@@ -21,7 +21,10 @@ pub struct Git {
 
 impl Git {
     pub fn new(dir: impl Into<PathBuf>) -> Git {
-        Git { dir: dir.into(), env: Vec::new() }
+        Git {
+            dir: dir.into(),
+            env: Vec::new(),
+        }
     }
 
     /// The same repository, with git's index replaced by `index` (used for the git-annex branch).
@@ -65,7 +68,11 @@ impl Git {
     {
         let mut cmd = self.command(args);
         let desc = describe(&cmd);
-        cmd.stdin(if input.is_empty() { Stdio::null() } else { Stdio::piped() });
+        cmd.stdin(if input.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| Error::GitMissing(e.to_string()))?;
         // Write on a thread so a large input cannot deadlock against a large output.
@@ -73,12 +80,17 @@ impl Git {
             let input = input.to_vec();
             std::thread::spawn(move || stdin.write_all(&input))
         });
-        let out = child.wait_with_output().map_err(|e| Error::io("running git", e))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("running git", e))?;
         if let Some(w) = writer {
             let _ = w.join();
         }
         if !out.status.success() {
-            return Err(Error::Git { command: desc, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+            return Err(Error::Git {
+                command: desc,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
         Ok(out.stdout)
     }
@@ -89,7 +101,9 @@ impl Git {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Ok(String::from_utf8_lossy(&self.run(args)?).trim_end().to_string())
+        Ok(String::from_utf8_lossy(&self.run(args)?)
+            .trim_end()
+            .to_string())
     }
 
     /// Runs git; `Ok(None)` when it exits 1 with nothing on stderr (git's "not found").
@@ -100,14 +114,22 @@ impl Git {
     {
         let mut cmd = self.command(args);
         let desc = describe(&cmd);
-        let out = cmd.stdin(Stdio::null()).output().map_err(|e| Error::GitMissing(e.to_string()))?;
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::GitMissing(e.to_string()))?;
         if out.status.success() {
-            return Ok(Some(String::from_utf8_lossy(&out.stdout).trim_end().to_string()));
+            return Ok(Some(
+                String::from_utf8_lossy(&out.stdout).trim_end().to_string(),
+            ));
         }
         if out.status.code() == Some(1) && out.stderr.is_empty() {
             return Ok(None);
         }
-        Err(Error::Git { command: desc, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+        Err(Error::Git {
+            command: desc,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 
     /// `git config --get NAME`, `None` when unset.
@@ -116,10 +138,12 @@ impl Git {
     }
 
     pub fn config_bool(&self, name: &str, default: bool) -> Result<bool> {
-        Ok(match self.run_opt(["config", "--type=bool", "--get", name])? {
-            Some(v) => v == "true",
-            None => default,
-        })
+        Ok(
+            match self.run_opt(["config", "--type=bool", "--get", name])? {
+                Some(v) => v == "true",
+                None => default,
+            },
+        )
     }
 
     /// The commit a ref points at, `None` when the ref does not exist.
@@ -129,7 +153,10 @@ impl Git {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| Error::GitMissing(e.to_string()))?;
-        Ok(out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
+        Ok(out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()))
     }
 
     pub fn cat_file(&self) -> Result<CatFile> {
@@ -138,7 +165,11 @@ impl Git {
 }
 
 fn describe(cmd: &Command) -> String {
-    let args: Vec<String> = cmd.get_args().skip(2).map(|a| a.to_string_lossy().into_owned()).collect();
+    let args: Vec<String> = cmd
+        .get_args()
+        .skip(2)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     format!("git {}", args.join(" "))
 }
 
@@ -160,7 +191,11 @@ impl CatFile {
             .map_err(|e| Error::GitMissing(e.to_string()))?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        Ok(CatFile { child, stdin, stdout })
+        Ok(CatFile {
+            child,
+            stdin,
+            stdout,
+        })
     }
 
     /// The content of `rev` (e.g. `git-annex:uuid.log` or a blob id), `None` if it is missing.
@@ -179,10 +214,15 @@ impl CatFile {
         }
         let h = String::from_utf8_lossy(&header);
         let mut parts = h.split_whitespace();
-        let (Some(_sha), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(Error::Protocol(format!("unexpected git cat-file output: {h:?}")));
+        let (Some(_sha), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Error::Protocol(format!(
+                "unexpected git cat-file output: {h:?}"
+            )));
         };
-        let size: usize = size.parse().map_err(|_| Error::Protocol(format!("bad size in {h:?}")))?;
+        let size: usize = size
+            .parse()
+            .map_err(|_| Error::Protocol(format!("bad size in {h:?}")))?;
         let mut data = vec![0u8; size + 1];
         self.stdout.read_exact(&mut data).map_err(broken)?;
         data.pop();
@@ -215,7 +255,11 @@ pub fn cat_many(git: &Git, revs: &[Vec<u8>]) -> Result<Vec<Option<(String, Vec<u
     let mut input = Vec::with_capacity(revs.len() * 64);
     for r in revs {
         // A name with a newline cannot be asked for; ask for something that is surely missing.
-        input.extend_from_slice(if r.contains(&b'\n') { b"0000000000000000000000000000000000000000" } else { r });
+        input.extend_from_slice(if r.contains(&b'\n') {
+            b"0000000000000000000000000000000000000000"
+        } else {
+            r
+        });
         input.push(b'\n');
     }
     let writer = std::thread::spawn(move || {
@@ -240,9 +284,13 @@ pub fn cat_many(git: &Git, revs: &[Vec<u8>]) -> Result<Vec<Option<(String, Vec<u
         let h = String::from_utf8_lossy(&header);
         let mut parts = h.split_whitespace();
         let (Some(_), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(Error::Protocol(format!("unexpected git cat-file output: {h:?}")));
+            return Err(Error::Protocol(format!(
+                "unexpected git cat-file output: {h:?}"
+            )));
         };
-        let size: usize = size.parse().map_err(|_| Error::Protocol(format!("bad size in {h:?}")))?;
+        let size: usize = size
+            .parse()
+            .map_err(|_| Error::Protocol(format!("bad size in {h:?}")))?;
         let mut data = vec![0u8; size + 1];
         stdout.read_exact(&mut data).map_err(broken)?;
         data.pop();
@@ -263,6 +311,12 @@ pub fn sizes_many(git: &Git, shas: &[&str]) -> Result<Vec<Option<u64>>> {
         input.push_str(s);
         input.push('\n');
     }
-    let out = git.run_with_input(["cat-file", "--batch-check=%(objectsize)"], input.as_bytes())?;
-    Ok(String::from_utf8_lossy(&out).lines().map(|l| l.parse().ok()).collect())
+    let out = git.run_with_input(
+        ["cat-file", "--batch-check=%(objectsize)"],
+        input.as_bytes(),
+    )?;
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .map(|l| l.parse().ok())
+        .collect())
 }

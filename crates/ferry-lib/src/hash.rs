@@ -50,7 +50,13 @@ impl Backend {
         if self.with_extension() {
             name.extend_from_slice(&extension_for(file_name, 4));
         }
-        Key { variety: self.name().to_string(), size: Some(size), mtime: None, chunk: None, name }
+        Key {
+            variety: self.name().to_string(),
+            size: Some(size),
+            mtime: None,
+            chunk: None,
+            name,
+        }
     }
 }
 
@@ -158,7 +164,10 @@ mod tests {
             "SHA256E-s12--a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447.txt"
         );
         let k = Backend::Sha256.key(n, &hex, b"dir/hello.txt");
-        assert_eq!(k.to_string(), "SHA256-s12--a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447");
+        assert_eq!(
+            k.to_string(),
+            "SHA256-s12--a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447"
+        );
     }
 
     #[test]

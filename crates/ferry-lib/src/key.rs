@@ -35,7 +35,13 @@ impl Key {
         let mut parts = fields.split(|&b| b == b'-');
         let variety = parts.next().filter(|v| !v.is_empty()).ok_or_else(bad)?;
         let variety = std::str::from_utf8(variety).map_err(|_| bad())?.to_string();
-        let mut key = Key { variety, size: None, mtime: None, chunk: None, name: name.to_vec() };
+        let mut key = Key {
+            variety,
+            size: None,
+            mtime: None,
+            chunk: None,
+            name: name.to_vec(),
+        };
         let mut order = 0u8;
         let mut chunk_size = None;
         for p in parts {
@@ -43,7 +49,10 @@ impl Key {
             if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 20 {
                 return Err(bad());
             }
-            let n: u64 = std::str::from_utf8(digits).unwrap().parse().map_err(|_| bad())?;
+            let n: u64 = std::str::from_utf8(digits)
+                .unwrap()
+                .parse()
+                .map_err(|_| bad())?;
             let rank = match letter {
                 b's' => 1,
                 b'm' => 2,
@@ -98,7 +107,11 @@ impl Key {
 
     /// The serialized form without chunk fields: what hash directories are computed over.
     fn hash_basis(&self) -> Vec<u8> {
-        Key { chunk: None, ..self.clone() }.to_bytes()
+        Key {
+            chunk: None,
+            ..self.clone()
+        }
+        .to_bytes()
     }
 
     pub fn is_e_variety(&self) -> bool {
@@ -163,7 +176,9 @@ impl Key {
         const ALPHA: &[u8; 32] = b"0123456789zqjxkmvwgpfZQJXKMVWGPF";
         let d = Md5::digest(self.hash_basis());
         let w = u32::from_le_bytes([d[0], d[1], d[2], d[3]]) as u64; // shifts past 32 bits give 0, as in git-annex
-        let c: Vec<u8> = (0..8).map(|i| ALPHA[((w >> (6 * i)) & 31) as usize]).collect();
+        let c: Vec<u8> = (0..8)
+            .map(|i| ALPHA[((w >> (6 * i)) & 31) as usize])
+            .collect();
         let s = [c[1], c[0], c[3], c[2], c[5], c[4], c[7], c[6]];
         let s = std::str::from_utf8(&s).unwrap();
         format!("{}/{}/", &s[0..2], &s[2..4])
@@ -205,8 +220,10 @@ pub fn extension_for(file_name: &[u8], max_len: usize) -> Vec<u8> {
         kept.push(c);
     }
     kept.reverse();
-    let survivors: Vec<&[u8]> =
-        kept.into_iter().filter(|c| c.iter().all(|&b| b >= 0x80 || b.is_ascii_alphanumeric())).collect();
+    let survivors: Vec<&[u8]> = kept
+        .into_iter()
+        .filter(|c| c.iter().all(|&b| b >= 0x80 || b.is_ascii_alphanumeric()))
+        .collect();
     let last_two = &survivors[survivors.len().saturating_sub(2)..];
     let mut out = Vec::new();
     for c in last_two {
@@ -238,7 +255,10 @@ mod tests {
 
     #[test]
     fn hash_dirs_match_git_annex_examples() {
-        let k = Key::parse_str("SHA256E-s0--e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").unwrap();
+        let k = Key::parse_str(
+            "SHA256E-s0--e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        )
+        .unwrap();
         assert_eq!(k.hash_dir_lower(), "f87/4d5/");
         assert_eq!(k.hash_dir_mixed(), "pX/ZJ/");
         let k = Key::parse_str(
@@ -260,7 +280,14 @@ mod tests {
 
     #[test]
     fn parser_is_strict() {
-        for bad in ["SHA256E-m1-s2--x", "SHA256E-q1--x", "SHA256E-sx--x", "nodashes", "-s1--x", "A-S5--x"] {
+        for bad in [
+            "SHA256E-m1-s2--x",
+            "SHA256E-q1--x",
+            "SHA256E-sx--x",
+            "nodashes",
+            "-s1--x",
+            "A-S5--x",
+        ] {
             assert!(Key::parse_str(bad).is_err(), "{bad} should be rejected");
         }
         let long_ext = format!("SHA256E-s1--abc.{}", "x".repeat(70));

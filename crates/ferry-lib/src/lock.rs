@@ -35,7 +35,11 @@ fn fcntl_lock(file: &File, kind: LockKind, wait: bool) -> std::io::Result<bool> 
     fl.l_start = 0;
     fl.l_len = 0;
     fl.l_pid = 0; // required to be 0 for OFD locks
-    let cmd = if wait { libc::F_OFD_SETLKW } else { libc::F_OFD_SETLK };
+    let cmd = if wait {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
     loop {
         // SAFETY: fd is valid for the life of `file`, and `fl` is a valid flock.
         let r = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
@@ -60,21 +64,30 @@ fn open_lock_file(path: &Path, kind: LockKind) -> Result<File> {
         // A shared lock needs read access only, but create needs write.
         o.write(true);
     }
-    o.open(path).map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
+    o.open(path)
+        .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
 }
 
 /// Takes the lock, waiting for other holders (ferry's or git-annex's) to release it.
 pub fn lock_wait(path: &Path, kind: LockKind) -> Result<Lock> {
     let file = open_lock_file(path, kind)?;
-    fcntl_lock(&file, kind, true).map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
-    Ok(Lock { _file: file, path: path.to_path_buf() })
+    fcntl_lock(&file, kind, true)
+        .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+    Ok(Lock {
+        _file: file,
+        path: path.to_path_buf(),
+    })
 }
 
 /// Takes the lock if nobody holds a conflicting one; `None` otherwise.
 pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<Lock>> {
     let file = open_lock_file(path, kind)?;
-    let got = fcntl_lock(&file, kind, false).map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
-    Ok(got.then(|| Lock { _file: file, path: path.to_path_buf() }))
+    let got = fcntl_lock(&file, kind, false)
+        .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+    Ok(got.then(|| Lock {
+        _file: file,
+        path: path.to_path_buf(),
+    }))
 }
 
 #[cfg(test)]

@@ -34,19 +34,29 @@ impl Timestamp {
             return None;
         }
         let secs = int.parse().ok()?;
-        let pico = if frac.is_empty() { 0 } else { format!("{frac:0<12}").parse().ok()? };
+        let pico = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<12}").parse().ok()?
+        };
         Some(Timestamp { secs, pico })
     }
 
     pub fn from_system(t: std::time::SystemTime) -> Timestamp {
         let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Timestamp { secs: d.as_secs(), pico: d.subsec_nanos() as u64 * 1000 }
+        Timestamp {
+            secs: d.as_secs(),
+            pico: d.subsec_nanos() as u64 * 1000,
+        }
     }
 
     /// The next timestamp for a field whose newest existing entry is `prev`.
     pub fn next_after(now: Timestamp, prev: Option<Timestamp>) -> Timestamp {
         match prev {
-            Some(p) if p >= now => Timestamp { secs: p.secs + 1, pico: p.pico },
+            Some(p) if p >= now => Timestamp {
+                secs: p.secs + 1,
+                pico: p.pico,
+            },
             _ => now,
         }
     }
@@ -123,7 +133,11 @@ impl LocationLog {
                 if uuid.is_empty() || it.next().is_some() {
                     return None;
                 }
-                Some(LocationEntry { ts, status, uuid: uuid.to_string() })
+                Some(LocationEntry {
+                    ts,
+                    status,
+                    uuid: uuid.to_string(),
+                })
             })();
             match parsed {
                 Some(e) => log.entries.push(e),
@@ -149,7 +163,11 @@ impl LocationLog {
 
     /// UUIDs whose current status is present, in UUID order.
     pub fn present(&self) -> Vec<String> {
-        self.current().into_iter().filter(|(_, e)| e.status == Presence::Present).map(|(u, _)| u.to_string()).collect()
+        self.current()
+            .into_iter()
+            .filter(|(_, e)| e.status == Presence::Present)
+            .map(|(u, _)| u.to_string())
+            .collect()
     }
 
     pub fn status_of(&self, uuid: &str) -> Option<Presence> {
@@ -159,15 +177,27 @@ impl LocationLog {
     /// Records `status` for `uuid` at `now` (vector-clock adjusted). Appends when the UUID is new,
     /// otherwise rewrites the log compacted: one line per UUID, in UUID order.
     pub fn set(&mut self, uuid: &str, status: Presence, now: Timestamp) {
-        let prev = self.entries.iter().filter(|e| e.uuid == uuid).map(|e| e.ts).max();
+        let prev = self
+            .entries
+            .iter()
+            .filter(|e| e.uuid == uuid)
+            .map(|e| e.ts)
+            .max();
         let ts = Timestamp::next_after(now, prev);
-        let entry = LocationEntry { ts, status, uuid: uuid.to_string() };
+        let entry = LocationEntry {
+            ts,
+            status,
+            uuid: uuid.to_string(),
+        };
         if prev.is_none() {
             self.entries.push(entry);
             return;
         }
-        let mut current: BTreeMap<String, LocationEntry> =
-            self.current().into_iter().map(|(u, e)| (u.to_string(), e.clone())).collect();
+        let mut current: BTreeMap<String, LocationEntry> = self
+            .current()
+            .into_iter()
+            .map(|(u, e)| (u.to_string(), e.clone()))
+            .collect();
         current.insert(uuid.to_string(), entry);
         self.entries = current.into_values().collect();
     }
@@ -199,19 +229,28 @@ impl UuidLog {
     pub fn parse(content: &[u8]) -> UuidLog {
         let mut log = UuidLog::default();
         for line in lines(content) {
-            let Some((uuid, rest)) = line.split_once(' ').or(Some((line, ""))) else { continue };
+            let Some((uuid, rest)) = line.split_once(' ').or(Some((line, ""))) else {
+                continue;
+            };
             if uuid.is_empty() {
                 log.skipped += 1;
                 continue;
             }
-            let (value, ts) = match rest.rsplit_once(" timestamp=").map(|(v, t)| (v, Timestamp::parse(t))) {
+            let (value, ts) = match rest
+                .rsplit_once(" timestamp=")
+                .map(|(v, t)| (v, Timestamp::parse(t)))
+            {
                 Some((v, Some(ts))) => (v, Some(ts)),
                 _ => match rest.strip_prefix("timestamp=").and_then(Timestamp::parse) {
                     Some(ts) => ("", Some(ts)),
                     None => (rest, None),
                 },
             };
-            log.entries.push(UuidEntry { uuid: uuid.to_string(), value: value.to_string(), ts });
+            log.entries.push(UuidEntry {
+                uuid: uuid.to_string(),
+                value: value.to_string(),
+                ts,
+            });
         }
         log
     }
@@ -236,11 +275,26 @@ impl UuidLog {
 
     /// Sets the value for `uuid`; the log is rewritten with one line per UUID, sorted.
     pub fn set(&mut self, uuid: &str, value: &str, now: Timestamp) {
-        let prev = self.entries.iter().filter(|e| e.uuid == uuid).filter_map(|e| e.ts).max();
+        let prev = self
+            .entries
+            .iter()
+            .filter(|e| e.uuid == uuid)
+            .filter_map(|e| e.ts)
+            .max();
         let ts = Timestamp::next_after(now, prev);
-        let mut current: BTreeMap<String, UuidEntry> =
-            self.current().into_iter().map(|(u, e)| (u.to_string(), e.clone())).collect();
-        current.insert(uuid.to_string(), UuidEntry { uuid: uuid.to_string(), value: value.to_string(), ts: Some(ts) });
+        let mut current: BTreeMap<String, UuidEntry> = self
+            .current()
+            .into_iter()
+            .map(|(u, e)| (u.to_string(), e.clone()))
+            .collect();
+        current.insert(
+            uuid.to_string(),
+            UuidEntry {
+                uuid: uuid.to_string(),
+                value: value.to_string(),
+                ts: Some(ts),
+            },
+        );
         self.entries = current.into_values().collect();
     }
 
@@ -291,7 +345,12 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        for s in ["1795343304.61671586s", "1000s", "1000.5s", "1.000000000001s"] {
+        for s in [
+            "1795343304.61671586s",
+            "1000s",
+            "1000.5s",
+            "1.000000000001s",
+        ] {
             assert_eq!(ts(s).to_string(), s);
         }
         assert_eq!(ts("1000").to_string(), "1000s");
@@ -320,7 +379,8 @@ mod tests {
 
     #[test]
     fn union_merged_logs_resolve_by_timestamp_and_skip_junk() {
-        let log = LocationLog::parse(b"20s 0 u\r\ngarbage line here too\n10s 1 u\n\n5s 1 v\nx 1 w\n");
+        let log =
+            LocationLog::parse(b"20s 0 u\r\ngarbage line here too\n10s 1 u\n\n5s 1 v\nx 1 w\n");
         assert_eq!(log.status_of("u"), Some(Presence::Absent));
         assert_eq!(log.present(), vec!["v".to_string()]);
         assert_eq!(log.skipped, 2);

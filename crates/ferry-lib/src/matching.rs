@@ -23,12 +23,18 @@ pub enum Expr {
 
 impl Expr {
     pub fn parse(s: &str) -> Result<Expr> {
-        let bad = |why: String| Error::BadExpression { expr: s.to_string(), why };
+        let bad = |why: String| Error::BadExpression {
+            expr: s.to_string(),
+            why,
+        };
         let tokens = tokenize(s);
         if tokens.is_empty() {
             return Err(bad("empty expression".into()));
         }
-        let mut p = Parser { toks: &tokens, pos: 0 };
+        let mut p = Parser {
+            toks: &tokens,
+            pos: 0,
+        };
         let e = p.or().map_err(bad)?;
         if p.pos != tokens.len() {
             return Err(bad(format!("unexpected {:?}", tokens[p.pos])));
@@ -126,21 +132,33 @@ impl Parser<'_> {
 }
 
 fn term(t: &str) -> std::result::Result<Expr, String> {
-    let (name, value) = t.split_once('=').ok_or_else(|| format!("unknown term {t:?}"))?;
+    let (name, value) = t
+        .split_once('=')
+        .ok_or_else(|| format!("unknown term {t:?}"))?;
     match name {
         "include" => Ok(Expr::Include(value.as_bytes().to_vec())),
         "exclude" => Ok(Expr::Exclude(value.as_bytes().to_vec())),
-        "largerthan" => Ok(Expr::LargerThan(parse_size(value).ok_or_else(|| format!("bad size {value:?}"))?)),
-        "smallerthan" => Ok(Expr::SmallerThan(parse_size(value).ok_or_else(|| format!("bad size {value:?}"))?)),
-        "mimetype" | "mimeencoding" => Err(format!("{name}= is not supported by ferry yet; use include=/exclude= globs")),
-        _ => Err(format!("{name}= cannot be used in annex.largefiles (or is unknown)")),
+        "largerthan" => Ok(Expr::LargerThan(
+            parse_size(value).ok_or_else(|| format!("bad size {value:?}"))?,
+        )),
+        "smallerthan" => Ok(Expr::SmallerThan(
+            parse_size(value).ok_or_else(|| format!("bad size {value:?}"))?,
+        )),
+        "mimetype" | "mimeencoding" => Err(format!(
+            "{name}= is not supported by ferry yet; use include=/exclude= globs"
+        )),
+        _ => Err(format!(
+            "{name}= cannot be used in annex.largefiles (or is unknown)"
+        )),
     }
 }
 
 /// Sizes like `100`, `100kb`, `1.5MiB`, `2 gigabytes` (decimal and binary units, any case).
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let num: f64 = num.parse().ok()?;
     let unit = unit.trim().to_ascii_lowercase();

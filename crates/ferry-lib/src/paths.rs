@@ -7,7 +7,11 @@ use std::path::{Component, Path, PathBuf};
 /// Makes `p` absolute against `cwd` and removes `.`/`..` lexically, without following the last
 /// component (a symlink given on the command line is the link itself, never its target).
 pub fn absolutize(cwd: &Path, p: &Path) -> PathBuf {
-    let joined = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    };
     let mut out = PathBuf::new();
     for c in joined.components() {
         match c {
@@ -31,9 +35,14 @@ pub fn repo_relative(top: &Path, git_dir: &Path, cwd: &Path, p: &Path) -> Result
         return Err(Error::NoSuchPath(p.to_path_buf()));
     }
     let canon_top = top.canonicalize().unwrap_or_else(|_| top.to_path_buf());
-    let canon_git = git_dir.canonicalize().unwrap_or_else(|_| git_dir.to_path_buf());
+    let canon_git = git_dir
+        .canonicalize()
+        .unwrap_or_else(|_| git_dir.to_path_buf());
     let full = match (abs.parent(), abs.file_name()) {
-        (Some(parent), Some(name)) => parent.canonicalize().map(|c| c.join(name)).unwrap_or(abs.clone()),
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|c| c.join(name))
+            .unwrap_or(abs.clone()),
         _ => abs.canonicalize().unwrap_or(abs.clone()),
     };
     if full.starts_with(&canon_git) || full.components().any(|c| c.as_os_str() == ".git") {
@@ -41,7 +50,10 @@ pub fn repo_relative(top: &Path, git_dir: &Path, cwd: &Path, p: &Path) -> Result
     }
     let rel = full
         .strip_prefix(&canon_top)
-        .map_err(|_| Error::OutsideRepo { path: p.to_path_buf(), repo: top.to_path_buf() })?;
+        .map_err(|_| Error::OutsideRepo {
+            path: p.to_path_buf(),
+            repo: top.to_path_buf(),
+        })?;
     Ok(rel.as_os_str().as_bytes().to_vec())
 }
 
@@ -63,7 +75,13 @@ mod tests {
 
     #[test]
     fn lexical_absolutize() {
-        assert_eq!(absolutize(Path::new("/a/b"), Path::new("../c/./d")), PathBuf::from("/a/c/d"));
-        assert_eq!(absolutize(Path::new("/a"), Path::new("/x/y")), PathBuf::from("/x/y"));
+        assert_eq!(
+            absolutize(Path::new("/a/b"), Path::new("../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
+        assert_eq!(
+            absolutize(Path::new("/a"), Path::new("/x/y")),
+            PathBuf::from("/x/y")
+        );
     }
 }

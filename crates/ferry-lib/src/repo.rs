@@ -34,7 +34,12 @@ impl Repo {
     pub fn discover(dir: &Path, opts: &RepoOptions) -> Result<Repo> {
         let probe = Git::new(dir);
         let out = probe
-            .run(["rev-parse", "--is-bare-repository", "--absolute-git-dir", "--show-toplevel"])
+            .run([
+                "rev-parse",
+                "--is-bare-repository",
+                "--absolute-git-dir",
+                "--show-toplevel",
+            ])
             .map_err(|e| match e {
                 Error::Git { .. } => Error::NotARepo(dir.to_path_buf()),
                 e => e,
@@ -43,18 +48,30 @@ impl Repo {
         let mut lines = out.lines();
         let bare = lines.next() == Some("true");
         let git_dir = PathBuf::from(lines.next().unwrap_or_default());
-        let top = if bare { None } else { lines.next().map(PathBuf::from) };
+        let top = if bare {
+            None
+        } else {
+            lines.next().map(PathBuf::from)
+        };
         let git = Git::new(top.clone().unwrap_or_else(|| git_dir.clone()));
         let branch = Branch::new(git.clone(), git_dir.join("annex"), opts.fixed_clock);
         let uuid = git.config("annex.uuid")?.filter(|u| !u.is_empty());
-        Ok(Repo { top, git_dir, git, branch, uuid })
+        Ok(Repo {
+            top,
+            git_dir,
+            git,
+            branch,
+            uuid,
+        })
     }
 
     /// Like [`Repo::discover`], but the repository must already be initialised.
     pub fn open(dir: &Path, opts: &RepoOptions) -> Result<Repo> {
         let r = Repo::discover(dir, opts)?;
         if r.uuid.is_none() {
-            return Err(Error::NotInitialized(r.top.clone().unwrap_or_else(|| r.git_dir.clone())));
+            return Err(Error::NotInitialized(
+                r.top.clone().unwrap_or_else(|| r.git_dir.clone()),
+            ));
         }
         if let Some(v) = r.git.config("annex.version")? {
             if !matches!(v.as_str(), "8" | "9" | "10") {
@@ -68,13 +85,19 @@ impl Repo {
     /// Creates a git repository in `dir` (branch `main`) when there is none, then makes it an
     /// annex. An already initialised repository keeps its UUID; only an explicitly given
     /// description is updated.
-    pub fn init(dir: &Path, description: Option<&str>, default_description: &str, opts: &RepoOptions) -> Result<(Repo, InitOutcome)> {
+    pub fn init(
+        dir: &Path,
+        description: Option<&str>,
+        default_description: &str,
+        opts: &RepoOptions,
+    ) -> Result<(Repo, InitOutcome)> {
         let probe = Git::new(dir);
         if probe.run(["rev-parse", "--git-dir"]).is_err() {
             probe.run(["init", "--quiet", "-b", "main"])?;
         }
         let mut repo = Repo::discover(dir, opts)?;
-        std::fs::create_dir_all(repo.annex_dir().join("objects")).ctx("creating", &repo.annex_dir())?;
+        std::fs::create_dir_all(repo.annex_dir().join("objects"))
+            .ctx("creating", &repo.annex_dir())?;
         repo.learn_local_remote_uuids()?;
         if let Some(uuid) = repo.uuid.clone() {
             repo.branch.ensure_exists()?;
@@ -116,16 +139,25 @@ impl Repo {
     /// Every known repository: UUID → description.
     pub fn uuid_descriptions(&self) -> Result<std::collections::BTreeMap<String, String>> {
         let log = UuidLog::parse(&self.branch.read(b"uuid.log")?.unwrap_or_default());
-        Ok(log.current().into_iter().map(|(u, e)| (u.to_string(), e.value.clone())).collect())
+        Ok(log
+            .current()
+            .into_iter()
+            .map(|(u, e)| (u.to_string(), e.value.clone()))
+            .collect())
     }
 
     /// Remote names by UUID, from `remote.<name>.annex-uuid`.
     pub fn remote_names(&self) -> Result<std::collections::BTreeMap<String, String>> {
-        let out = self.git.run_opt(["config", "--get-regexp", r"^remote\..*\.annex-uuid$"])?.unwrap_or_default();
+        let out = self
+            .git
+            .run_opt(["config", "--get-regexp", r"^remote\..*\.annex-uuid$"])?
+            .unwrap_or_default();
         let mut m = std::collections::BTreeMap::new();
         for line in out.lines() {
             if let Some((k, v)) = line.split_once(' ') {
-                let name = k.strip_prefix("remote.").and_then(|k| k.strip_suffix(".annex-uuid"));
+                let name = k
+                    .strip_prefix("remote.")
+                    .and_then(|k| k.strip_suffix(".annex-uuid"));
                 if let Some(name) = name {
                     m.insert(v.to_string(), name.to_string());
                 }
@@ -137,11 +169,25 @@ impl Repo {
     /// Records `remote.<name>.annex-uuid` for remotes that are local paths, by reading their
     /// config (as git-annex does for local remotes). Remotes that are not there are left alone.
     pub fn learn_local_remote_uuids(&self) -> Result<()> {
-        let urls = self.git.run_opt(["config", "--get-regexp", r"^remote\..*\.url$"])?.unwrap_or_default();
+        let urls = self
+            .git
+            .run_opt(["config", "--get-regexp", r"^remote\..*\.url$"])?
+            .unwrap_or_default();
         for line in urls.lines() {
-            let Some((k, url)) = line.split_once(' ') else { continue };
-            let Some(name) = k.strip_prefix("remote.").and_then(|k| k.strip_suffix(".url")) else { continue };
-            if self.git.config(&format!("remote.{name}.annex-uuid"))?.is_some() {
+            let Some((k, url)) = line.split_once(' ') else {
+                continue;
+            };
+            let Some(name) = k
+                .strip_prefix("remote.")
+                .and_then(|k| k.strip_suffix(".url"))
+            else {
+                continue;
+            };
+            if self
+                .git
+                .config(&format!("remote.{name}.annex-uuid"))?
+                .is_some()
+            {
                 continue;
             }
             let path = match url.strip_prefix("file://") {
@@ -152,12 +198,21 @@ impl Repo {
                 }
                 None => continue,
             };
-            let cfg = [path.join(".git/config"), path.join("config")].into_iter().find(|p| p.is_file());
+            let cfg = [path.join(".git/config"), path.join("config")]
+                .into_iter()
+                .find(|p| p.is_file());
             let Some(cfg) = cfg else { continue };
-            let uuid = Git::new(&self.git.dir).run_opt(["config", "--file", &cfg.to_string_lossy(), "--get", "annex.uuid"]);
+            let uuid = Git::new(&self.git.dir).run_opt([
+                "config",
+                "--file",
+                &cfg.to_string_lossy(),
+                "--get",
+                "annex.uuid",
+            ]);
             if let Ok(Some(uuid)) = uuid {
                 if !uuid.is_empty() {
-                    self.git.run(["config", &format!("remote.{name}.annex-uuid"), &uuid])?;
+                    self.git
+                        .run(["config", &format!("remote.{name}.annex-uuid"), &uuid])?;
                 }
             }
         }
@@ -178,7 +233,9 @@ impl Repo {
 
     /// The work tree top; errors for a bare repository.
     pub fn work_tree(&self) -> Result<&Path> {
-        self.top.as_deref().ok_or_else(|| Error::Unsupported("this command needs a work tree; the repository is bare".into()))
+        self.top.as_deref().ok_or_else(|| {
+            Error::Unsupported("this command needs a work tree; the repository is bare".into())
+        })
     }
 
     pub fn store(&self) -> crate::store::Store {
@@ -187,9 +244,17 @@ impl Repo {
 
     /// numcopies: `numcopies.log` on the branch, else `annex.numcopies` git config, else 1.
     pub fn numcopies(&self) -> Result<u32> {
-        if let Some(n) = self.branch.read(b"numcopies.log")?.and_then(|c| crate::logs::parse_numcopies(&c)) {
+        if let Some(n) = self
+            .branch
+            .read(b"numcopies.log")?
+            .and_then(|c| crate::logs::parse_numcopies(&c))
+        {
             return Ok(n);
         }
-        Ok(self.git.config("annex.numcopies")?.and_then(|v| v.parse().ok()).unwrap_or(1))
+        Ok(self
+            .git
+            .config("annex.numcopies")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1))
     }
 }

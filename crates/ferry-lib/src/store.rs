@@ -45,13 +45,20 @@ impl Store {
 
     /// Where a new object for `key` goes (mixed hash dirs in a work-tree repo, lower when bare).
     pub fn object_path(&self, key: &Key) -> PathBuf {
-        let hd = if self.bare { key.hash_dir_lower() } else { key.hash_dir_mixed() };
+        let hd = if self.bare {
+            key.hash_dir_lower()
+        } else {
+            key.hash_dir_mixed()
+        };
         self.object_path_in(key, &hd)
     }
 
     fn object_path_in(&self, key: &Key, hash_dir: &str) -> PathBuf {
         let kf = key.file_name();
-        self.objects_dir().join(hash_dir).join(os(&kf)).join(os(&kf))
+        self.objects_dir()
+            .join(hash_dir)
+            .join(os(&kf))
+            .join(os(&kf))
     }
 
     /// The object's path if the content is here (either hash layout).
@@ -64,7 +71,11 @@ impl Store {
         [first, second]
             .into_iter()
             .map(|hd| self.object_path_in(key, &hd))
-            .find(|p| fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false))
+            .find(|p| {
+                fs::symlink_metadata(p)
+                    .map(|m| m.is_file())
+                    .unwrap_or(false)
+            })
     }
 
     fn prepare_key_dir(&self, obj: &Path) -> Result<PathBuf> {
@@ -96,17 +107,33 @@ impl Store {
         let r = fs::hard_link(path, &obj);
         if let Err(e) = r {
             freeze_dir(&key_dir);
-            if e.raw_os_error() == Some(libc::EXDEV) || e.kind() == std::io::ErrorKind::PermissionDenied {
-                return Err(Error::Unsupported(format!("cannot hard-link {} into the store: {e}", path.display())));
+            if e.raw_os_error() == Some(libc::EXDEV)
+                || e.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                return Err(Error::Unsupported(format!(
+                    "cannot hard-link {} into the store: {e}",
+                    path.display()
+                )));
             }
-            return Err(Error::io(format!("linking {} into the store", path.display()), e));
+            return Err(Error::io(
+                format!("linking {} into the store", path.display()),
+                e,
+            ));
         }
         // The name may have been replaced by another file between hashing and linking.
         let m = fs::symlink_metadata(&obj).ctx("checking", &obj)?;
-        if m.ino() != stamp.ino || m.dev() != stamp.dev || StatStamp::of(&m).size != stamp.size || m.mtime() != stamp.mtime || m.mtime_nsec() != stamp.mtime_ns {
+        if m.ino() != stamp.ino
+            || m.dev() != stamp.dev
+            || StatStamp::of(&m).size != stamp.size
+            || m.mtime() != stamp.mtime
+            || m.mtime_nsec() != stamp.mtime_ns
+        {
             let _ = fs::remove_file(&obj);
             freeze_dir(&key_dir);
-            return Err(Error::Protocol(format!("{} changed while it was being added; run ferry add again once it is stable", path.display())));
+            return Err(Error::Protocol(format!(
+                "{} changed while it was being added; run ferry add again once it is stable",
+                path.display()
+            )));
         }
         fs::set_permissions(&obj, fs::Permissions::from_mode(0o444)).ctx("freezing", &obj)?;
         freeze_dir(&key_dir);
@@ -121,21 +148,28 @@ impl Store {
         }
         let tmpdir = self.annex_dir.join("tmp");
         fs::create_dir_all(&tmpdir).ctx("creating", &tmpdir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&tmpdir).ctx("creating temp file in", &tmpdir)?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&tmpdir).ctx("creating temp file in", &tmpdir)?;
         let mut input = fs::File::open(src).ctx("reading", src)?;
         std::io::copy(&mut input, tmp.as_file_mut()).ctx("copying", src)?;
         tmp.as_file_mut().flush().ctx("writing", tmp.path())?;
         tmp.as_file().sync_all().ctx("syncing", tmp.path())?;
         let mut reread = fs::File::open(tmp.path()).ctx("reading", tmp.path())?;
-        let (hex, n) = crate::hash::hash_file(backend, &mut reread, key.size.unwrap_or(0)).ctx("hashing", tmp.path())?;
+        let (hex, n) = crate::hash::hash_file(backend, &mut reread, key.size.unwrap_or(0))
+            .ctx("hashing", tmp.path())?;
         let want = backend.key(n, &hex, &[]);
         if Some(n) != key.size || !key.name.starts_with(&want.name) {
-            return Err(Error::Protocol(format!("{} changed while it was being copied into the store", src.display())));
+            return Err(Error::Protocol(format!(
+                "{} changed while it was being copied into the store",
+                src.display()
+            )));
         }
         let obj = self.object_path(key);
         let key_dir = self.prepare_key_dir(&obj)?;
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o444)).ctx("freezing", tmp.path())?;
-        tmp.persist(&obj).map_err(|e| Error::io(format!("moving into {}", obj.display()), e.error))?;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o444))
+            .ctx("freezing", tmp.path())?;
+        tmp.persist(&obj)
+            .map_err(|e| Error::io(format!("moving into {}", obj.display()), e.error))?;
         fsync_dir(&key_dir);
         freeze_dir(&key_dir);
         Ok(Ingested::New)
@@ -143,7 +177,9 @@ impl Store {
 
     /// Moves a corrupt object to `.git/annex/bad/<keyFile>`; returns where it went.
     pub fn quarantine(&self, key: &Key) -> Result<Option<PathBuf>> {
-        let Some(obj) = self.find(key) else { return Ok(None) };
+        let Some(obj) = self.find(key) else {
+            return Ok(None);
+        };
         let bad = self.annex_dir.join("bad");
         fs::create_dir_all(&bad).ctx("creating", &bad)?;
         let dest = bad.join(os(&key.file_name()));
@@ -152,7 +188,10 @@ impl Store {
         fs::rename(&obj, &dest).ctx("moving to", &dest)?;
         let _ = fs::remove_file(key_dir.join(os(&[key.file_name(), b".lck".to_vec()].concat())));
         let _ = fs::remove_dir(&key_dir);
-        for up in [key_dir.parent(), key_dir.parent().and_then(Path::parent)].into_iter().flatten() {
+        for up in [key_dir.parent(), key_dir.parent().and_then(Path::parent)]
+            .into_iter()
+            .flatten()
+        {
             let _ = fs::remove_dir(up);
         }
         Ok(Some(dest))
@@ -232,7 +271,10 @@ mod tests {
 
     #[test]
     fn link_targets_are_relative_and_parse_back() {
-        let k = Key::parse_str("SHA256E-s12--a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447.txt").unwrap();
+        let k = Key::parse_str(
+            "SHA256E-s12--a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447.txt",
+        )
+        .unwrap();
         let t = link_target(b"hello.txt", &k);
         assert_eq!(
             String::from_utf8(t.clone()).unwrap(),
@@ -247,10 +289,25 @@ mod tests {
     #[test]
     fn pointer_files_parse_strictly() {
         let k = Key::parse_str("SHA256E-s3--abc.txt").unwrap();
-        assert_eq!(parse_pointer(b"/annex/objects/SHA256E-s3--abc.txt\n"), Some(k.clone()));
-        assert_eq!(parse_pointer(b"/annex/objects/SHA256E-s3--abc.txt\r\n"), Some(k.clone()));
-        assert_eq!(parse_pointer(b"/annex/objects/SHA256E-s3--abc.txt"), Some(k.clone()));
-        assert_eq!(parse_pointer(b"/annex/objects/SHA256E-s3--abc.txt\nhello\n"), None);
-        assert_eq!(parse_pointer(b"just text /annex/objects/SHA256E-s3--abc.txt\n"), None);
+        assert_eq!(
+            parse_pointer(b"/annex/objects/SHA256E-s3--abc.txt\n"),
+            Some(k.clone())
+        );
+        assert_eq!(
+            parse_pointer(b"/annex/objects/SHA256E-s3--abc.txt\r\n"),
+            Some(k.clone())
+        );
+        assert_eq!(
+            parse_pointer(b"/annex/objects/SHA256E-s3--abc.txt"),
+            Some(k.clone())
+        );
+        assert_eq!(
+            parse_pointer(b"/annex/objects/SHA256E-s3--abc.txt\nhello\n"),
+            None
+        );
+        assert_eq!(
+            parse_pointer(b"just text /annex/objects/SHA256E-s3--abc.txt\n"),
+            None
+        );
     }
 }

@@ -31,7 +31,9 @@ pub struct Args {
 
 pub fn parse_backend(name: &str) -> anyhow::Result<Backend> {
     Backend::from_variety(name).ok_or_else(|| {
-        anyhow::anyhow!("unsupported backend {name:?}; ferry supports SHA256E, SHA256, SHA512E and SHA512")
+        anyhow::anyhow!(
+            "unsupported backend {name:?}; ferry supports SHA256E, SHA256, SHA512E and SHA512"
+        )
     })
 }
 
@@ -46,7 +48,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         paths,
         jobs: a.jobs.unwrap_or_else(ui::default_jobs),
         backend,
-        force: if a.force_large { Some(true) } else if a.force_small { Some(false) } else { None },
+        force: if a.force_large {
+            Some(true)
+        } else if a.force_small {
+            Some(false)
+        } else {
+            None
+        },
     };
     let show_bar = !a.json && !a.quiet && ui::stderr_is_tty();
     let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
@@ -58,9 +66,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 if show_bar && (*files > 200 || *bytes > 256 << 20) {
                     let b = ProgressBar::new(*bytes);
                     b.set_style(
-                        ProgressStyle::with_template("add {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar())
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(
+                            "add {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
                     );
                     *bar = Some(b);
                 }
@@ -69,28 +79,54 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 if let Some(b) = bar.as_ref() {
                     b.inc(*bytes);
                 }
-                line(&bar, json, quiet, serde_json::json!({"command":"add","file":ui::show(path),"key":key.to_string(),"success":true}), || {
-                    format!("add {} ok", ui::show(path))
-                });
+                line(
+                    &bar,
+                    json,
+                    quiet,
+                    serde_json::json!({"command":"add","file":ui::show(path),"key":key.to_string(),"success":true}),
+                    || format!("add {} ok", ui::show(path)),
+                );
             }
-            AddEvent::Restaged { path, key } => line(&bar, json, quiet, serde_json::json!({"command":"add","file":ui::show(path),"key":key.to_string(),"success":true,"note":"annex link staged"}), || {
-                format!("add {} (annex link) ok", ui::show(path))
-            }),
-            AddEvent::ToGit { path, why } => line(&bar, json, quiet, serde_json::json!({"command":"add","file":ui::show(path),"success":true,"note":format!("{why}; added to git")}), || {
-                format!("add {} ({why}; added to git) ok", ui::show(path))
-            }),
+            AddEvent::Restaged { path, key } => line(
+                &bar,
+                json,
+                quiet,
+                serde_json::json!({"command":"add","file":ui::show(path),"key":key.to_string(),"success":true,"note":"annex link staged"}),
+                || format!("add {} (annex link) ok", ui::show(path)),
+            ),
+            AddEvent::ToGit { path, why } => line(
+                &bar,
+                json,
+                quiet,
+                serde_json::json!({"command":"add","file":ui::show(path),"success":true,"note":format!("{why}; added to git")}),
+                || format!("add {} ({why}; added to git) ok", ui::show(path)),
+            ),
             AddEvent::Skipped { path, reason } => {
                 let msg = format!("add {} skipped: {reason}", ui::show(path));
-                if let Some(b) = bar.as_ref() { b.suspend(|| eprintln!("{msg}")) } else { eprintln!("{msg}") }
+                if let Some(b) = bar.as_ref() {
+                    b.suspend(|| eprintln!("{msg}"))
+                } else {
+                    eprintln!("{msg}")
+                }
                 if json {
-                    println!("{}", serde_json::json!({"command":"add","file":ui::show(path),"success":true,"skipped":reason}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"command":"add","file":ui::show(path),"success":true,"skipped":reason})
+                    );
                 }
             }
             AddEvent::Failed { path, error } => {
                 let msg = format!("add {} failed: {error}", ui::show(path));
-                if let Some(b) = bar.as_ref() { b.suspend(|| eprintln!("{msg}")) } else { eprintln!("{msg}") }
+                if let Some(b) = bar.as_ref() {
+                    b.suspend(|| eprintln!("{msg}"))
+                } else {
+                    eprintln!("{msg}")
+                }
                 if json {
-                    println!("{}", serde_json::json!({"command":"add","file":ui::show(path),"success":false,"error":error}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"command":"add","file":ui::show(path),"success":false,"error":error})
+                    );
                 }
             }
         }
@@ -104,13 +140,27 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             "added {} file(s) to the annex, {} to git{}; commit with `git commit` (or `ferry sync`)",
             summary.annexed + summary.restaged,
             summary.to_git,
-            if summary.failed > 0 { format!("; {} failed", summary.failed) } else { String::new() }
+            if summary.failed > 0 {
+                format!("; {} failed", summary.failed)
+            } else {
+                String::new()
+            }
         );
     }
-    Ok(if summary.failed > 0 || missing { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if summary.failed > 0 || missing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-fn line(bar: &Option<ProgressBar>, json: bool, quiet: bool, j: serde_json::Value, text: impl FnOnce() -> String) {
+fn line(
+    bar: &Option<ProgressBar>,
+    json: bool,
+    quiet: bool,
+    j: serde_json::Value,
+    text: impl FnOnce() -> String,
+) {
     if json {
         println!("{j}");
     } else if !quiet {

@@ -31,6 +31,9 @@ fn key_of(backend: Backend, f: &std::path::Path) -> std::io::Result<ferry_lib::K
     let mut file = std::fs::File::open(f)?;
     let size = file.metadata()?.len();
     let (hex, n) = hash_file(backend, &mut file, size)?;
-    let name = f.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+    let name = f
+        .file_name()
+        .map(|n| n.as_bytes().to_vec())
+        .unwrap_or_default();
     Ok(backend.key(n, &hex, &name))
 }

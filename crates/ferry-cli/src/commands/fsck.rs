@@ -20,7 +20,10 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let repo = ui::open_repo()?;
     let (paths, missing) = ui::resolve_paths(&repo, &a.paths)?;
-    let opts = FsckOptions { fast: a.fast, jobs: a.jobs.unwrap_or_else(ui::default_jobs) };
+    let opts = FsckOptions {
+        fast: a.fast,
+        jobs: a.jobs.unwrap_or_else(ui::default_jobs),
+    };
     let json = a.json;
     let on_report = |r: &FsckReport| {
         let file = ui::show(&r.path);
@@ -48,5 +51,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if failed > 0 && !json {
         eprintln!("fsck: {failed} file(s) with problems");
     }
-    Ok(if failed > 0 || missing { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 || missing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -16,12 +16,27 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("repository: {} -- {}", info.uuid, info.description);
-    println!("annexed files: {} ({} distinct keys, {})", info.annexed_files, info.keys, human(info.size));
-    println!("present here: {} files ({} keys, {})", info.present_files, info.present_keys, human(info.present_size));
+    println!(
+        "annexed files: {} ({} distinct keys, {})",
+        info.annexed_files,
+        info.keys,
+        human(info.size)
+    );
+    println!(
+        "present here: {} files ({} keys, {})",
+        info.present_files,
+        info.present_keys,
+        human(info.present_size)
+    );
     println!("numcopies: {}", info.numcopies);
     println!("repositories:");
     for r in &info.repositories {
-        println!("  {} -- {}{}", r.uuid, r.description, if r.here { " [here]" } else { "" });
+        println!(
+            "  {} -- {}{}",
+            r.uuid,
+            r.description,
+            if r.here { " [here]" } else { "" }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -34,5 +49,9 @@ pub fn human(n: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -14,7 +14,8 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cwd = ui::cwd()?;
     let default = default_description(&cwd);
-    let (repo, outcome) = ferry_lib::Repo::init(&cwd, a.description.as_deref(), &default, &ui::options())?;
+    let (repo, outcome) =
+        ferry_lib::Repo::init(&cwd, a.description.as_deref(), &default, &ui::options())?;
     let desc = repo.description(repo.uuid())?.unwrap_or_default();
     if a.json {
         let v = serde_json::json!({
@@ -28,7 +29,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     } else {
         match outcome {
             InitOutcome::Created => println!("init {desc} ok (uuid {})", repo.uuid()),
-            InitOutcome::AlreadyInitialized => println!("init {desc} ok (already initialised, uuid {})", repo.uuid()),
+            InitOutcome::AlreadyInitialized => {
+                println!("init {desc} ok (already initialised, uuid {})", repo.uuid())
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -36,7 +39,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 
 /// `user@host:/path`, as git-annex describes a new repository.
 fn default_description(dir: &std::path::Path) -> String {
-    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(user_from_uid);
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(user_from_uid);
     let mut buf = [0u8; 256];
     // SAFETY: buf is writable for its length; gethostname NUL-terminates within it on success.
     let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
@@ -56,6 +62,8 @@ fn user_from_uid() -> String {
         if pw.is_null() || (*pw).pw_name.is_null() {
             return "user".into();
         }
-        std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned()
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
     }
 }

@@ -18,7 +18,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     for w in &results {
         let file = ui::show(&w.file.path);
         if w.skipped_lines > 0 {
-            eprintln!("ferry: warning: {} unreadable line(s) in the location log of {file} were ignored", w.skipped_lines);
+            eprintln!(
+                "ferry: warning: {} unreadable line(s) in the location log of {file} were ignored",
+                w.skipped_lines
+            );
         }
         if w.holders.is_empty() {
             failed = true;
@@ -35,7 +38,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             println!("{v}");
         } else {
             let n = w.holders.len();
-            println!("whereis {file} ({n} cop{})", if n == 1 { "y" } else { "ies" });
+            println!(
+                "whereis {file} ({n} cop{})",
+                if n == 1 { "y" } else { "ies" }
+            );
             for h in &w.holders {
                 let mut tags = Vec::new();
                 if h.here {
@@ -44,7 +50,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 if let Some(r) = &h.remote {
                     tags.push(r.clone());
                 }
-                let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join(", ")) };
+                let tags = if tags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", tags.join(", "))
+                };
                 println!("  \t{} -- {}{tags}", h.uuid, h.description);
             }
             if n == 0 {
@@ -52,5 +62,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

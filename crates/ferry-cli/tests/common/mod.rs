@@ -30,17 +30,32 @@ impl Run {
     }
     #[track_caller]
     pub fn assert_ok(&self) -> &Self {
-        assert!(self.ok(), "command failed: {:?}\nstdout:\n{}\nstderr:\n{}", self.out.status, self.stdout(), self.stderr());
+        assert!(
+            self.ok(),
+            "command failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.out.status,
+            self.stdout(),
+            self.stderr()
+        );
         self
     }
     #[track_caller]
     pub fn assert_fails(&self) -> &Self {
-        assert!(!self.ok(), "command should have failed\nstdout:\n{}\nstderr:\n{}", self.stdout(), self.stderr());
+        assert!(
+            !self.ok(),
+            "command should have failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
         self
     }
     /// stdout parsed as one JSON value per line.
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
-        self.stdout().lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect(l)).collect()
+        self.stdout()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect(l))
+            .collect()
     }
 }
 
@@ -50,13 +65,25 @@ pub fn ferry_bin() -> &'static str {
 
 /// git-annex is the oracle; the test command installs it. Missing it is a loud failure.
 pub fn require_annex() {
-    let ok = Command::new("git-annex").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "git-annex is required for the interoperability tests: run scripts/test (as root it installs it) or apt-get install git-annex");
+    let ok = Command::new("git-annex")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "git-annex is required for the interoperability tests: run scripts/test (as root it installs it) or apt-get install git-annex"
+    );
 }
 
 impl Env {
     pub fn new() -> Env {
-        let tmp = tempfile::Builder::new().prefix("ferry-test-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("ferry-test-")
+            .tempdir()
+            .unwrap();
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::write(
@@ -102,7 +129,10 @@ impl Env {
 
     fn run_prog<S: AsRef<OsStr>>(&self, dir: &Path, program: &str, args: &[S]) -> Run {
         let args: Vec<&OsStr> = args.iter().map(|a| a.as_ref()).collect();
-        let out = self.cmd(dir, program, &args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        let out = self
+            .cmd(dir, program, &args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
         Run { out }
     }
 
@@ -161,12 +191,16 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 pub fn config(env: &Env, dir: &Path, key: &str) -> String {
-    env.git(dir, &["config", "--get", key]).stdout().trim().to_string()
+    env.git(dir, &["config", "--get", key])
+        .stdout()
+        .trim()
+        .to_string()
 }
 
 /// The key an annex symlink points to.
 pub fn link_key(path: &Path) -> String {
-    let t = std::fs::read_link(path).unwrap_or_else(|e| panic!("{} is not a symlink: {e}", path.display()));
+    let t = std::fs::read_link(path)
+        .unwrap_or_else(|e| panic!("{} is not a symlink: {e}", path.display()));
     let t = t.as_os_str().as_bytes();
     String::from_utf8_lossy(t.rsplit(|&b| b == b'/').next().unwrap()).into_owned()
 }
@@ -183,5 +217,8 @@ pub fn run_with_rss(mut cmd: Command) -> (std::process::ExitStatus, u64) {
     assert_eq!(r, pid);
     std::mem::forget(child);
     use std::os::unix::process::ExitStatusExt;
-    (std::process::ExitStatus::from_raw(status), ru.ru_maxrss as u64)
+    (
+        std::process::ExitStatus::from_raw(status),
+        ru.ru_maxrss as u64,
+    )
 }

@@ -70,9 +70,19 @@ pub struct AddSummary {
 }
 
 enum Plan {
-    Annex { path: Vec<u8>, size: u64 },
-    Git { path: Vec<u8>, why: &'static str },
-    Restage { path: Vec<u8>, key: Key, target: Vec<u8> },
+    Annex {
+        path: Vec<u8>,
+        size: u64,
+    },
+    Git {
+        path: Vec<u8>,
+        why: &'static str,
+    },
+    Restage {
+        path: Vec<u8>,
+        key: Key,
+        target: Vec<u8>,
+    },
 }
 
 fn os(b: &[u8]) -> &OsStr {
@@ -89,7 +99,11 @@ struct LargeFiles {
 
 impl LargeFiles {
     fn load(repo: &Repo, paths: &[Vec<u8>]) -> Result<LargeFiles> {
-        let config = repo.git.config("annex.largefiles")?.map(|s| Expr::parse(&s)).transpose()?;
+        let config = repo
+            .git
+            .config("annex.largefiles")?
+            .map(|s| Expr::parse(&s))
+            .transpose()?;
         let branch = repo
             .branch
             .read(b"config.log")?
@@ -103,23 +117,33 @@ impl LargeFiles {
                 input.extend_from_slice(p);
                 input.push(0);
             }
-            let out = repo.git.run_with_input(["check-attr", "-z", "--stdin", "annex.largefiles"], &input)?;
+            let out = repo
+                .git
+                .run_with_input(["check-attr", "-z", "--stdin", "annex.largefiles"], &input)?;
             let fields: Vec<&[u8]> = out.split(|&b| b == 0).collect();
             // Few distinct expressions, many paths: parse each expression once.
-            let mut cache: std::collections::HashMap<Vec<u8>, Expr> = std::collections::HashMap::new();
+            let mut cache: std::collections::HashMap<Vec<u8>, Expr> =
+                std::collections::HashMap::new();
             for rec in fields.chunks(3) {
                 if let [path, _attr, value] = rec {
                     if *value == b"unspecified" || *value == b"unset" || value.is_empty() {
                         continue;
                     }
                     if !cache.contains_key(*value) {
-                        cache.insert(value.to_vec(), Expr::parse(&String::from_utf8_lossy(value))?);
+                        cache.insert(
+                            value.to_vec(),
+                            Expr::parse(&String::from_utf8_lossy(value))?,
+                        );
                     }
                     from_attrs.insert(path.to_vec(), cache[*value].clone());
                 }
             }
         }
-        Ok(LargeFiles { config, from_attrs, branch })
+        Ok(LargeFiles {
+            config,
+            from_attrs,
+            branch,
+        })
     }
 
     fn is_large(&self, path: &[u8], size: u64) -> bool {
@@ -138,7 +162,11 @@ impl LargeFiles {
 
 /// Lists the paths `add` should look at: untracked (not ignored) and modified tracked files.
 fn candidates(repo: &Repo, paths: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
-    let specs: Vec<OsString> = if paths.is_empty() { vec![literal_pathspec(b"")] } else { paths.iter().map(|p| literal_pathspec(p)).collect() };
+    let specs: Vec<OsString> = if paths.is_empty() {
+        vec![literal_pathspec(b"")]
+    } else {
+        paths.iter().map(|p| literal_pathspec(p)).collect()
+    };
     let mut out = Vec::new();
     for mode in [&["--others", "--exclude-standard"][..], &["--modified"][..]] {
         let mut args: Vec<OsString> = vec!["ls-files".into(), "-z".into()];
@@ -146,14 +174,23 @@ fn candidates(repo: &Repo, paths: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
         args.push("--".into());
         args.extend(specs.iter().cloned());
         let listed = repo.git.run(&args)?;
-        out.extend(listed.split(|&b| b == 0).filter(|p| !p.is_empty()).map(<[u8]>::to_vec));
+        out.extend(
+            listed
+                .split(|&b| b == 0)
+                .filter(|p| !p.is_empty())
+                .map(<[u8]>::to_vec),
+        );
     }
     out.sort();
     out.dedup();
     Ok(out)
 }
 
-pub fn add(repo: &Repo, opts: &AddOptions, on_event: &(dyn Fn(&AddEvent) + Sync)) -> Result<AddSummary> {
+pub fn add(
+    repo: &Repo,
+    opts: &AddOptions,
+    on_event: &(dyn Fn(&AddEvent) + Sync),
+) -> Result<AddSummary> {
     let top = repo.work_tree()?.to_path_buf();
     let annex_dir = repo.annex_dir();
     std::fs::create_dir_all(&annex_dir).ctx("creating", &annex_dir)?;
@@ -182,7 +219,13 @@ pub fn add(repo: &Repo, opts: &AddOptions, on_event: &(dyn Fn(&AddEvent) + Sync)
     let mut planned_bytes = 0u64;
     for rel in listed {
         if rel.ends_with(b"/") {
-            emit(AddEvent::Skipped { path: rel, reason: "a nested git repository; not added".into() }, &mut summary);
+            emit(
+                AddEvent::Skipped {
+                    path: rel,
+                    reason: "a nested git repository; not added".into(),
+                },
+                &mut summary,
+            );
             continue;
         }
         let abs = top.join(os(&rel));
@@ -190,16 +233,31 @@ pub fn add(repo: &Repo, opts: &AddOptions, on_event: &(dyn Fn(&AddEvent) + Sync)
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: not add's job
             Err(e) => {
-                emit(AddEvent::Failed { path: rel, error: e.to_string() }, &mut summary);
+                emit(
+                    AddEvent::Failed {
+                        path: rel,
+                        error: e.to_string(),
+                    },
+                    &mut summary,
+                );
                 continue;
             }
         };
         let ft = md.file_type();
         if ft.is_symlink() {
-            let target = std::fs::read_link(&abs).map(|t| t.into_os_string().into_vec()).unwrap_or_default();
+            let target = std::fs::read_link(&abs)
+                .map(|t| t.into_os_string().into_vec())
+                .unwrap_or_default();
             match parse_link_target(&target) {
-                Some(key) => plans.push(Plan::Restage { path: rel, key, target }),
-                None => plans.push(Plan::Git { path: rel, why: "symlink" }),
+                Some(key) => plans.push(Plan::Restage {
+                    path: rel,
+                    key,
+                    target,
+                }),
+                None => plans.push(Plan::Git {
+                    path: rel,
+                    why: "symlink",
+                }),
             }
         } else if ft.is_file() {
             let small = match opts.force {
@@ -211,14 +269,32 @@ pub fn add(repo: &Repo, opts: &AddOptions, on_event: &(dyn Fn(&AddEvent) + Sync)
                 plans.push(Plan::Git { path: rel, why });
             } else {
                 planned_bytes += md.len();
-                plans.push(Plan::Annex { path: rel, size: md.len() });
+                plans.push(Plan::Annex {
+                    path: rel,
+                    size: md.len(),
+                });
             }
         } else {
-            emit(AddEvent::Skipped { path: rel, reason: "not a regular file or symlink".into() }, &mut summary);
+            emit(
+                AddEvent::Skipped {
+                    path: rel,
+                    reason: "not a regular file or symlink".into(),
+                },
+                &mut summary,
+            );
         }
     }
-    let annex_count = plans.iter().filter(|p| matches!(p, Plan::Annex { .. })).count();
-    emit(AddEvent::Planned { files: annex_count, bytes: planned_bytes }, &mut summary);
+    let annex_count = plans
+        .iter()
+        .filter(|p| matches!(p, Plan::Annex { .. }))
+        .count();
+    emit(
+        AddEvent::Planned {
+            files: annex_count,
+            bytes: planned_bytes,
+        },
+        &mut summary,
+    );
 
     let mut to_stage: Vec<Vec<u8>> = Vec::new();
     let mut present_keys: Vec<Key> = Vec::new();
@@ -235,7 +311,13 @@ pub fn add(repo: &Repo, opts: &AddOptions, on_event: &(dyn Fn(&AddEvent) + Sync)
                 let want = link_target(&path, &key);
                 if target != want {
                     if let Err(e) = replace_with_symlink(&top.join(os(&path)), &want) {
-                        emit(AddEvent::Failed { path, error: e.to_string() }, &mut summary);
+                        emit(
+                            AddEvent::Failed {
+                                path,
+                                error: e.to_string(),
+                            },
+                            &mut summary,
+                        );
                         continue;
                     }
                 }
@@ -260,8 +342,11 @@ pub fn add(repo: &Repo, opts: &AddOptions, on_event: &(dyn Fn(&AddEvent) + Sync)
             s.spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((rel, size)) = annex_jobs.get(i) else { break };
-                    let r = ingest_one(store, top, rel, *size, opts.backend).map_err(|e| e.to_string());
+                    let Some((rel, size)) = annex_jobs.get(i) else {
+                        break;
+                    };
+                    let r =
+                        ingest_one(store, top, rel, *size, opts.backend).map_err(|e| e.to_string());
                     if tx.send((rel.clone(), r)).is_err() {
                         break;
                     }
@@ -274,7 +359,14 @@ pub fn add(repo: &Repo, opts: &AddOptions, on_event: &(dyn Fn(&AddEvent) + Sync)
                 Ok((key, bytes)) => {
                     to_stage.push(rel.clone());
                     present_keys.push(key.clone());
-                    emit(AddEvent::Annexed { path: rel, key, bytes }, &mut summary);
+                    emit(
+                        AddEvent::Annexed {
+                            path: rel,
+                            key,
+                            bytes,
+                        },
+                        &mut summary,
+                    );
                 }
                 Err(error) => emit(AddEvent::Failed { path: rel, error }, &mut summary),
             }
@@ -287,7 +379,13 @@ pub fn add(repo: &Repo, opts: &AddOptions, on_event: &(dyn Fn(&AddEvent) + Sync)
 }
 
 /// Hashes one file and moves it into the store, leaving an annex symlink in its place.
-fn ingest_one(store: &crate::store::Store, top: &Path, rel: &[u8], size: u64, backend: Backend) -> Result<(Key, u64)> {
+fn ingest_one(
+    store: &crate::store::Store,
+    top: &Path,
+    rel: &[u8],
+    size: u64,
+    backend: Backend,
+) -> Result<(Key, u64)> {
     let abs = top.join(os(rel));
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -296,13 +394,21 @@ fn ingest_one(store: &crate::store::Store, top: &Path, rel: &[u8], size: u64, ba
         .ctx("opening", &abs)?;
     let before = StatStamp::of(&f.metadata().ctx("reading", &abs)?);
     if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
-        return Err(Error::Unsupported(format!("{} is no longer a regular file", abs.display())));
+        return Err(Error::Unsupported(format!(
+            "{} is no longer a regular file",
+            abs.display()
+        )));
     }
     let (hex, n) = hash_file(backend, &mut f, size).ctx("reading", &abs)?;
     let after = StatStamp::of(&f.metadata().ctx("reading", &abs)?);
-    let now_at_path = std::fs::symlink_metadata(&abs).map(|m| (m.dev(), m.ino())).ok();
+    let now_at_path = std::fs::symlink_metadata(&abs)
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
     if before != after || n != after.size || now_at_path != Some((after.dev, after.ino)) {
-        return Err(Error::Protocol(format!("{} changed while it was being added; run ferry add again once it is stable", abs.display())));
+        return Err(Error::Protocol(format!(
+            "{} changed while it was being added; run ferry add again once it is stable",
+            abs.display()
+        )));
     }
     let key = backend.key(n, &hex, rel);
     match store.ingest_hardlink(&abs, &key, &after) {
@@ -326,7 +432,10 @@ fn replace_with_symlink(path: &Path, target: &[u8]) -> Result<()> {
     std::os::unix::fs::symlink(os(target), &tmp).ctx("creating symlink", &tmp)?;
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(format!("replacing {} with its annex link", path.display()), e));
+        return Err(Error::io(
+            format!("replacing {} with its annex link", path.display()),
+            e,
+        ));
     }
     Ok(())
 }
@@ -346,18 +455,30 @@ fn stage(repo: &Repo, paths: &[Vec<u8>]) -> Result<()> {
         // annex.largefiles=nothing: if git-annex's clean filter is configured, files we decided
         // to put in git must go to git.
         let r = repo.git.run_with_input(
-            ["-c", "annex.largefiles=nothing", "update-index", "--add", "--remove", "-z", "--stdin"],
+            [
+                "-c",
+                "annex.largefiles=nothing",
+                "update-index",
+                "--add",
+                "--remove",
+                "-z",
+                "--stdin",
+            ],
             &input,
         );
         match r {
             Ok(_) => return Ok(()),
-            Err(Error::Git { stderr, .. }) if stderr.contains("index.lock") && Instant::now() < deadline => {
+            Err(Error::Git { stderr, .. })
+                if stderr.contains("index.lock") && Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(Error::Git { command, stderr }) => {
                 return Err(Error::Git {
                     command,
-                    stderr: format!("{stderr}\n(the content is safe in the store; run ferry add again to stage it)"),
+                    stderr: format!(
+                        "{stderr}\n(the content is safe in the store; run ferry add again to stage it)"
+                    ),
                 });
             }
             Err(e) => return Err(e),

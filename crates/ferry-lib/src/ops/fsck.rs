@@ -46,7 +46,12 @@ enum ContentCheck {
     Bad(String),
 }
 
-pub fn fsck(repo: &Repo, pathspecs: &[Vec<u8>], opts: &FsckOptions, on_report: &(dyn Fn(&FsckReport) + Sync)) -> Result<usize> {
+pub fn fsck(
+    repo: &Repo,
+    pathspecs: &[Vec<u8>],
+    opts: &FsckOptions,
+    on_report: &(dyn Fn(&FsckReport) + Sync),
+) -> Result<usize> {
     let files = annexed_files(&repo.git, pathspecs)?;
     let store = repo.store();
     let mut keys: Vec<&Key> = files.iter().map(|f| &f.key).collect();
@@ -69,7 +74,10 @@ pub fn fsck(repo: &Repo, pathspecs: &[Vec<u8>], opts: &FsckOptions, on_report: &
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     let checks: HashMap<Key, ContentCheck> = results.into_iter().collect();
 
@@ -103,7 +111,10 @@ pub fn fsck(repo: &Repo, pathspecs: &[Vec<u8>], opts: &FsckOptions, on_report: &
         }
         if !present && logged_here {
             if !matches!(checks[*key], ContentCheck::Bad(_)) {
-                problems.push("the location log said the content is here, but it is missing; log fixed".into());
+                problems.push(
+                    "the location log said the content is here, but it is missing; log fixed"
+                        .into(),
+                );
             }
             now_absent.push((*key).clone());
         }
@@ -115,7 +126,10 @@ pub fn fsck(repo: &Repo, pathspecs: &[Vec<u8>], opts: &FsckOptions, on_report: &
             copies -= 1;
         }
         if (copies as u32) < numcopies {
-            problems.push(format!("only {copies} known cop{} of this content; numcopies is {numcopies}", if copies == 1 { "y" } else { "ies" }));
+            problems.push(format!(
+                "only {copies} known cop{} of this content; numcopies is {numcopies}",
+                if copies == 1 { "y" } else { "ies" }
+            ));
         }
         key_problems.insert((*key).clone(), problems);
     }
@@ -127,7 +141,10 @@ pub fn fsck(repo: &Repo, pathspecs: &[Vec<u8>], opts: &FsckOptions, on_report: &
         let check = &checks[key];
         let mut notes = Vec::new();
         if matches!(check, ContentCheck::SizeOnly) && !opts.fast {
-            notes.push(format!("backend {} cannot be re-hashed by ferry; size checked only", key.variety));
+            notes.push(format!(
+                "backend {} cannot be re-hashed by ferry; size checked only",
+                key.variety
+            ));
         }
         let report = FsckReport {
             path: path.clone(),
@@ -145,7 +162,9 @@ pub fn fsck(repo: &Repo, pathspecs: &[Vec<u8>], opts: &FsckOptions, on_report: &
 }
 
 fn check_content(store: &crate::store::Store, key: &Key, fast: bool) -> ContentCheck {
-    let Some(obj) = store.find(key) else { return ContentCheck::Absent };
+    let Some(obj) = store.find(key) else {
+        return ContentCheck::Absent;
+    };
     if fast {
         return ContentCheck::Good;
     }

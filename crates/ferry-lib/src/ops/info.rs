@@ -28,15 +28,24 @@ pub struct RepoInfo {
 }
 
 pub fn info(repo: &Repo) -> Result<Info> {
-    let files = if repo.is_bare() { Vec::new() } else { annexed_files(&repo.git, &[])? };
+    let files = if repo.is_bare() {
+        Vec::new()
+    } else {
+        annexed_files(&repo.git, &[])?
+    };
     let store = repo.store();
     let mut keys = std::collections::BTreeMap::new();
     for f in &files {
-        keys.entry(f.key.clone()).or_insert_with(|| store.find(&f.key).is_some());
+        keys.entry(f.key.clone())
+            .or_insert_with(|| store.find(&f.key).is_some());
     }
     let present_files = files.iter().filter(|f| keys[&f.key]).count();
     let size = keys.keys().map(|k| k.size.unwrap_or(0)).sum();
-    let present_size = keys.iter().filter(|(_, p)| **p).map(|(k, _)| k.size.unwrap_or(0)).sum();
+    let present_size = keys
+        .iter()
+        .filter(|(_, p)| **p)
+        .map(|(k, _)| k.size.unwrap_or(0))
+        .sum();
     let descs = repo.uuid_descriptions()?;
     Ok(Info {
         uuid: repo.uuid().to_string(),
@@ -50,7 +59,11 @@ pub fn info(repo: &Repo) -> Result<Info> {
         numcopies: repo.numcopies()?,
         repositories: descs
             .into_iter()
-            .map(|(uuid, description)| RepoInfo { here: uuid == repo.uuid(), uuid, description })
+            .map(|(uuid, description)| RepoInfo {
+                here: uuid == repo.uuid(),
+                uuid,
+                description,
+            })
             .collect(),
     })
 }

@@ -27,7 +27,12 @@ pub struct Whereis {
 /// Location logs for many keys at once.
 pub fn location_logs(repo: &Repo, keys: &[&Key]) -> Result<Vec<LocationLog>> {
     let paths: Vec<Vec<u8>> = keys.iter().map(|k| location_log_path(k)).collect();
-    Ok(repo.branch.read_many(&paths)?.into_iter().map(|c| LocationLog::parse(&c.unwrap_or_default())).collect())
+    Ok(repo
+        .branch
+        .read_many(&paths)?
+        .into_iter()
+        .map(|c| LocationLog::parse(&c.unwrap_or_default()))
+        .collect())
 }
 
 pub fn whereis(repo: &Repo, pathspecs: &[Vec<u8>]) -> Result<Vec<Whereis>> {
@@ -47,7 +52,11 @@ pub fn whereis(repo: &Repo, pathspecs: &[Vec<u8>]) -> Result<Vec<Whereis>> {
                 uuid,
             })
             .collect();
-        out.push(Whereis { file, holders, skipped_lines: log.skipped });
+        out.push(Whereis {
+            file,
+            holders,
+            skipped_lines: log.skipped,
+        });
     }
     Ok(out)
 }
