@@ -11,6 +11,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+/// A git object as read by `cat-file`: its type (`blob`, `tree`, ...) and content.
+pub type Object = (String, Vec<u8>);
+
 #[derive(Clone, Debug)]
 pub struct Git {
     /// Directory git runs in (`-C`): the work tree top, or the git dir of a bare repo.
@@ -199,7 +202,7 @@ impl CatFile {
     }
 
     /// The content of `rev` (e.g. `git-annex:uuid.log` or a blob id), `None` if it is missing.
-    pub fn get(&mut self, rev: &[u8]) -> Result<Option<(String, Vec<u8>)>> {
+    pub fn get(&mut self, rev: &[u8]) -> Result<Option<Object>> {
         let broken = |e: std::io::Error| Error::io("talking to git cat-file", e);
         if rev.contains(&b'\n') {
             return Ok(None);
@@ -240,7 +243,7 @@ impl Drop for CatFile {
 /// Reads many objects in one pipelined `git cat-file --batch` run: all requests are written on a
 /// thread while the replies are read, so there is no round trip per object.
 /// Returns, per request, `(type, content)` or `None` when missing.
-pub fn cat_many(git: &Git, revs: &[Vec<u8>]) -> Result<Vec<Option<(String, Vec<u8>)>>> {
+pub fn cat_many(git: &Git, revs: &[Vec<u8>]) -> Result<Vec<Option<Object>>> {
     if revs.is_empty() {
         return Ok(Vec::new());
     }

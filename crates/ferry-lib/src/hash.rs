@@ -138,10 +138,10 @@ pub fn hash_file(b: Backend, r: &mut impl Read, size_hint: u64) -> io::Result<(S
 pub fn verify_file(key: &Key, path: &std::path::Path) -> io::Result<Option<bool>> {
     let mut f = File::open(path)?;
     let size = f.metadata()?.len();
-    if let Some(s) = key.size {
-        if s != size {
-            return Ok(Some(false));
-        }
+    if let Some(s) = key.size
+        && s != size
+    {
+        return Ok(Some(false));
     }
     let Some(b) = key.hash_backend() else {
         return Ok(None);

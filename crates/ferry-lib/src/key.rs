@@ -74,12 +74,11 @@ impl Key {
         if chunk_size.is_some() && key.chunk.is_none() {
             return Err(bad());
         }
-        if key.is_e_variety() {
-            if let Some(dot) = key.name.iter().position(|&b| b == b'.') {
-                if key.name.len() - dot > 64 {
-                    return Err(bad());
-                }
-            }
+        if key.is_e_variety()
+            && let Some(dot) = key.name.iter().position(|&b| b == b'.')
+            && key.name.len() - dot > 64
+        {
+            return Err(bad());
         }
         Ok(key)
     }

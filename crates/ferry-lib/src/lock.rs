@@ -55,22 +55,21 @@ fn fcntl_lock(file: &File, kind: LockKind, wait: bool) -> std::io::Result<bool> 
     }
 }
 
-fn open_lock_file(path: &Path, kind: LockKind) -> Result<File> {
+fn open_lock_file(path: &Path) -> Result<File> {
     let mut o = OpenOptions::new();
-    o.read(true).create(true).mode(0o644);
-    if kind == LockKind::Exclusive {
-        o.write(true);
-    } else {
-        // A shared lock needs read access only, but create needs write.
-        o.write(true);
-    }
+    // Write access for creating the file (and for F_WRLCK); F_RDLCK needs only read.
+    o.read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644);
     o.open(path)
         .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))
 }
 
 /// Takes the lock, waiting for other holders (ferry's or git-annex's) to release it.
 pub fn lock_wait(path: &Path, kind: LockKind) -> Result<Lock> {
-    let file = open_lock_file(path, kind)?;
+    let file = open_lock_file(path)?;
     fcntl_lock(&file, kind, true)
         .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
     Ok(Lock {
@@ -81,7 +80,7 @@ pub fn lock_wait(path: &Path, kind: LockKind) -> Result<Lock> {
 
 /// Takes the lock if nobody holds a conflicting one; `None` otherwise.
 pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<Lock>> {
-    let file = open_lock_file(path, kind)?;
+    let file = open_lock_file(path)?;
     let got = fcntl_lock(&file, kind, false)
         .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
     Ok(got.then(|| Lock {

@@ -73,10 +73,10 @@ impl Repo {
                 r.top.clone().unwrap_or_else(|| r.git_dir.clone()),
             ));
         }
-        if let Some(v) = r.git.config("annex.version")? {
-            if !matches!(v.as_str(), "8" | "9" | "10") {
-                return Err(Error::BadVersion(r.git_dir.clone(), v));
-            }
+        if let Some(v) = r.git.config("annex.version")?
+            && !matches!(v.as_str(), "8" | "9" | "10")
+        {
+            return Err(Error::BadVersion(r.git_dir.clone(), v));
         }
         r.branch.ensure_exists()?;
         Ok(r)
@@ -209,11 +209,11 @@ impl Repo {
                 "--get",
                 "annex.uuid",
             ]);
-            if let Ok(Some(uuid)) = uuid {
-                if !uuid.is_empty() {
-                    self.git
-                        .run(["config", &format!("remote.{name}.annex-uuid"), &uuid])?;
-                }
+            if let Ok(Some(uuid)) = uuid
+                && !uuid.is_empty()
+            {
+                self.git
+                    .run(["config", &format!("remote.{name}.annex-uuid"), &uuid])?;
             }
         }
         Ok(())

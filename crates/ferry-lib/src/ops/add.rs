@@ -309,17 +309,17 @@ pub fn add(
             Plan::Restage { path, key, target } => {
                 // A moved annex link points at the wrong place: rewrite it before staging.
                 let want = link_target(&path, &key);
-                if target != want {
-                    if let Err(e) = replace_with_symlink(&top.join(os(&path)), &want) {
-                        emit(
-                            AddEvent::Failed {
-                                path,
-                                error: e.to_string(),
-                            },
-                            &mut summary,
-                        );
-                        continue;
-                    }
+                if target != want
+                    && let Err(e) = replace_with_symlink(&top.join(os(&path)), &want)
+                {
+                    emit(
+                        AddEvent::Failed {
+                            path,
+                            error: e.to_string(),
+                        },
+                        &mut summary,
+                    );
+                    continue;
                 }
                 if repo.store().find(&key).is_some() {
                     present_keys.push(key.clone());
