@@ -359,6 +359,7 @@ done
 declare -A M=()
 for name in "${ORDER[@]}"; do
     M[$name]=$(median "${T[$name]}")
+    [[ ${UNIT[$name]} == MiB ]] && M[$name]=$(printf '%.1f' "${M[$name]}")
     echo "RESULT $name=${M[$name]} ${UNIT[$name]}"
 done
 for name in "${ORDER[@]}"; do

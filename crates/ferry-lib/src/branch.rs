@@ -13,7 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::git::{CatFile, Git};
 use crate::lock::{Lock, LockKind, lock_wait};
 use crate::logs::Timestamp;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
@@ -165,7 +165,6 @@ impl Branch {
         let jdir = self.journal_dir();
         let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(paths.len());
         let mut from_branch = Vec::new();
-        let mut revs = Vec::new();
         for (i, p) in paths.iter().enumerate() {
             let j = jdir.join(std::ffi::OsStr::from_bytes(&mangle(p)));
             match std::fs::read(&j) {
@@ -173,20 +172,17 @@ impl Branch {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     out.push(None);
                     from_branch.push(i);
-                    let mut rev = format!("{BRANCH}:").into_bytes();
-                    rev.extend_from_slice(p);
-                    revs.push(rev);
                 }
                 Err(e) => return Err(Error::io(format!("reading {}", j.display()), e)),
             }
         }
-        if self.exists()? {
-            for (i, blob) in from_branch
-                .into_iter()
-                .zip(crate::git::cat_many(&self.git, &revs)?)
-            {
-                out[i] = blob.filter(|(k, _)| k == "blob").map(|(_, d)| d);
-            }
+        let paths_from_branch: Vec<Vec<u8>> =
+            from_branch.iter().map(|&i| paths[i].clone()).collect();
+        for (i, blob) in from_branch
+            .into_iter()
+            .zip(self.read_committed_many(&paths_from_branch)?)
+        {
+            out[i] = blob;
         }
         Ok(out)
     }
@@ -253,20 +249,45 @@ impl Branch {
     /// pending. Takes the journal lock itself unless the caller passes the one it holds.
     pub fn commit(&self, held: Option<&JournalLock>, message: &str) -> Result<Option<String>> {
         let own;
-        let _lock = match held {
+        let lock = match held {
             Some(l) => l,
             None => {
                 own = self.lock_journal()?;
                 &own
             }
         };
-        let files = self.journal_files()?;
-        if files.is_empty() {
+        self.commit_changes(lock, &BTreeMap::new(), &[], message)
+    }
+
+    /// Commits `changes` (branch path → full new content, computed from [`Branch::read`]) together
+    /// with everything pending in the journal, in one commit whose parent is the current tip.
+    /// `extra_blobs` are written into the same pack (used for work-tree symlink blobs, so that the
+    /// following `git update-index` finds them and writes no loose objects).
+    ///
+    /// All objects go through one `git fast-import` run, which writes a single pack instead of
+    /// one loose object per log file and per tree (tens of thousands for a large add). The ref
+    /// only moves if it still points at the parent; if another writer (git-annex) moved it, our
+    /// files are union-merged with theirs and the commit is made again.
+    pub fn commit_changes(
+        &self,
+        _lock: &JournalLock,
+        changes: &BTreeMap<Vec<u8>, Vec<u8>>,
+        extra_blobs: &[Vec<u8>],
+        message: &str,
+    ) -> Result<Option<String>> {
+        let journal = self.journal_files()?;
+        if journal.is_empty() && changes.is_empty() && extra_blobs.is_empty() {
             return Ok(None);
         }
         self.ensure_exists()?;
-        let index = self.annex_dir.join("index");
-        let ig = self.git.with_index(&index);
+        let mut files: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for (path, jf) in &journal {
+            files.insert(path.clone(), std::fs::read(jf).ctx("reading", jf)?);
+        }
+        for (path, content) in changes {
+            files.insert(path.clone(), content.clone());
+        }
+        let ident = self.committer_ident()?;
         for attempt in 0..10 {
             let tip = self
                 .git
@@ -274,69 +295,78 @@ impl Branch {
                 .ok_or_else(|| Error::Protocol("git-annex branch vanished".into()))?;
             if attempt > 0 {
                 // Someone else committed meanwhile: fold their version of our files in.
-                for (path, jf) in &files {
-                    if let Some(theirs) = self.read_committed(path)? {
-                        let ours = std::fs::read(jf).ctx("reading", jf)?;
-                        std::fs::write(jf, union_lines(&ours, &theirs)).ctx("writing", jf)?;
+                let paths: Vec<Vec<u8>> = files.keys().cloned().collect();
+                let theirs = self.read_committed_many(&paths)?;
+                for (path, theirs) in paths.into_iter().zip(theirs) {
+                    if let Some(theirs) = theirs {
+                        let ours = files.get_mut(&path).expect("same keys");
+                        *ours = union_lines(ours, &theirs);
                     }
                 }
             }
-            let lck = self.annex_dir.join("index.lck");
-            let indexed = std::fs::read_to_string(&lck).unwrap_or_default();
-            if indexed.trim() != tip || !index.exists() {
-                ig.run(["read-tree", &tip])?;
-            }
-            // Hash the journal files as blobs and stage them.
-            let mut paths = Vec::new();
-            for (_, jf) in &files {
-                paths.extend_from_slice(jf.as_os_str().as_bytes());
-                paths.push(b'\n');
-            }
-            let shas = self.git.run_with_input(
-                ["hash-object", "-w", "--no-filters", "--stdin-paths"],
-                &paths,
-            )?;
-            let shas: Vec<&str> = std::str::from_utf8(&shas).unwrap_or("").lines().collect();
-            if shas.len() != files.len() {
-                return Err(Error::Protocol(
-                    "git hash-object returned the wrong number of ids".into(),
-                ));
-            }
-            let mut info = Vec::new();
-            for ((path, _), sha) in files.iter().zip(&shas) {
-                info.extend_from_slice(format!("100644 {sha}\t").as_bytes());
-                info.extend_from_slice(path);
-                info.push(0);
-            }
-            ig.run_with_input(["update-index", "-z", "--index-info"], &info)?;
-            let tree = ig.run_str(["write-tree"])?;
-            let msg = format!("{message}\n");
-            let commit = String::from_utf8_lossy(&self.git.run_with_input(
-                ["commit-tree", "--no-gpg-sign", &tree, "-p", &tip],
-                msg.as_bytes(),
-            )?)
-            .trim()
-            .to_string();
-            match self
-                .git
-                .run(["update-ref", "-m", "update", BRANCH, &commit, &tip])
-            {
+            let stream = fast_import_stream(&ident, &tip, &files, extra_blobs, message);
+            let r = self.git.run_with_input(
+                ["fast-import", "--quiet", "--date-format=raw", "--done"],
+                &stream,
+            );
+            match r {
+                Ok(_) if files.is_empty() => return Ok(None), // blobs only
                 Ok(_) => {
-                    for (_, jf) in &files {
+                    let new = self.git.rev_parse(BRANCH)?.unwrap_or_default();
+                    if new == tip {
+                        return Err(Error::Protocol(
+                            "git fast-import did not advance the git-annex branch".into(),
+                        ));
+                    }
+                    for (_, jf) in &journal {
                         let _ = std::fs::remove_file(jf);
                     }
-                    std::fs::write(&lck, format!("{commit}\n")).ctx("writing", &lck)?;
-                    return Ok(Some(commit));
+                    return Ok(Some(new));
                 }
-                Err(_) if attempt < 9 => {
-                    // The index now holds our tree on a stale base; rebuild it from the new tip.
-                    let _ = std::fs::remove_file(&lck);
+                Err(Error::Git { .. })
+                    if attempt < 9
+                        && self.git.rev_parse(BRANCH)?.as_deref() != Some(tip.as_str()) =>
+                {
                     continue;
                 }
                 Err(e) => return Err(e),
             }
         }
-        unreachable!("loop returns")
+        Err(Error::Protocol(
+            "the git-annex branch kept changing while ferry tried to commit to it".into(),
+        ))
+    }
+
+    /// `Name <email> ` for branch commits: the user's git identity, or a neutral fallback so
+    /// bookkeeping commits never fail for want of one.
+    fn committer_ident(&self) -> Result<String> {
+        match self.git.run_opt(["var", "GIT_COMMITTER_IDENT"]) {
+            Ok(Some(v)) => {
+                // "Name <email> 1700000000 +0000": keep up to the closing '>'.
+                let end = v.rfind('>').map(|i| i + 1).unwrap_or(v.len());
+                Ok(v[..end].to_string())
+            }
+            _ => Ok("ferry <ferry@localhost>".to_string()),
+        }
+    }
+
+    /// The committed copies of many branch files, resolved against one tree (no ref lookups).
+    fn read_committed_many(&self, paths: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let Some(tree) = self.git.rev_parse(&format!("{BRANCH}^{{tree}}"))? else {
+            return Ok(vec![None; paths.len()]);
+        };
+        let revs: Vec<Vec<u8>> = paths
+            .iter()
+            .map(|p| {
+                let mut r = format!("{tree}:").into_bytes();
+                r.extend_from_slice(p);
+                r
+            })
+            .collect();
+        Ok(crate::git::cat_many(&self.git, &revs)?
+            .into_iter()
+            .map(|b| b.filter(|(k, _)| k == "blob").map(|(_, d)| d))
+            .collect())
     }
 
     /// Paths of all files on the branch (committed), e.g. to count keys.
@@ -379,4 +409,59 @@ mod tests {
         assert_eq!(union_lines(b"b\na\n", b"c\na\n"), b"a\nb\nc\n");
         assert_eq!(union_lines(b"", b"x"), b"x\n");
     }
+}
+
+/// A `git fast-import` stream: loose blobs, then one commit on the branch from `parent`.
+fn fast_import_stream(
+    ident: &str,
+    parent: &str,
+    files: &BTreeMap<Vec<u8>, Vec<u8>>,
+    extra_blobs: &[Vec<u8>],
+    message: &str,
+) -> Vec<u8> {
+    let mut s = Vec::with_capacity(
+        files.values().map(|c| c.len() + 120).sum::<usize>() + extra_blobs.len() * 300,
+    );
+    for b in extra_blobs {
+        s.extend_from_slice(format!("blob\ndata {}\n", b.len()).as_bytes());
+        s.extend_from_slice(b);
+        s.push(b'\n');
+    }
+    if !files.is_empty() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        s.extend_from_slice(format!("commit {BRANCH}\ncommitter {ident} {now} +0000\n").as_bytes());
+        s.extend_from_slice(format!("data {}\n{message}\n", message.len()).as_bytes());
+        s.extend_from_slice(format!("from {parent}\n").as_bytes());
+        for (path, content) in files {
+            s.extend_from_slice(b"M 100644 inline ");
+            s.extend_from_slice(&quote_path(path));
+            s.extend_from_slice(format!("\ndata {}\n", content.len()).as_bytes());
+            s.extend_from_slice(content);
+            s.push(b'\n');
+        }
+        s.push(b'\n');
+    }
+    s.extend_from_slice(b"done\n");
+    s
+}
+
+/// C-style quoting for fast-import paths that need it (starting with `"`, or holding LF or `\`).
+fn quote_path(p: &[u8]) -> Vec<u8> {
+    if !p.starts_with(b"\"") && !p.iter().any(|&b| b == b'\n' || b == b'\\') {
+        return p.to_vec();
+    }
+    let mut out = vec![b'"'];
+    for &b in p {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b => out.push(b),
+        }
+    }
+    out.push(b'"');
+    out
 }

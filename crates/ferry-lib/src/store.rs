@@ -78,16 +78,25 @@ impl Store {
             })
     }
 
+    /// Makes the object's key directory exist and be writable. The common case (a new key) is
+    /// a single mkdir; parents are created only when missing.
     fn prepare_key_dir(&self, obj: &Path) -> Result<PathBuf> {
         let key_dir = obj.parent().expect("object has a dir").to_path_buf();
-        match fs::create_dir_all(&key_dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                // The key dir exists but is frozen (0555) from an earlier, interrupted ingest.
-                thaw_dir(&key_dir)?;
+        match fs::create_dir(&key_dir) {
+            Ok(()) => return Ok(key_dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let parent = key_dir.parent().expect("hash dir");
+                fs::create_dir_all(parent).ctx("creating", parent)?;
+                match fs::create_dir(&key_dir) {
+                    Ok(()) => return Ok(key_dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(Error::io(format!("creating {}", key_dir.display()), e)),
+                }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io(format!("creating {}", key_dir.display()), e)),
         }
+        // It existed (frozen, from an earlier or concurrent ingest).
         thaw_dir(&key_dir)?;
         Ok(key_dir)
     }
@@ -102,9 +111,18 @@ impl Store {
             return Ok(Ingested::AlreadyPresent);
         }
         let key_dir = self.prepare_key_dir(&obj)?;
-        // Clear a stale object (for example a link whose file changed); never reached when valid.
-        let _ = fs::remove_file(&obj);
-        let r = fs::hard_link(path, &obj);
+        let mut r = fs::hard_link(path, &obj);
+        if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists)
+            && self.find(key).is_none()
+        {
+            // Something that is not a regular file sits at the object path: clear it.
+            let _ = fs::remove_file(&obj).or_else(|_| fs::remove_dir_all(&obj));
+            r = fs::hard_link(path, &obj);
+        } else if r.is_err() && self.find(key).is_some() {
+            // A concurrent ingest of the same content won.
+            freeze_dir(&key_dir);
+            return Ok(Ingested::AlreadyPresent);
+        }
         if let Err(e) = r {
             freeze_dir(&key_dir);
             if e.raw_os_error() == Some(libc::EXDEV)

@@ -298,6 +298,7 @@ pub fn add(
 
     let mut to_stage: Vec<Vec<u8>> = Vec::new();
     let mut present_keys: Vec<Key> = Vec::new();
+    let mut link_targets: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
     let mut annex_jobs: Vec<(Vec<u8>, u64)> = Vec::new();
     for p in plans {
         match p {
@@ -324,6 +325,7 @@ pub fn add(
                 if repo.store().find(&key).is_some() {
                     present_keys.push(key.clone());
                 }
+                link_targets.insert(want);
                 to_stage.push(path.clone());
                 emit(AddEvent::Restaged { path, key }, &mut summary);
             }
@@ -357,6 +359,7 @@ pub fn add(
         for (rel, r) in rx {
             match r {
                 Ok((key, bytes)) => {
+                    link_targets.insert(link_target(&rel, &key));
                     to_stage.push(rel.clone());
                     present_keys.push(key.clone());
                     emit(
@@ -373,8 +376,17 @@ pub fn add(
         }
     });
 
+    // Log the content first (with the link blobs in the same pack), then stage: a crash in
+    // between leaves untracked annex links, which the next add stages.
+    let link_blobs: Vec<Vec<u8>> = link_targets.into_iter().collect();
+    set_presence(
+        repo,
+        repo.uuid(),
+        &present_keys,
+        Presence::Present,
+        &link_blobs,
+    )?;
     stage(repo, &to_stage)?;
-    record_present(repo, &present_keys)?;
     Ok(summary)
 }
 
@@ -428,8 +440,14 @@ fn replace_with_symlink(path: &Path, target: &[u8]) -> Result<()> {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(os(target), &tmp).ctx("creating symlink", &tmp)?;
+    if let Err(e) = std::os::unix::fs::symlink(os(target), &tmp) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(Error::io(format!("creating symlink {}", tmp.display()), e));
+        }
+        // Left over from a killed run with the same pid: replace it.
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(os(target), &tmp).ctx("creating symlink", &tmp)?;
+    }
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(
@@ -486,14 +504,16 @@ fn stage(repo: &Repo, paths: &[Vec<u8>]) -> Result<()> {
     }
 }
 
-/// Records in the location log that `keys` are present here, and commits the branch once.
-pub fn record_present(repo: &Repo, keys: &[Key]) -> Result<()> {
-    set_presence(repo, repo.uuid(), keys, Presence::Present)
-}
-
 /// Sets `uuid`'s presence for each key where it differs, with one branch commit at the end.
-pub fn set_presence(repo: &Repo, uuid: &str, keys: &[Key], status: Presence) -> Result<()> {
-    if keys.is_empty() {
+/// `blobs` are written into the same pack (see [`crate::branch::Branch::commit_changes`]).
+pub fn set_presence(
+    repo: &Repo,
+    uuid: &str,
+    keys: &[Key],
+    status: Presence,
+    blobs: &[Vec<u8>],
+) -> Result<()> {
+    if keys.is_empty() && blobs.is_empty() {
         return Ok(());
     }
     let mut keys = keys.to_vec();
@@ -503,14 +523,16 @@ pub fn set_presence(repo: &Repo, uuid: &str, keys: &[Key], status: Presence) -> 
     let paths: Vec<Vec<u8>> = keys.iter().map(location_log_path).collect();
     let logs = repo.branch.read_many(&paths)?;
     let now = repo.branch.now();
-    for (path, content) in paths.iter().zip(logs) {
+    let mut changes = std::collections::BTreeMap::new();
+    for (path, content) in paths.into_iter().zip(logs) {
         let mut log = LocationLog::parse(&content.unwrap_or_default());
         if log.status_of(uuid) == Some(status) {
             continue;
         }
         log.set(uuid, status, now);
-        repo.branch.write(&lock, path, &log.render())?;
+        changes.insert(path, log.render());
     }
-    repo.branch.commit(Some(&lock), "update")?;
+    repo.branch
+        .commit_changes(&lock, &changes, blobs, "update")?;
     Ok(())
 }

@@ -133,8 +133,8 @@ pub fn fsck(
         }
         key_problems.insert((*key).clone(), problems);
     }
-    set_presence(repo, &here, &now_present, Presence::Present)?;
-    set_presence(repo, &here, &now_absent, Presence::Absent)?;
+    set_presence(repo, &here, &now_present, Presence::Present, &[])?;
+    set_presence(repo, &here, &now_absent, Presence::Absent, &[])?;
 
     let mut failed = 0;
     for AnnexedFile { path, key, .. } in &files {
