@@ -393,24 +393,6 @@ pub fn location_log_path(key: &crate::key::Key) -> Vec<u8> {
     p
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mangling_round_trips() {
-        let p = b"028/edc/SHA256E-s13--f285_x.txt.log";
-        assert_eq!(mangle(p), b"028_edc_SHA256E-s13--f285__x.txt.log");
-        assert_eq!(unmangle(&mangle(p)), p);
-    }
-
-    #[test]
-    fn union_is_sorted_and_deduplicated() {
-        assert_eq!(union_lines(b"b\na\n", b"c\na\n"), b"a\nb\nc\n");
-        assert_eq!(union_lines(b"", b"x"), b"x\n");
-    }
-}
-
 /// A `git fast-import` stream: loose blobs, then one commit on the branch from `parent`.
 fn fast_import_stream(
     ident: &str,
@@ -464,4 +446,28 @@ fn quote_path(p: &[u8]) -> Vec<u8> {
     }
     out.push(b'"');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mangling_round_trips() {
+        let p = b"028/edc/SHA256E-s13--f285_x.txt.log";
+        assert_eq!(mangle(p), b"028_edc_SHA256E-s13--f285__x.txt.log");
+        assert_eq!(unmangle(&mangle(p)), p);
+    }
+
+    #[test]
+    fn fast_import_paths_are_quoted_only_when_needed() {
+        assert_eq!(quote_path(b"abc/def/K.log"), b"abc/def/K.log");
+        assert_eq!(quote_path(b"\"x\\y\nz"), b"\"\\\"x\\\\y\\nz\"");
+    }
+
+    #[test]
+    fn union_is_sorted_and_deduplicated() {
+        assert_eq!(union_lines(b"b\na\n", b"c\na\n"), b"a\nb\nc\n");
+        assert_eq!(union_lines(b"", b"x"), b"x\n");
+    }
 }
