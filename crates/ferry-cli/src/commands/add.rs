@@ -115,6 +115,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            AddEvent::Stopped { remaining, reason } => {
+                let msg = format!("ferry: stopped: {reason} ({remaining} file(s) not added)");
+                if let Some(b) = bar.as_ref() {
+                    b.suspend(|| eprintln!("{msg}"))
+                } else {
+                    eprintln!("{msg}")
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"command":"add","success":false,"error":reason,"not_added":remaining})
+                    );
+                }
+            }
             AddEvent::Failed { path, error } => {
                 let msg = format!("add {} failed: {error}", ui::show(path));
                 if let Some(b) = bar.as_ref() {

@@ -58,6 +58,8 @@ pub enum AddEvent {
     Failed { path: Vec<u8>, error: String },
     /// Before any work: how much there is to do.
     Planned { files: usize, bytes: u64 },
+    /// Work stopped early; `remaining` files were not looked at.
+    Stopped { remaining: usize, reason: String },
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -205,6 +207,7 @@ pub fn add(
             AddEvent::Restaged { .. } => s.restaged += 1,
             AddEvent::Skipped { .. } => s.skipped += 1,
             AddEvent::Failed { .. } => s.failed += 1,
+            AddEvent::Stopped { remaining, .. } => s.failed += remaining,
             AddEvent::Planned { .. } => {}
         }
         on_event(&e);
@@ -335,20 +338,30 @@ pub fn add(
     // Hash and ingest in parallel; results come back in completion order.
     let store = repo.store();
     let next = AtomicUsize::new(0);
+    let disk_full = std::sync::atomic::AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(Vec<u8>, std::result::Result<(Key, u64), String>)>();
     let jobs = opts.jobs.max(1).min(annex_jobs.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..jobs {
             let tx = tx.clone();
-            let (annex_jobs, next, store, top) = (&annex_jobs, &next, &store, &top);
+            let (annex_jobs, next, store, top, disk_full) =
+                (&annex_jobs, &next, &store, &top, &disk_full);
             s.spawn(move || {
                 loop {
+                    // After a full disk, stop taking work: one clear message beats thousands.
+                    if disk_full.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((rel, size)) = annex_jobs.get(i) else {
                         break;
                     };
-                    let r =
-                        ingest_one(store, top, rel, *size, opts.backend).map_err(|e| e.to_string());
+                    let r = ingest_one(store, top, rel, *size, opts.backend).map_err(|e| {
+                        if is_disk_full(&e) {
+                            disk_full.store(true, Ordering::Relaxed);
+                        }
+                        e.to_string()
+                    });
                     if tx.send((rel.clone(), r)).is_err() {
                         break;
                     }
@@ -375,6 +388,17 @@ pub fn add(
             }
         }
     });
+
+    let started = next.load(Ordering::Relaxed).min(annex_jobs.len());
+    if started < annex_jobs.len() {
+        emit(
+            AddEvent::Stopped {
+                remaining: annex_jobs.len() - started,
+                reason: "the disk is full; free some space and run ferry add again".into(),
+            },
+            &mut summary,
+        );
+    }
 
     // Log the content first (with the link blobs in the same pack), then stage: a crash in
     // between leaves untracked annex links, which the next add stages.
@@ -423,16 +447,34 @@ fn ingest_one(
         )));
     }
     let key = backend.key(n, &hex, rel);
-    match store.ingest_hardlink(&abs, &key, &after) {
-        Err(Error::Unsupported(_)) => store.ingest_copy(&abs, &key, backend)?,
-        r => r?,
+    // The link is made before the content moves: it is what needs new space (an inode and a
+    // block), so a full disk stops us here with nothing changed.
+    let tmp = make_temp_symlink(&abs, &link_target(rel, &key))?;
+    let ingested = match store.ingest_hardlink(&abs, &key, &after) {
+        Err(Error::Unsupported(_)) => store.ingest_copy(&abs, &key, backend),
+        r => r,
     };
-    replace_with_symlink(&abs, &link_target(rel, &key))?;
+    if let Err(e) = ingested {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = std::fs::rename(&tmp, &abs) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(
+            format!("replacing {} with its annex link", abs.display()),
+            e,
+        ));
+    }
     Ok((key, n))
 }
 
-/// Atomically replaces `path` by a symlink to `target` (temp link in the same dir, rename).
-fn replace_with_symlink(path: &Path, target: &[u8]) -> Result<()> {
+/// Whether an error means the disk (or quota) is full.
+pub fn is_disk_full(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+}
+
+/// Creates a symlink to `target` under a temp name next to `path`; returns the temp path.
+fn make_temp_symlink(path: &Path, target: &[u8]) -> Result<PathBuf> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp: PathBuf = dir.join(format!(
@@ -440,14 +482,24 @@ fn replace_with_symlink(path: &Path, target: &[u8]) -> Result<()> {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    let name =
+        String::from_utf8_lossy(path.file_name().map(OsStrExt::as_bytes).unwrap_or_default())
+            .into_owned();
+    let fail = |e: std::io::Error| Error::io(format!("cannot make the annex link for {name}"), e);
     if let Err(e) = std::os::unix::fs::symlink(os(target), &tmp) {
         if e.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(Error::io(format!("creating symlink {}", tmp.display()), e));
+            return Err(fail(e));
         }
         // Left over from a killed run with the same pid: replace it.
         let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(os(target), &tmp).ctx("creating symlink", &tmp)?;
+        std::os::unix::fs::symlink(os(target), &tmp).map_err(fail)?;
     }
+    Ok(tmp)
+}
+
+/// Atomically replaces `path` by a symlink to `target` (temp link in the same dir, rename).
+fn replace_with_symlink(path: &Path, target: &[u8]) -> Result<()> {
+    let tmp = make_temp_symlink(path, target)?;
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(
