@@ -199,6 +199,16 @@ pub fn add(
     // One add at a time per repository: a second waits for the first.
     let _add_lock = lock_wait(&annex_dir.join("ferry-add.lck"), LockKind::Exclusive)?;
 
+    let tmpdir = annex_dir.join("tmp");
+    std::fs::create_dir_all(&tmpdir).ctx("creating", &tmpdir)?;
+    if let Ok(rd) = std::fs::read_dir(&tmpdir) {
+        for ent in rd.flatten() {
+            if is_temp_link_name(ent.file_name().as_bytes()) {
+                let _ = std::fs::remove_file(ent.path());
+            }
+        }
+    }
+
     let mut summary = AddSummary::default();
     let emit = |e: AddEvent, s: &mut AddSummary| {
         match &e {
@@ -247,6 +257,11 @@ pub fn add(
             }
         };
         let ft = md.file_type();
+        if ft.is_symlink() && is_temp_link_name(&rel) {
+            // A half-made link from a killed run (older layout): not user data.
+            let _ = std::fs::remove_file(&abs);
+            continue;
+        }
         if ft.is_symlink() {
             let target = std::fs::read_link(&abs)
                 .map(|t| t.into_os_string().into_vec())
@@ -314,7 +329,7 @@ pub fn add(
                 // A moved annex link points at the wrong place: rewrite it before staging.
                 let want = link_target(&path, &key);
                 if target != want
-                    && let Err(e) = replace_with_symlink(&top.join(os(&path)), &want)
+                    && let Err(e) = replace_with_symlink(&tmpdir, &top.join(os(&path)), &want)
                 {
                     emit(
                         AddEvent::Failed {
@@ -344,8 +359,8 @@ pub fn add(
     std::thread::scope(|s| {
         for _ in 0..jobs {
             let tx = tx.clone();
-            let (annex_jobs, next, store, top, disk_full) =
-                (&annex_jobs, &next, &store, &top, &disk_full);
+            let (annex_jobs, next, store, top, disk_full, tmpdir) =
+                (&annex_jobs, &next, &store, &top, &disk_full, &tmpdir);
             s.spawn(move || {
                 loop {
                     // After a full disk, stop taking work: one clear message beats thousands.
@@ -356,7 +371,7 @@ pub fn add(
                     let Some((rel, size)) = annex_jobs.get(i) else {
                         break;
                     };
-                    let r = ingest_one(store, top, rel, *size, opts.backend).map_err(|e| {
+                    let r = ingest_one(store, tmpdir, top, rel, *size, opts.backend).map_err(|e| {
                         if is_disk_full(&e) {
                             disk_full.store(true, Ordering::Relaxed);
                         }
@@ -417,6 +432,7 @@ pub fn add(
 /// Hashes one file and moves it into the store, leaving an annex symlink in its place.
 fn ingest_one(
     store: &crate::store::Store,
+    tmpdir: &Path,
     top: &Path,
     rel: &[u8],
     size: u64,
@@ -449,7 +465,8 @@ fn ingest_one(
     let key = backend.key(n, &hex, rel);
     // The link is made before the content moves: it is what needs new space (an inode and a
     // block), so a full disk stops us here with nothing changed.
-    let tmp = make_temp_symlink(&abs, &link_target(rel, &key))?;
+    let target = link_target(rel, &key);
+    let tmp = make_temp_symlink(tmpdir, &abs, &target)?;
     let ingested = match store.ingest_hardlink(&abs, &key, &after) {
         Err(Error::Unsupported(_)) => store.ingest_copy(&abs, &key, backend),
         r => r,
@@ -473,12 +490,20 @@ pub fn is_disk_full(e: &Error) -> bool {
     matches!(e, Error::Io { source, .. } if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
 }
 
-/// Creates a symlink to `target` under a temp name next to `path`; returns the temp path.
-fn make_temp_symlink(path: &Path, target: &[u8]) -> Result<PathBuf> {
+/// Temp names of links being made; never user data, so leftovers of a killed run are removed.
+const TEMP_LINK_PREFIX: &str = ".ferry-link.";
+
+fn is_temp_link_name(rel: &[u8]) -> bool {
+    let base = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+    base.starts_with(TEMP_LINK_PREFIX.as_bytes()) && base.ends_with(b".tmp")
+}
+
+/// Creates a symlink to `target` under a temp name in `tmpdir` (`.git/annex/tmp`, so the work
+/// tree never shows half-made links); returns the temp path.
+fn make_temp_symlink(tmpdir: &Path, path: &Path, target: &[u8]) -> Result<PathBuf> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp: PathBuf = dir.join(format!(
-        ".ferry-link.{}.{}.tmp",
+    let tmp: PathBuf = tmpdir.join(format!(
+        "{TEMP_LINK_PREFIX}{}.{}.tmp",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
@@ -497,17 +522,37 @@ fn make_temp_symlink(path: &Path, target: &[u8]) -> Result<PathBuf> {
     Ok(tmp)
 }
 
-/// Atomically replaces `path` by a symlink to `target` (temp link in the same dir, rename).
-fn replace_with_symlink(path: &Path, target: &[u8]) -> Result<()> {
-    let tmp = make_temp_symlink(path, target)?;
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(
+/// Renames the temp link over `path`. If the work tree is on another file system than `.git`,
+/// the link is remade next to `path` first.
+fn put_link(tmp: &Path, path: &Path, target: &[u8]) -> Result<()> {
+    let fail = |e: std::io::Error| {
+        Error::io(
             format!("replacing {} with its annex link", path.display()),
             e,
-        ));
+        )
+    };
+    match std::fs::rename(tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let _ = std::fs::remove_file(tmp);
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let local = make_temp_symlink(dir, path, target)?;
+            std::fs::rename(&local, path).map_err(|e| {
+                let _ = std::fs::remove_file(&local);
+                fail(e)
+            })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            Err(fail(e))
+        }
     }
-    Ok(())
+}
+
+/// Atomically replaces `path` by a symlink to `target`.
+fn replace_with_symlink(tmpdir: &Path, path: &Path, target: &[u8]) -> Result<()> {
+    let tmp = make_temp_symlink(tmpdir, path, target)?;
+    put_link(&tmp, path, target)
 }
 
 /// Stages paths with one `git update-index`. Waits a little for another git's `index.lock`.
