@@ -444,13 +444,14 @@ fn ingest_one(
         .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(&abs)
         .ctx("opening", &abs)?;
-    let before = StatStamp::of(&f.metadata().ctx("reading", &abs)?);
-    if !f.metadata().map(|m| m.is_file()).unwrap_or(false) {
+    let md = f.metadata().ctx("reading", &abs)?;
+    if !md.is_file() {
         return Err(Error::Unsupported(format!(
             "{} is no longer a regular file",
             abs.display()
         )));
     }
+    let before = StatStamp::of(&md);
     let (hex, n) = hash_file(backend, &mut f, size).ctx("reading", &abs)?;
     let after = StatStamp::of(&f.metadata().ctx("reading", &abs)?);
     let now_at_path = std::fs::symlink_metadata(&abs)
