@@ -256,7 +256,7 @@ impl Branch {
                 &own
             }
         };
-        self.commit_changes(lock, &BTreeMap::new(), &[], message)
+        self.commit_changes(lock, &BTreeMap::new(), &mut std::iter::empty(), message)
     }
 
     /// Commits `changes` (branch path → full new content, computed from [`Branch::read`]) together
@@ -272,11 +272,12 @@ impl Branch {
         &self,
         _lock: &JournalLock,
         changes: &BTreeMap<Vec<u8>, Vec<u8>>,
-        extra_blobs: &[Vec<u8>],
+        extra_blobs: &mut dyn Iterator<Item = Vec<u8>>,
         message: &str,
     ) -> Result<Option<String>> {
         let journal = self.journal_files()?;
-        if journal.is_empty() && changes.is_empty() && extra_blobs.is_empty() {
+        let mut extra_blobs = extra_blobs.peekable();
+        if journal.is_empty() && changes.is_empty() && extra_blobs.peek().is_none() {
             return Ok(None);
         }
         self.ensure_exists()?;
@@ -304,11 +305,10 @@ impl Branch {
                     }
                 }
             }
-            let stream = fast_import_stream(&ident, &tip, &files, extra_blobs, message);
-            let r = self.git.run_with_input(
-                ["fast-import", "--quiet", "--date-format=raw", "--done"],
-                &stream,
-            );
+            // Blobs go in with the first attempt only; a retry needs just the commit.
+            let r = self.fast_import(|w| {
+                write_fast_import(w, &ident, &tip, &files, &mut extra_blobs, message)
+            });
             match r {
                 Ok(_) if files.is_empty() => return Ok(None), // blobs only
                 Ok(_) => {
@@ -335,6 +335,36 @@ impl Branch {
         Err(Error::Protocol(
             "the git-annex branch kept changing while ferry tried to commit to it".into(),
         ))
+    }
+
+    /// Runs `git fast-import`, streaming its input from `write` (nothing is buffered whole).
+    fn fast_import(&self, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+        let mut child = self
+            .git
+            .command(["fast-import", "--quiet", "--date-format=raw", "--done"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::GitMissing(e.to_string()))?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, stdin);
+        let wrote = write(&mut w).and_then(|_| w.flush());
+        drop(w);
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::io("running git fast-import", e))?;
+        if !out.status.success() || wrote.is_err() {
+            let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if let Err(e) = wrote {
+                stderr = format!("{stderr} (writing its input: {e})");
+            }
+            return Err(Error::Git {
+                command: "git fast-import".into(),
+                stderr,
+            });
+        }
+        Ok(())
     }
 
     /// `Name <email> ` for branch commits: the user's git identity, or a neutral fallback so
@@ -393,41 +423,38 @@ pub fn location_log_path(key: &crate::key::Key) -> Vec<u8> {
     p
 }
 
-/// A `git fast-import` stream: loose blobs, then one commit on the branch from `parent`.
-fn fast_import_stream(
+/// Writes a `git fast-import` stream: blobs, then one commit on the branch from `parent`.
+fn write_fast_import(
+    w: &mut dyn Write,
     ident: &str,
     parent: &str,
     files: &BTreeMap<Vec<u8>, Vec<u8>>,
-    extra_blobs: &[Vec<u8>],
+    extra_blobs: &mut dyn Iterator<Item = Vec<u8>>,
     message: &str,
-) -> Vec<u8> {
-    let mut s = Vec::with_capacity(
-        files.values().map(|c| c.len() + 120).sum::<usize>() + extra_blobs.len() * 300,
-    );
+) -> std::io::Result<()> {
     for b in extra_blobs {
-        s.extend_from_slice(format!("blob\ndata {}\n", b.len()).as_bytes());
-        s.extend_from_slice(b);
-        s.push(b'\n');
+        write!(w, "blob\ndata {}\n", b.len())?;
+        w.write_all(&b)?;
+        w.write_all(b"\n")?;
     }
     if !files.is_empty() {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        s.extend_from_slice(format!("commit {BRANCH}\ncommitter {ident} {now} +0000\n").as_bytes());
-        s.extend_from_slice(format!("data {}\n{message}\n", message.len()).as_bytes());
-        s.extend_from_slice(format!("from {parent}\n").as_bytes());
+        write!(w, "commit {BRANCH}\ncommitter {ident} {now} +0000\n")?;
+        write!(w, "data {}\n{message}\n", message.len())?;
+        writeln!(w, "from {parent}")?;
         for (path, content) in files {
-            s.extend_from_slice(b"M 100644 inline ");
-            s.extend_from_slice(&quote_path(path));
-            s.extend_from_slice(format!("\ndata {}\n", content.len()).as_bytes());
-            s.extend_from_slice(content);
-            s.push(b'\n');
+            w.write_all(b"M 100644 inline ")?;
+            w.write_all(&quote_path(path))?;
+            write!(w, "\ndata {}\n", content.len())?;
+            w.write_all(content)?;
+            w.write_all(b"\n")?;
         }
-        s.push(b'\n');
+        w.write_all(b"\n")?;
     }
-    s.extend_from_slice(b"done\n");
-    s
+    w.write_all(b"done\n")
 }
 
 /// C-style quoting for fast-import paths that need it (starting with `"`, or holding LF or `\`).

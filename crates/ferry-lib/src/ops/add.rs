@@ -316,7 +316,8 @@ pub fn add(
 
     let mut to_stage: Vec<Vec<u8>> = Vec::new();
     let mut present_keys: Vec<Key> = Vec::new();
-    let mut link_targets: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
+    // (path, key) of every annex link made or restaged: their blobs go into the branch pack.
+    let mut links: Vec<(Vec<u8>, Key)> = Vec::new();
     let mut annex_jobs: Vec<(Vec<u8>, u64)> = Vec::new();
     for p in plans {
         match p {
@@ -343,7 +344,7 @@ pub fn add(
                 if repo.store().find(&key).is_some() {
                     present_keys.push(key.clone());
                 }
-                link_targets.insert(want);
+                links.push((path.clone(), key.clone()));
                 to_stage.push(path.clone());
                 emit(AddEvent::Restaged { path, key }, &mut summary);
             }
@@ -387,7 +388,7 @@ pub fn add(
         for (rel, r) in rx {
             match r {
                 Ok((key, bytes)) => {
-                    link_targets.insert(link_target(&rel, &key));
+                    links.push((rel.clone(), key.clone()));
                     to_stage.push(rel.clone());
                     present_keys.push(key.clone());
                     emit(
@@ -417,13 +418,12 @@ pub fn add(
 
     // Log the content first (with the link blobs in the same pack), then stage: a crash in
     // between leaves untracked annex links, which the next add stages.
-    let link_blobs: Vec<Vec<u8>> = link_targets.into_iter().collect();
     set_presence(
         repo,
         repo.uuid(),
         &present_keys,
         Presence::Present,
-        &link_blobs,
+        &mut links.iter().map(|(p, k)| link_target(p, k)),
     )?;
     stage(repo, &to_stage)?;
     Ok(summary)
@@ -609,11 +609,8 @@ pub fn set_presence(
     uuid: &str,
     keys: &[Key],
     status: Presence,
-    blobs: &[Vec<u8>],
+    blobs: &mut dyn Iterator<Item = Vec<u8>>,
 ) -> Result<()> {
-    if keys.is_empty() && blobs.is_empty() {
-        return Ok(());
-    }
     let mut keys = keys.to_vec();
     keys.sort();
     keys.dedup();

@@ -133,8 +133,20 @@ pub fn fsck(
         }
         key_problems.insert((*key).clone(), problems);
     }
-    set_presence(repo, &here, &now_present, Presence::Present, &[])?;
-    set_presence(repo, &here, &now_absent, Presence::Absent, &[])?;
+    set_presence(
+        repo,
+        &here,
+        &now_present,
+        Presence::Present,
+        &mut std::iter::empty(),
+    )?;
+    set_presence(
+        repo,
+        &here,
+        &now_absent,
+        Presence::Absent,
+        &mut std::iter::empty(),
+    )?;
 
     let mut failed = 0;
     for AnnexedFile { path, key, .. } in &files {
