@@ -72,6 +72,18 @@ git config --global maintenance.auto false
 LOG=$WORK/log
 : >"$LOG"
 
+# Snapshot the binary: target/release/ferry may be rebuilt by someone else while this runs, and
+# every measurement must use the same build.
+FERRY_SRC=$FERRY
+mkdir -p "$WORK/bin"
+cp "$FERRY_SRC" "$WORK/bin/ferry"
+FERRY=$WORK/bin/ferry
+FERRY_INFO="$(stat -c '%y' "$FERRY_SRC" | cut -d. -f1) sha256:$(sha256sum "$FERRY" | cut -c1-12)"
+SRC_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
+if [[ -n $(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    SRC_REV="$SRC_REV+dirty"
+fi
+
 declare -A T=()        # name -> space-separated samples
 declare -A UNIT=()
 ORDER=()
@@ -168,7 +180,7 @@ print("%.4f %d %d %d" % (wall, hwm, tree, p.returncode))
 EOF
 
 echo "# ferry add benchmark  $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "# ferry: $FERRY ($("$FERRY" --version 2>/dev/null || echo '?'))"
+echo "# ferry: $FERRY_SRC ($("$FERRY" --version 2>/dev/null || echo '?'); built $FERRY_INFO; repo HEAD $SRC_REV at start)"
 echo "# $(git --version); git-annex $(git annex version --raw 2>/dev/null || git annex version | head -1)"
 echo "# nproc=$(nproc) cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "# NFILES=$NFILES SIZE_KB=$SIZE_KB BIG_MB=$BIG_MB RSS_FILES=$RSS_FILES RUNS=$RUNS PHASES=\"$PHASES\" RSS_ANNEX=$RSS_ANNEX"

@@ -33,6 +33,9 @@ enum Command {
     Fsck(commands::fsck::Args),
     /// Print the key a file's content would get, without adding it
     Calckey(commands::calckey::Args),
+    /// git's long-running clean/smudge filter (configured by `ferry init`; run by git)
+    #[command(hide = true)]
+    FilterProcess,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Info(a) => commands::info::run(a),
         Command::Fsck(a) => commands::fsck::run(a),
         Command::Calckey(a) => commands::calckey::run(a),
+        Command::FilterProcess => commands::filter::run(),
     };
     match r {
         Ok(code) => code,

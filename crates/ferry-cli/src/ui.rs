@@ -29,6 +29,12 @@ fn hint(e: &Error) -> Option<&'static str> {
 
 pub fn options() -> RepoOptions {
     RepoOptions {
+        filter_command: std::env::current_exe().ok().map(|p| {
+            format!(
+                "'{}' filter-process",
+                p.display().to_string().replace('\'', "'\\''")
+            )
+        }),
         fixed_clock: std::env::var("GIT_ANNEX_VECTOR_CLOCK")
             .ok()
             .and_then(|v| v.parse().ok()),

@@ -323,3 +323,58 @@ pub fn sizes_many(git: &Git, shas: &[&str]) -> Result<Vec<Option<u64>>> {
         .map(|l| l.parse().ok())
         .collect())
 }
+
+/// A long-running `git check-attr -z --stdin <attr>` for one attribute, queried path by path.
+pub struct CheckAttr {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl CheckAttr {
+    pub fn start(git: &Git, attr: &str) -> Result<CheckAttr> {
+        let mut child = git
+            .command(["check-attr", "-z", "--stdin", attr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| Error::GitMissing(e.to_string()))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        Ok(CheckAttr {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// The attribute's value for `path`; `None` when unspecified or unset.
+    pub fn get(&mut self, path: &[u8]) -> Result<Option<Vec<u8>>> {
+        let broken = |e: std::io::Error| Error::io("talking to git check-attr", e);
+        self.stdin.write_all(path).map_err(broken)?;
+        self.stdin.write_all(b"\0").map_err(broken)?;
+        self.stdin.flush().map_err(broken)?;
+        let mut field = Vec::new();
+        let mut value = Vec::new();
+        for i in 0..3 {
+            field.clear();
+            self.stdout.read_until(0, &mut field).map_err(broken)?;
+            if field.last() != Some(&0) {
+                return Err(Error::Protocol("git check-attr ended early".into()));
+            }
+            field.pop();
+            if i == 2 {
+                value = field.clone();
+            }
+        }
+        Ok((value != b"unspecified" && value != b"unset" && !value.is_empty()).then_some(value))
+    }
+}
+
+impl Drop for CheckAttr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

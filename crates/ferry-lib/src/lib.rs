@@ -5,14 +5,17 @@
 pub mod annexed;
 pub mod branch;
 pub mod error;
+pub mod filter;
 pub mod git;
 pub mod hash;
+pub mod inodecache;
 pub mod key;
 pub mod lock;
 pub mod logs;
 pub mod matching;
 pub mod ops;
 pub mod paths;
+pub mod pktline;
 pub mod repo;
 pub mod store;
 

@@ -19,6 +19,9 @@ pub struct Repo {
 /// Options that the caller (the CLI) resolves from its environment.
 #[derive(Clone, Debug, Default)]
 pub struct RepoOptions {
+    /// The command git runs as the annex filter process (`<ferry> filter-process`), set by
+    /// `init` when no annex filter is configured yet.
+    pub filter_command: Option<String>,
     /// `GIT_ANNEX_VECTOR_CLOCK`: a fixed clock for reproducible logs.
     pub fixed_clock: Option<u64>,
 }
@@ -99,6 +102,7 @@ impl Repo {
         std::fs::create_dir_all(repo.annex_dir().join("objects"))
             .ctx("creating", &repo.annex_dir())?;
         repo.learn_local_remote_uuids()?;
+        repo.configure_filter(opts)?;
         if let Some(uuid) = repo.uuid.clone() {
             repo.branch.ensure_exists()?;
             if let Some(desc) = description {
@@ -164,6 +168,35 @@ impl Repo {
             }
         }
         Ok(m)
+    }
+
+    /// Configures git's long-running annex filter to be ferry (unless an annex filter, ferry's or
+    /// git-annex's, is already configured) and `* filter=annex` in `.git/info/attributes`.
+    fn configure_filter(&self, opts: &RepoOptions) -> Result<()> {
+        if self.is_bare() {
+            return Ok(());
+        }
+        let Some(cmd) = &opts.filter_command else {
+            return Ok(());
+        };
+        if self.git.config("filter.annex.process")?.is_none()
+            && self.git.config("filter.annex.clean")?.is_none()
+        {
+            self.git.run(["config", "filter.annex.process", cmd])?;
+        }
+        let info = self.git_dir.join("info");
+        std::fs::create_dir_all(&info).ctx("creating", &info)?;
+        let attrs = info.join("attributes");
+        let current = std::fs::read_to_string(&attrs).unwrap_or_default();
+        if !current.lines().any(|l| l.trim() == "* filter=annex") {
+            let mut new = current.clone();
+            if !new.is_empty() && !new.ends_with('\n') {
+                new.push('\n');
+            }
+            new.push_str("\n* filter=annex\n");
+            std::fs::write(&attrs, new).ctx("writing", &attrs)?;
+        }
+        Ok(())
     }
 
     /// Records `remote.<name>.annex-uuid` for remotes that are local paths, by reading their
@@ -257,4 +290,19 @@ impl Repo {
             .and_then(|v| v.parse().ok())
             .unwrap_or(1))
     }
+}
+
+/// Whether an annex filter (ferry's or git-annex's) is configured and applies to the work tree.
+pub fn filter_configured(repo: &Repo) -> Result<bool> {
+    let has_cmd = repo.git.config("filter.annex.process")?.is_some()
+        || repo.git.config("filter.annex.clean")?.is_some();
+    if !has_cmd {
+        return Ok(false);
+    }
+    let out = repo
+        .git
+        .run(["check-attr", "filter", "--", "a-file-that-need-not-exist"])?;
+    Ok(String::from_utf8_lossy(&out)
+        .trim_end()
+        .ends_with(": annex"))
 }

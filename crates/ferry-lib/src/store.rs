@@ -106,6 +106,16 @@ impl Store {
     /// work-tree file with a link, the content is reachable from both names and a crash loses
     /// nothing. Fails with [`Error::Unsupported`] on a cross-device link (caller copies instead).
     pub fn ingest_hardlink(&self, path: &Path, key: &Key, stamp: &StatStamp) -> Result<Ingested> {
+        self.link_in(path, key, stamp, true)
+    }
+
+    fn link_in(
+        &self,
+        path: &Path,
+        key: &Key,
+        stamp: &StatStamp,
+        freeze_file: bool,
+    ) -> Result<Ingested> {
         let obj = self.object_path(key);
         if self.find(key).is_some() {
             return Ok(Ingested::AlreadyPresent);
@@ -153,9 +163,23 @@ impl Store {
                 path.display()
             )));
         }
-        fs::set_permissions(&obj, fs::Permissions::from_mode(0o444)).ctx("freezing", &obj)?;
+        if freeze_file {
+            fs::set_permissions(&obj, fs::Permissions::from_mode(0o444)).ctx("freezing", &obj)?;
+        }
         freeze_dir(&key_dir);
         Ok(Ingested::New)
+    }
+
+    /// Like [`Store::ingest_hardlink`] for an unlocked file in `annex.thin` mode: the work-tree
+    /// file and the object share one inode, so the file keeps its permissions (it stays
+    /// editable); in-place edits are caught by the inode cache ([`Store::find_valid`]).
+    pub fn ingest_hardlink_thin(
+        &self,
+        path: &Path,
+        key: &Key,
+        stamp: &StatStamp,
+    ) -> Result<Ingested> {
+        self.link_in(path, key, stamp, false)
     }
 
     /// Copies `src` into the store durably (temp file, fsync, verify, rename, fsync dir).
@@ -191,6 +215,63 @@ impl Store {
         fsync_dir(&key_dir);
         freeze_dir(&key_dir);
         Ok(Ingested::New)
+    }
+
+    /// The temp directory for content being received (`.git/annex/tmp`).
+    pub fn tmp_dir(&self) -> Result<PathBuf> {
+        let t = self.annex_dir.join("tmp");
+        fs::create_dir_all(&t).ctx("creating", &t)?;
+        Ok(t)
+    }
+
+    /// Makes a fully written temp file (in [`Store::tmp_dir`]) the object for `key`: fsync, freeze,
+    /// rename into place, fsync the directory. The caller has verified its hash. If the object
+    /// is already present the temp file is removed.
+    pub fn ingest_temp(&self, tmp: &Path, key: &Key) -> Result<Ingested> {
+        if self.find(key).is_some() {
+            let _ = fs::remove_file(tmp);
+            return Ok(Ingested::AlreadyPresent);
+        }
+        fs::File::open(tmp)
+            .and_then(|f| f.sync_all())
+            .ctx("syncing", tmp)?;
+        fs::set_permissions(tmp, fs::Permissions::from_mode(0o444)).ctx("freezing", tmp)?;
+        let obj = self.object_path(key);
+        let key_dir = self.prepare_key_dir(&obj)?;
+        let r = fs::rename(tmp, &obj).ctx("moving into", &obj);
+        fsync_dir(&key_dir);
+        freeze_dir(&key_dir);
+        r?;
+        Ok(Ingested::New)
+    }
+
+    /// The object for `key` if present *and* still what was stored. Thin (hard-linked) objects
+    /// share their inode with a work-tree file that may have been edited in place; those are
+    /// checked against the inode cache and, if their stat changed, re-hashed. Content that no
+    /// longer matches is quarantined and `None` is returned, so it is never served as valid.
+    pub fn find_valid(
+        &self,
+        key: &Key,
+        inodes: &crate::inodecache::InodeCache,
+    ) -> Result<Option<PathBuf>> {
+        let Some(obj) = self.find(key) else {
+            return Ok(None);
+        };
+        let md = fs::metadata(&obj).ctx("checking", &obj)?;
+        if md.nlink() <= 1 {
+            return Ok(Some(obj));
+        }
+        let stamp = crate::inodecache::Stamp::of(&md);
+        if inodes.matches(&stamp, key) == Some(true) {
+            return Ok(Some(obj));
+        }
+        match crate::hash::verify_file(key, &obj).ctx("verifying", &obj)? {
+            Some(false) => {
+                self.quarantine(key)?;
+                Ok(None)
+            }
+            _ => Ok(Some(obj)),
+        }
     }
 
     /// Moves a corrupt object to `.git/annex/bad/<keyFile>`; returns where it went.

@@ -21,6 +21,10 @@ pub struct Args {
     /// Add every file to git, ignoring annex.largefiles
     #[arg(long)]
     force_small: bool,
+    /// Add as unlocked files: the file stays an ordinary, editable file (default:
+    /// annex.addunlocked)
+    #[arg(long)]
+    unlocked: bool,
     /// One JSON object per file on stdout
     #[arg(long)]
     json: bool,
@@ -48,6 +52,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         paths,
         jobs: a.jobs.unwrap_or_else(ui::default_jobs),
         backend,
+        unlocked: a.unlocked || repo.git.config_bool("annex.addunlocked", false)?,
+        thin: repo.git.config_bool("annex.thin", false)?,
         force: if a.force_large {
             Some(true)
         } else if a.force_small {
@@ -56,6 +62,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             None
         },
     };
+    if opts.unlocked && !ferry_lib::repo::filter_configured(&repo)? {
+        anyhow::bail!(
+            "unlocked files need the annex git filter, which is not configured in this repository; \
+             run `ferry init` to configure it"
+        );
+    }
     let show_bar = !a.json && !a.quiet && ui::stderr_is_tty();
     let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
     let (json, quiet) = (a.json, a.quiet);

@@ -1,5 +1,6 @@
 pub mod add;
 pub mod calckey;
+pub mod filter;
 pub mod fsck;
 pub mod info;
 pub mod init;

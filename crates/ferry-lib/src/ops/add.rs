@@ -16,7 +16,9 @@
 use crate::annexed::literal_pathspec;
 use crate::branch::location_log_path;
 use crate::error::{Error, IoContext, Result};
+use crate::filter::pointer_for;
 use crate::hash::{Backend, StatStamp, hash_file};
+use crate::inodecache::{InodeCache, Stamp};
 use crate::key::Key;
 use crate::lock::{LockKind, lock_wait};
 use crate::logs::{LocationLog, Presence};
@@ -25,6 +27,7 @@ use crate::paths::is_dotfile;
 use crate::repo::Repo;
 use crate::store::{link_target, parse_link_target};
 use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -41,6 +44,19 @@ pub struct AddOptions {
     pub backend: Backend,
     /// `--force-large` / `--force-small`: override annex.largefiles.
     pub force: Option<bool>,
+    /// Add as unlocked files: the work-tree file stays, git gets a pointer (`--unlocked`,
+    /// `annex.addunlocked`).
+    pub unlocked: bool,
+    /// `annex.thin`: unlocked content is hard-linked into the store instead of copied.
+    pub thin: bool,
+}
+
+/// What ingesting one file produced.
+struct Ingest {
+    key: Key,
+    bytes: u64,
+    /// For an unlocked file: its stat after ingest and whether it is executable.
+    unlocked: Option<(Stamp, bool)>,
 }
 
 /// What happened to one path.
@@ -318,6 +334,9 @@ pub fn add(
     let mut present_keys: Vec<Key> = Vec::new();
     // (path, key) of every annex link made or restaged: their blobs go into the branch pack.
     let mut links: Vec<(Vec<u8>, Key)> = Vec::new();
+    // Unlocked files: (path, key, executable), and the work-tree stamps for the inode cache.
+    let mut pointers: Vec<(Vec<u8>, Key, bool)> = Vec::new();
+    let mut stamps: Vec<(Stamp, Key)> = Vec::new();
     let mut annex_jobs: Vec<(Vec<u8>, u64)> = Vec::new();
     for p in plans {
         match p {
@@ -355,7 +374,7 @@ pub fn add(
     let store = repo.store();
     let next = AtomicUsize::new(0);
     let disk_full = std::sync::atomic::AtomicBool::new(false);
-    let (tx, rx) = mpsc::channel::<(Vec<u8>, std::result::Result<(Key, u64), String>)>();
+    let (tx, rx) = mpsc::channel::<(Vec<u8>, std::result::Result<Ingest, String>)>();
     let jobs = opts.jobs.max(1).min(annex_jobs.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -372,7 +391,18 @@ pub fn add(
                     let Some((rel, size)) = annex_jobs.get(i) else {
                         break;
                     };
-                    let r = ingest_one(store, tmpdir, top, rel, *size, opts.backend).map_err(|e| {
+                    let r = if opts.unlocked {
+                        ingest_unlocked(store, top, rel, *size, opts.backend, opts.thin)
+                    } else {
+                        ingest_one(store, tmpdir, top, rel, *size, opts.backend).map(
+                            |(key, bytes)| Ingest {
+                                key,
+                                bytes,
+                                unlocked: None,
+                            },
+                        )
+                    };
+                    let r = r.map_err(|e| {
                         if is_disk_full(&e) {
                             disk_full.store(true, Ordering::Relaxed);
                         }
@@ -387,9 +417,21 @@ pub fn add(
         drop(tx);
         for (rel, r) in rx {
             match r {
-                Ok((key, bytes)) => {
-                    links.push((rel.clone(), key.clone()));
-                    to_stage.push(rel.clone());
+                Ok(Ingest {
+                    key,
+                    bytes,
+                    unlocked,
+                }) => {
+                    match unlocked {
+                        Some((stamp, exec)) => {
+                            stamps.push((stamp, key.clone()));
+                            pointers.push((rel.clone(), key.clone(), exec));
+                        }
+                        None => {
+                            links.push((rel.clone(), key.clone()));
+                            to_stage.push(rel.clone());
+                        }
+                    }
                     present_keys.push(key.clone());
                     emit(
                         AddEvent::Annexed {
@@ -423,9 +465,16 @@ pub fn add(
         repo.uuid(),
         &present_keys,
         Presence::Present,
-        &mut links.iter().map(|(p, k)| link_target(p, k)),
+        &mut links
+            .iter()
+            .map(|(p, k)| link_target(p, k))
+            .chain(pointers.iter().map(|(_, k, _)| pointer_for(k))),
     )?;
     stage(repo, &to_stage)?;
+    if !pointers.is_empty() {
+        InodeCache::load(&annex_dir).record(&stamps)?;
+        stage_pointers(repo, &pointers)?;
+    }
     Ok(summary)
 }
 
@@ -484,6 +533,114 @@ fn ingest_one(
         ));
     }
     Ok((key, n))
+}
+
+/// Ingests one file as an unlocked file: the work-tree file stays as it is; the store gets a
+/// copy (temp file, fsync, rename), or with `thin` a hard link. The key is computed over exactly
+/// the bytes copied, and the file's stat is checked around it.
+fn ingest_unlocked(
+    store: &crate::store::Store,
+    top: &Path,
+    rel: &[u8],
+    size: u64,
+    backend: Backend,
+    thin: bool,
+) -> Result<Ingest> {
+    let abs = top.join(os(rel));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&abs)
+        .ctx("opening", &abs)?;
+    let md = f.metadata().ctx("reading", &abs)?;
+    if !md.is_file() {
+        return Err(Error::Unsupported(format!(
+            "{} is no longer a regular file",
+            abs.display()
+        )));
+    }
+    let before = StatStamp::of(&md);
+    let exec = md.mode() & 0o111 != 0;
+    let changed = || {
+        Error::Protocol(format!(
+            "{} changed while it was being added; run ferry add again once it is stable",
+            abs.display()
+        ))
+    };
+    let (key, n, tmp) = if thin {
+        let (hex, n) = hash_file(backend, &mut f, size).ctx("reading", &abs)?;
+        (backend.key(n, &hex, rel), n, None)
+    } else {
+        let dir = store.tmp_dir()?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).ctx("creating temp file in", &dir)?;
+        let mut h = crate::hash::Hasher::new(backend);
+        let mut buf = vec![0u8; (size as usize + 1).clamp(4096, 1 << 20)];
+        let mut n = 0u64;
+        loop {
+            let got = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(g) => g,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("reading {}", abs.display()), e)),
+            };
+            h.update(&buf[..got]);
+            tmp.write_all(&buf[..got]).ctx("writing", tmp.path())?;
+            n += got as u64;
+        }
+        (backend.key(n, &h.finish_hex(), rel), n, Some(tmp))
+    };
+    let after_md = f.metadata().ctx("reading", &abs)?;
+    let after = StatStamp::of(&after_md);
+    let now_at_path = std::fs::symlink_metadata(&abs)
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
+    if before != after || n != after.size || now_at_path != Some((after.dev, after.ino)) {
+        return Err(changed());
+    }
+    match tmp {
+        Some(tmp) => {
+            let (_, path) = tmp
+                .keep()
+                .map_err(|e| Error::io("keeping temp file", e.error))?;
+            store.ingest_temp(&path, &key)?;
+        }
+        None => {
+            store.ingest_hardlink_thin(&abs, &key, &after)?;
+        }
+    }
+    Ok(Ingest {
+        key,
+        bytes: n,
+        unlocked: Some((Stamp::of(&after_md), exec)),
+    })
+}
+
+/// Stages unlocked files: the pointer blob goes into the index (the path is then annexed), and
+/// re-adding the path through ferry's clean filter fills in the stat data, answered from the
+/// inode cache without hashing again.
+fn stage_pointers(repo: &Repo, pointers: &[(Vec<u8>, Key, bool)]) -> Result<()> {
+    let mut info = Vec::new();
+    for (path, key, exec) in pointers {
+        let blob = git_blob_id(&pointer_for(key));
+        info.extend_from_slice(
+            format!("{} {blob}\t", if *exec { "100755" } else { "100644" }).as_bytes(),
+        );
+        info.extend_from_slice(path);
+        info.push(0);
+    }
+    repo.git
+        .run_with_input(["update-index", "-z", "--index-info"], &info)?;
+    let paths: Vec<Vec<u8>> = pointers.iter().map(|(p, _, _)| p.clone()).collect();
+    stage(repo, &paths)
+}
+
+/// The id git gives a blob with this content.
+pub fn git_blob_id(content: &[u8]) -> String {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", content.len()).as_bytes());
+    h.update(content);
+    crate::key::hex(&h.finalize())
 }
 
 /// Whether an error means the disk (or quota) is full.

@@ -1,0 +1,398 @@
+//! git's long-running clean/smudge filter (`filter.annex.process`), implemented by ferry itself.
+//!
+//! With `* filter=annex` in `.git/info/attributes`, git sends file content through this process:
+//! - **clean** (`git add`, `git status` on a changed file): content of an annexed path (already
+//!   annexed in the index, or matched by `annex.largefiles`) is hashed into the store and git
+//!   records the pointer `/annex/objects/<key>`; other content passes through into git as is. A
+//!   work-tree file whose inode, size and mtime are in the inode cache is answered without
+//!   re-hashing.
+//! - **smudge** (`checkout`, `merge`, `reset`): a pointer whose content is present (and, for a
+//!   thin object, still intact) becomes the content; otherwise the pointer is written.
+//!
+//! Content is streamed through a temp file, never held in memory. Location-log updates go to the
+//! journal and are committed once, when git closes the pipe.
+
+use crate::error::{Error, IoContext, Result};
+use crate::git::CheckAttr;
+use crate::hash::{Backend, Hasher};
+use crate::inodecache::{InodeCache, Stamp};
+use crate::key::Key;
+use crate::logs::Presence;
+use crate::matching::Expr;
+use crate::paths::is_dotfile;
+use crate::pktline::{
+    MAX_DATA, Packet, read_kv_list, read_packet, write_data, write_flush, write_text,
+};
+use crate::repo::Repo;
+use crate::store::{Ingested, parse_pointer};
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+/// The pointer text git stores for an unlocked file.
+pub fn pointer_for(key: &Key) -> Vec<u8> {
+    let mut p = b"/annex/objects/".to_vec();
+    p.extend_from_slice(&key.file_name());
+    p.push(b'\n');
+    p
+}
+
+struct Filter<'a> {
+    repo: &'a Repo,
+    top: PathBuf,
+    inodes: InodeCache,
+    backend: Backend,
+    thin: bool,
+    dotfiles: bool,
+    largefiles_config: Option<Expr>,
+    largefiles_branch: Option<Expr>,
+    check_attr: Option<CheckAttr>,
+    annexed_paths: Option<HashSet<Vec<u8>>>,
+    present: Vec<Key>,
+    lost: Vec<Key>,
+}
+
+/// Serves git on `input`/`output` until git closes the pipe.
+pub fn run(repo: &Repo, input: impl Read, output: impl Write) -> Result<()> {
+    let mut r = BufReader::with_capacity(MAX_DATA + 4, input);
+    let mut w = BufWriter::with_capacity(MAX_DATA + 4, output);
+    let io = |e: std::io::Error| Error::io("talking to git (filter protocol)", e);
+    // Handshake.
+    let hello = read_kv_list(&mut r).map_err(io)?;
+    if hello.first().map(|(k, _)| k.as_str()) != Some("git-filter-client")
+        || !hello.iter().any(|(k, v)| k == "version" && v == "2")
+    {
+        return Err(Error::Protocol(format!(
+            "unexpected filter handshake from git: {hello:?}"
+        )));
+    }
+    write_text(&mut w, "git-filter-server").map_err(io)?;
+    write_text(&mut w, "version=2").map_err(io)?;
+    write_flush(&mut w).map_err(io)?;
+    w.flush().map_err(io)?; // git answers only after seeing this
+    let caps = read_kv_list(&mut r).map_err(io)?;
+    for cap in ["clean", "smudge"] {
+        if caps.iter().any(|(k, v)| k == "capability" && v == cap) {
+            write_text(&mut w, &format!("capability={cap}")).map_err(io)?;
+        }
+    }
+    write_flush(&mut w).map_err(io)?;
+    w.flush().map_err(io)?;
+
+    let annex_dir = repo.annex_dir();
+    let mut f = Filter {
+        repo,
+        top: repo.work_tree()?.to_path_buf(),
+        inodes: InodeCache::load(&annex_dir),
+        backend: repo
+            .git
+            .config("annex.backend")?
+            .and_then(|b| Backend::from_variety(&b))
+            .unwrap_or(Backend::Sha256E),
+        thin: repo.git.config_bool("annex.thin", false)?,
+        dotfiles: repo.git.config_bool("annex.dotfiles", false)?,
+        largefiles_config: repo
+            .git
+            .config("annex.largefiles")?
+            .map(|s| Expr::parse(&s))
+            .transpose()?,
+        largefiles_branch: repo
+            .branch
+            .read(b"config.log")?
+            .and_then(|c| crate::logs::parse_config_log(&c, "annex.largefiles"))
+            .map(|s| Expr::parse(&s))
+            .transpose()?,
+        check_attr: None,
+        annexed_paths: None,
+        present: Vec::new(),
+        lost: Vec::new(),
+    };
+    let served = f.serve(&mut r, &mut w);
+    // Whatever happened, record what was stored.
+    let recorded = f.finish();
+    served.and(recorded)
+}
+
+impl Filter<'_> {
+    fn serve(&mut self, r: &mut impl Read, w: &mut impl Write) -> Result<()> {
+        let io = |e: std::io::Error| Error::io("talking to git (filter protocol)", e);
+        loop {
+            let header = match read_packet(r).map_err(io)? {
+                None => return Ok(()), // git is done
+                Some(Packet::Flush) => continue,
+                Some(Packet::Data(d)) => d,
+            };
+            let fields = read_fields(r, header).map_err(io)?;
+            let get = |name: &[u8]| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let command = String::from_utf8_lossy(&get(b"command")).into_owned();
+            let path = get(b"pathname");
+            let tmp = self.receive(r)?;
+            let result = match command.as_str() {
+                "clean" => self.clean(&path, &tmp),
+                "smudge" => self.smudge(&tmp),
+                other => Err(Error::Protocol(format!(
+                    "git asked the filter for unknown command {other:?}"
+                ))),
+            };
+            match result {
+                Ok(Output::File(p, remove)) => {
+                    let sent = send_file(w, &p);
+                    if remove {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                    sent?;
+                }
+                Ok(Output::Bytes(b)) => {
+                    write_text(w, "status=success").map_err(io)?;
+                    write_flush(w).map_err(io)?;
+                    write_data(w, &b).map_err(io)?;
+                    write_flush(w).map_err(io)?;
+                    write_flush(w).map_err(io)?;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "ferry filter: {command} {}: {e}",
+                        String::from_utf8_lossy(&path)
+                    );
+                    write_text(w, "status=error").map_err(io)?;
+                    write_flush(w).map_err(io)?;
+                }
+            }
+            let _ = std::fs::remove_file(&tmp);
+            w.flush().map_err(io)?;
+        }
+    }
+
+    /// Reads the content packets into a temp file.
+    fn receive(&self, r: &mut impl Read) -> Result<PathBuf> {
+        let dir = self.repo.store().tmp_dir()?;
+        let (mut file, path) = tempfile::Builder::new()
+            .prefix("filter.")
+            .tempfile_in(&dir)
+            .ctx("creating temp file in", &dir)?
+            .keep()
+            .map_err(|e| Error::io("keeping temp file", e.error))?;
+        loop {
+            match read_packet(r).map_err(|e| Error::io("reading content from git", e))? {
+                None => {
+                    return Err(Error::Protocol(
+                        "git closed the pipe in the middle of a file".into(),
+                    ));
+                }
+                Some(Packet::Flush) => break,
+                Some(Packet::Data(d)) => file.write_all(&d).ctx("writing", &path)?,
+            }
+        }
+        Ok(path)
+    }
+
+    fn is_annexed_path(&mut self, path: &[u8]) -> Result<bool> {
+        if self.annexed_paths.is_none() {
+            let files = crate::annexed::annexed_files(&self.repo.git, &[])?;
+            self.annexed_paths = Some(files.into_iter().map(|f| f.path).collect());
+        }
+        Ok(self.annexed_paths.as_ref().unwrap().contains(path))
+    }
+
+    /// Whether new content at `path` of `size` bytes is annexed. As in git-annex, with no
+    /// annex.largefiles anywhere, `git add` of a path that is not annexed yet puts it in git.
+    fn wants_annex(&mut self, path: &[u8], size: u64) -> Result<bool> {
+        if self.is_annexed_path(path)? {
+            return Ok(true);
+        }
+        if is_dotfile(path) && !self.dotfiles {
+            return Ok(false);
+        }
+        if let Some(e) = &self.largefiles_config {
+            return Ok(e.matches(path, size));
+        }
+        if self.check_attr.is_none() {
+            self.check_attr = Some(CheckAttr::start(&self.repo.git, "annex.largefiles")?);
+        }
+        if let Some(v) = self.check_attr.as_mut().unwrap().get(path)? {
+            return Ok(Expr::parse(&String::from_utf8_lossy(&v))?.matches(path, size));
+        }
+        Ok(self
+            .largefiles_branch
+            .as_ref()
+            .is_some_and(|e| e.matches(path, size)))
+    }
+
+    fn clean(&mut self, path: &[u8], tmp: &PathBuf) -> Result<Output> {
+        let size = std::fs::metadata(tmp).ctx("reading", tmp)?.len();
+        if size < 32 * 1024 {
+            let content = std::fs::read(tmp).ctx("reading", tmp)?;
+            if parse_pointer(&content).is_some() {
+                return Ok(Output::Bytes(content)); // already a pointer: keep it
+            }
+        }
+        if !self.wants_annex(path, size)? {
+            return Ok(Output::File(tmp.clone(), false));
+        }
+        let work = self.top.join(OsStr::from_bytes(path));
+        let before = Stamp::of_path(&work);
+        // An unchanged file we already know: no need to hash it again.
+        if let Some(stamp) = before.filter(|s| s.size == size)
+            && let Some(key) = self.inodes.lookup(&stamp).cloned()
+            && self.repo.store().find(&key).is_some()
+        {
+            return Ok(Output::Bytes(pointer_for(&key)));
+        }
+        let mut h = Hasher::new(self.backend);
+        let mut file = std::fs::File::open(tmp).ctx("reading", tmp)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).ctx("reading", tmp)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let key = self.backend.key(size, &h.finish_hex(), path);
+        let store = self.repo.store();
+        let after = Stamp::of_path(&work);
+        let stable = before.is_some() && before == after && after.map(|s| s.size) == Some(size);
+        let _: Ingested = if self.thin && stable {
+            // Thin: the work-tree file itself becomes the object (a hard link, no copy).
+            let st = crate::hash::StatStamp::of(
+                &std::fs::symlink_metadata(&work).ctx("reading", &work)?,
+            );
+            match store.ingest_hardlink(&work, &key, &st) {
+                Ok(i) => i,
+                Err(_) => store.ingest_temp(&self.copy_of(tmp)?, &key)?,
+            }
+        } else {
+            store.ingest_temp(&self.copy_of(tmp)?, &key)?
+        };
+        if let (true, Some(stamp)) = (stable, after) {
+            let mut rec = vec![(stamp, key.clone())];
+            if let Some(obj) = store.find(&key)
+                && let Ok(m) = std::fs::metadata(&obj)
+            {
+                rec.push((Stamp::of(&m), key.clone()));
+            }
+            self.inodes.record(&rec)?;
+        }
+        self.present.push(key.clone());
+        Ok(Output::Bytes(pointer_for(&key)))
+    }
+
+    /// A second temp file with the same content (the first one is removed by the caller).
+    fn copy_of(&self, tmp: &PathBuf) -> Result<PathBuf> {
+        let dir = self.repo.store().tmp_dir()?;
+        let (_, path) = tempfile::Builder::new()
+            .prefix("ingest.")
+            .tempfile_in(&dir)
+            .ctx("creating temp file in", &dir)?
+            .keep()
+            .map_err(|e| Error::io("keeping temp file", e.error))?;
+        // A hard link is enough: the filter's temp file is never written again.
+        let _ = std::fs::remove_file(&path);
+        if std::fs::hard_link(tmp, &path).is_err() {
+            std::fs::copy(tmp, &path).ctx("copying", tmp)?;
+        }
+        Ok(path)
+    }
+
+    fn smudge(&mut self, tmp: &PathBuf) -> Result<Output> {
+        let size = std::fs::metadata(tmp).ctx("reading", tmp)?.len();
+        if size >= 32 * 1024 {
+            return Ok(Output::File(tmp.clone(), false));
+        }
+        let content = std::fs::read(tmp).ctx("reading", tmp)?;
+        let Some(key) = parse_pointer(&content) else {
+            return Ok(Output::Bytes(content));
+        };
+        let store = self.repo.store();
+        let had = store.find(&key).is_some();
+        match store.find_valid(&key, &self.inodes)? {
+            Some(obj) => Ok(Output::File(obj, false)),
+            None => {
+                if had {
+                    self.lost.push(key);
+                }
+                Ok(Output::Bytes(content))
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let uuid = self.repo.uuid().to_string();
+        crate::ops::add::set_presence(
+            self.repo,
+            &uuid,
+            &self.present,
+            Presence::Present,
+            &mut std::iter::empty(),
+        )?;
+        crate::ops::add::set_presence(
+            self.repo,
+            &uuid,
+            &self.lost,
+            Presence::Absent,
+            &mut std::iter::empty(),
+        )
+    }
+}
+
+enum Output {
+    /// Send this file's content; remove it afterwards if the flag is set.
+    File(PathBuf, bool),
+    Bytes(Vec<u8>),
+}
+
+fn send_file(w: &mut impl Write, p: &PathBuf) -> Result<()> {
+    let io = |e: std::io::Error| Error::io("talking to git (filter protocol)", e);
+    let mut f = match std::fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) => {
+            write_text(w, "status=error").map_err(io)?;
+            write_flush(w).map_err(io)?;
+            return Err(Error::io(format!("reading {}", p.display()), e));
+        }
+    };
+    write_text(w, "status=success").map_err(io)?;
+    write_flush(w).map_err(io)?;
+    let mut buf = vec![0u8; MAX_DATA];
+    loop {
+        let n = f.read(&mut buf).ctx("reading", p)?;
+        if n == 0 {
+            break;
+        }
+        write_data(w, &buf[..n]).map_err(io)?;
+    }
+    write_flush(w).map_err(io)?;
+    write_flush(w).map_err(io)
+}
+
+/// Reads `key=value` packets up to a flush, keeping raw bytes (path names need not be UTF-8).
+fn read_fields(r: &mut impl Read, first: Vec<u8>) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let split = |d: &[u8]| {
+        let d = d.strip_suffix(b"\n").unwrap_or(d);
+        match d.iter().position(|&b| b == b'=') {
+            Some(i) => (d[..i].to_vec(), d[i + 1..].to_vec()),
+            None => (d.to_vec(), Vec::new()),
+        }
+    };
+    let mut out = vec![split(&first)];
+    loop {
+        match read_packet(r)? {
+            None => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "git closed the filter pipe",
+                ));
+            }
+            Some(Packet::Flush) => return Ok(out),
+            Some(Packet::Data(d)) => out.push(split(&d)),
+        }
+    }
+}
