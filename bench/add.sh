@@ -129,16 +129,20 @@ for i in range(n):
 EOF
 }
 
-# A fresh repository with one seed commit. kind: ferry | annex | git
+# A fresh repository (with one seed commit when SEED=1). kind: ferry | annex | git
+# SEED=0 (default) is the case the target is stated for: git-annex is slowest in a repository
+# with no commit yet (about 60 s for 10k files in the anchor measurements).
 new_repo() { # dir kind
     local dir=$1 kind=$2
     mkdir -p "$dir"
     (
         cd "$dir"
         git init -q
-        echo "seed" >README
-        git add README
-        git commit -q -m seed
+        if [[ ${SEED:-0} == 1 ]]; then
+            echo "seed" >README
+            git add README
+            git commit -q -m seed
+        fi
         case $kind in
             ferry) "$FERRY" init >>"$LOG" 2>&1 ;;
             annex) git annex init -q bench >>"$LOG" 2>&1 ;;
@@ -183,7 +187,7 @@ echo "# ferry add benchmark  $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "# ferry: $FERRY_SRC ($("$FERRY" --version 2>/dev/null || echo '?'); built $FERRY_INFO; repo HEAD $SRC_REV at start)"
 echo "# $(git --version); git-annex $(git annex version --raw 2>/dev/null || git annex version | head -1)"
 echo "# nproc=$(nproc) cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-echo "# NFILES=$NFILES SIZE_KB=$SIZE_KB BIG_MB=$BIG_MB RSS_FILES=$RSS_FILES RUNS=$RUNS PHASES=\"$PHASES\" RSS_ANNEX=$RSS_ANNEX"
+echo "# NFILES=$NFILES SIZE_KB=$SIZE_KB BIG_MB=$BIG_MB RSS_FILES=$RSS_FILES RUNS=$RUNS PHASES=\"$PHASES\" RSS_ANNEX=$RSS_ANNEX SEED=${SEED:-0}"
 echo "# scratch: $WORK"
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +196,7 @@ phase_small() {
     echo "# small: generating $NFILES x ${SIZE_KB} KiB files" >&2
     gen_tree "$src" "$NFILES" $((SIZE_KB * 1024))
     local run kind dir t0 t1 t2
+    local done_dirs=()
     for ((run = 1; run <= RUNS; run++)); do
         local order=(ferry annex git)
         ((run % 2 == 0)) && order=(annex ferry git)
@@ -233,8 +238,9 @@ phase_small() {
                 [[ $n == "$NFILES" ]] && check small_ferry_symlinks ok "($n)" \
                     || check small_ferry_symlinks FAIL "(found $n symlinks, expected $NFILES; repro: see README)"
                 ls=$(git ls-files | wc -l)
-                [[ $ls == $((NFILES + 1)) ]] && check small_ferry_committed ok "($ls files in HEAD incl. seed)" \
-                    || check small_ferry_committed FAIL "(git ls-files: $ls, expected $((NFILES + 1)))"
+                local want=$((NFILES + ${SEED:-0}))
+                [[ $ls == "$want" ]] && check small_ferry_committed ok "($ls files in HEAD)" \
+                    || check small_ferry_committed FAIL "(git ls-files: $ls, expected $want)"
                 [[ -z $(git status --porcelain) ]] && check small_ferry_clean ok "(git status clean after commit)" \
                     || check small_ferry_clean FAIL "(git status not clean after commit: $(git status --porcelain | head -3 | tr '\n' ' '))"
                 if git annex fsck --fast --quiet >>"$LOG" 2>&1; then
@@ -245,9 +251,13 @@ phase_small() {
                 fi
             fi
             cd "$WORK"
-            rmrepo "$dir"
+            # Removed only after the phase: deleting 10k inodes right before the next tool's
+            # run makes ext4's inode allocator skip "recently deleted" inodes, which would tax
+            # whichever tool runs next.
+            done_dirs+=("$dir")
         done
     done
+    for dir in "${done_dirs[@]}"; do rmrepo "$dir"; done
     rm -rf "$src"
 }
 
