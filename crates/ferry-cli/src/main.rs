@@ -29,6 +29,10 @@ enum Command {
     Whereis(commands::whereis::Args),
     /// Summarize the repository: identity, annexed files, sizes, what is present here
     Info(commands::info::Args),
+    /// Make unlocked files locked: symlinks into the store (modified content is annexed first)
+    Lock(commands::lock::Args),
+    /// Make locked files unlocked: ordinary, editable files (staged as pointers)
+    Unlock(commands::lock::Args),
     /// Verify annexed content and fix the location log
     Fsck(commands::fsck::Args),
     /// Print the key a file's content would get, without adding it
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Whereis(a) => commands::whereis::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Fsck(a) => commands::fsck::run(a),
+        Command::Lock(a) => commands::lock::run(a, true),
+        Command::Unlock(a) => commands::lock::run(a, false),
         Command::Calckey(a) => commands::calckey::run(a),
         Command::FilterProcess => commands::filter::run(),
     };

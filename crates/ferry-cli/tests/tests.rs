@@ -6,3 +6,4 @@ mod common;
 mod fsck;
 mod init;
 mod interop;
+mod unlocked;

@@ -183,6 +183,9 @@ impl Repo {
             && self.git.config("filter.annex.clean")?.is_none()
         {
             self.git.run(["config", "filter.annex.process", cmd])?;
+            // If the filter dies, git must fail rather than fall back to storing the raw
+            // content in git (a multi-GiB blob that was meant for the annex).
+            self.git.run(["config", "filter.annex.required", "true"])?;
         }
         let info = self.git_dir.join("info");
         std::fs::create_dir_all(&info).ctx("creating", &info)?;

@@ -4,4 +4,5 @@ pub mod filter;
 pub mod fsck;
 pub mod info;
 pub mod init;
+pub mod lock;
 pub mod whereis;

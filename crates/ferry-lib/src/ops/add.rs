@@ -707,6 +707,24 @@ fn put_link(tmp: &Path, path: &Path, target: &[u8]) -> Result<()> {
     }
 }
 
+/// Annexes the file at `rel` as a locked file (hash, link into the store, replace by the
+/// symlink); returns its key. Used by `lock` for modified unlocked files.
+pub(crate) fn ingest_locked(
+    store: &crate::store::Store,
+    top: &Path,
+    rel: &[u8],
+    size: u64,
+    backend: Backend,
+) -> Result<Key> {
+    let tmpdir = store.tmp_dir()?;
+    ingest_one(store, &tmpdir, top, rel, size, backend).map(|(k, _)| k)
+}
+
+/// Atomically replaces `path` by a symlink to `target`.
+pub(crate) fn replace_with_link(tmpdir: &Path, path: &Path, target: &[u8]) -> Result<()> {
+    replace_with_symlink(tmpdir, path, target)
+}
+
 /// Atomically replaces `path` by a symlink to `target`.
 fn replace_with_symlink(tmpdir: &Path, path: &Path, target: &[u8]) -> Result<()> {
     let tmp = make_temp_symlink(tmpdir, path, target)?;

@@ -11,6 +11,7 @@ use crate::ops::add::set_presence;
 use crate::ops::whereis::location_logs;
 use crate::repo::Repo;
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Clone, Debug, Default)]
@@ -148,10 +149,22 @@ pub fn fsck(
         &mut std::iter::empty(),
     )?;
 
+    let inodes = crate::inodecache::InodeCache::load(&repo.annex_dir());
+    let top = repo.top.clone();
     let mut failed = 0;
-    for AnnexedFile { path, key, .. } in &files {
+    for AnnexedFile { path, key, locked } in &files {
         let check = &checks[key];
         let mut notes = Vec::new();
+        if let (false, Some(top)) = (*locked, &top)
+            && let Some(n) = unlocked_note(
+                &top.join(std::ffi::OsStr::from_bytes(path)),
+                key,
+                &inodes,
+                opts.fast,
+            )
+        {
+            notes.push(n);
+        }
         if matches!(check, ContentCheck::SizeOnly) && !opts.fast {
             notes.push(format!(
                 "backend {} cannot be re-hashed by ferry; size checked only",
@@ -173,6 +186,33 @@ pub fn fsck(
     Ok(failed)
 }
 
+/// For an unlocked file: a note when the work-tree file no longer holds its key's content
+/// (an edit not yet added: not a problem of the store).
+fn unlocked_note(
+    work: &std::path::Path,
+    key: &Key,
+    inodes: &crate::inodecache::InodeCache,
+    fast: bool,
+) -> Option<String> {
+    let stamp = crate::inodecache::Stamp::of_path(work)?;
+    if stamp.size < 32 * 1024
+        && std::fs::read(work)
+            .ok()
+            .and_then(|c| crate::store::parse_pointer(&c))
+            .as_ref()
+            == Some(key)
+    {
+        return None; // pointer file: content not here
+    }
+    if inodes.lookup(&stamp) == Some(key) || fast && Some(stamp.size) == key.size {
+        return None;
+    }
+    match verify_file(key, work) {
+        Ok(Some(false)) => Some("modified in the work tree (not yet added; `git add` or `ferry add` records the new version)".into()),
+        _ => None,
+    }
+}
+
 fn check_content(store: &crate::store::Store, key: &Key, fast: bool) -> ContentCheck {
     let Some(obj) = store.find(key) else {
         return ContentCheck::Absent;
@@ -182,7 +222,16 @@ fn check_content(store: &crate::store::Store, key: &Key, fast: bool) -> ContentC
     }
     match verify_file(key, &obj) {
         Ok(Some(true)) => ContentCheck::Good,
-        Ok(Some(false)) => ContentCheck::Bad("its checksum does not match the key".into()),
+        Ok(Some(false)) => {
+            let thin = std::fs::metadata(&obj)
+                .map(|m| std::os::unix::fs::MetadataExt::nlink(&m) > 1)
+                .unwrap_or(false);
+            ContentCheck::Bad(if thin {
+                "its checksum does not match the key: it was edited in place through a thin (hard-linked) unlocked file".into()
+            } else {
+                "its checksum does not match the key".into()
+            })
+        }
         Ok(None) => ContentCheck::SizeOnly,
         Err(e) => ContentCheck::Bad(format!("cannot be read: {e}")),
     }

@@ -4,4 +4,5 @@
 pub mod add;
 pub mod fsck;
 pub mod info;
+pub mod unlock;
 pub mod whereis;
