@@ -432,3 +432,39 @@ fn descendants(pid: u32) -> Vec<u32> {
     out.remove(0);
     out
 }
+
+/// `populate` / `depopulate`, the library operations transfers use when content arrives or
+/// leaves: unmodified files switch between content and pointer, edits are never touched, and
+/// git sees no change either way.
+#[test]
+fn populate_and_depopulate_follow_the_content() {
+    let env = Env::new();
+    let d = env.ferry_repo("r");
+    write(&d, "one.txt", "shared content\n");
+    write(&d, "two.txt", "shared content\n");
+    write(&d, "edited.txt", "will be edited\n");
+    env.ferry(&d, &["add", "--unlocked"]).assert_ok();
+    env.git(&d, &["commit", "-qm", "x"]).assert_ok();
+    write(&d, "edited.txt", "my local edit\n");
+    let pointer_key = |p: &str| {
+        let blob = staged_blob(&env, &d, p);
+        ferry_lib::store::parse_pointer(blob.as_bytes()).unwrap()
+    };
+    let shared = pointer_key("one.txt");
+    let edited = pointer_key("edited.txt");
+    // The library reads git through the environment of the test process: point it at ours.
+    let _guard = env.enter();
+    let repo = ferry_lib::Repo::open(&d, &Default::default()).unwrap();
+    let mut gone = ferry_lib::ops::unlock::depopulate(&repo, &shared).unwrap();
+    gone.sort();
+    assert_eq!(gone, vec![b"one.txt".to_vec(), b"two.txt".to_vec()]);
+    assert!(std::fs::read_to_string(d.join("one.txt")).unwrap().starts_with("/annex/objects/"));
+    assert!(ferry_lib::ops::unlock::depopulate(&repo, &edited).unwrap().is_empty(), "an edit is never replaced");
+    assert_eq!(std::fs::read_to_string(d.join("edited.txt")).unwrap(), "my local edit\n");
+    assert_eq!(status(&env, &d), " M edited.txt\n");
+    let mut back = ferry_lib::ops::unlock::populate(&repo, &shared).unwrap();
+    back.sort();
+    assert_eq!(back.len(), 2);
+    assert_eq!(std::fs::read_to_string(d.join("two.txt")).unwrap(), "shared content\n");
+    assert_eq!(status(&env, &d), " M edited.txt\n");
+}

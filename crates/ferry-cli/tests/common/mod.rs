@@ -94,6 +94,22 @@ impl Env {
         Env { tmp, home }
     }
 
+    /// Points this process's git environment (HOME, global config) at the test's, for tests
+    /// that call the library directly. Held for the test's duration; tests run in threads, so
+    /// this takes a process-wide lock.
+    pub fn enter(&self) -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the lock above serialises the tests that change the environment; other
+        // tests pass their environment to child processes explicitly and do not read it.
+        unsafe {
+            std::env::set_var("HOME", &self.home);
+            std::env::set_var("GIT_CONFIG_GLOBAL", self.home.join(".gitconfig"));
+            std::env::set_var("GIT_CONFIG_NOSYSTEM", "1");
+        }
+        g
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.tmp.path().join(rel)
     }
