@@ -271,6 +271,12 @@ fn thin_objects_edited_in_place_are_never_served_as_valid() {
     );
     env.git(&d, &["add", "thin.txt"]).assert_ok();
     env.git(&d, &["commit", "-qm", "edit"]).assert_ok();
+    let md = std::fs::metadata(d.join("thin.txt")).unwrap();
+    assert!(
+        md.mode() & 0o200 != 0,
+        "git add through the filter keeps a thin file writable"
+    );
+    assert_eq!(md.nlink(), 2, "the new version is hard-linked again");
     env.ferry(&d, &["fsck"]).assert_ok();
 }
 
@@ -458,13 +464,28 @@ fn populate_and_depopulate_follow_the_content() {
     let mut gone = ferry_lib::ops::unlock::depopulate(&repo, &shared).unwrap();
     gone.sort();
     assert_eq!(gone, vec![b"one.txt".to_vec(), b"two.txt".to_vec()]);
-    assert!(std::fs::read_to_string(d.join("one.txt")).unwrap().starts_with("/annex/objects/"));
-    assert!(ferry_lib::ops::unlock::depopulate(&repo, &edited).unwrap().is_empty(), "an edit is never replaced");
-    assert_eq!(std::fs::read_to_string(d.join("edited.txt")).unwrap(), "my local edit\n");
+    assert!(
+        std::fs::read_to_string(d.join("one.txt"))
+            .unwrap()
+            .starts_with("/annex/objects/")
+    );
+    assert!(
+        ferry_lib::ops::unlock::depopulate(&repo, &edited)
+            .unwrap()
+            .is_empty(),
+        "an edit is never replaced"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("edited.txt")).unwrap(),
+        "my local edit\n"
+    );
     assert_eq!(status(&env, &d), " M edited.txt\n");
     let mut back = ferry_lib::ops::unlock::populate(&repo, &shared).unwrap();
     back.sort();
     assert_eq!(back.len(), 2);
-    assert_eq!(std::fs::read_to_string(d.join("two.txt")).unwrap(), "shared content\n");
+    assert_eq!(
+        std::fs::read_to_string(d.join("two.txt")).unwrap(),
+        "shared content\n"
+    );
     assert_eq!(status(&env, &d), " M edited.txt\n");
 }

@@ -398,21 +398,6 @@ impl Branch {
             .map(|b| b.filter(|(k, _)| k == "blob").map(|(_, d)| d))
             .collect())
     }
-
-    /// Paths of all files on the branch (committed), e.g. to count keys.
-    pub fn list_files(&self) -> Result<Vec<String>> {
-        if !self.exists()? {
-            return Ok(Vec::new());
-        }
-        let out = self
-            .git
-            .run(["ls-tree", "-r", "-z", "--name-only", BRANCH])?;
-        Ok(out
-            .split(|&b| b == 0)
-            .filter(|p| !p.is_empty())
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .collect())
-    }
 }
 
 /// Where a key's location log lives on the branch.

@@ -24,7 +24,7 @@ use crate::pktline::{
     MAX_DATA, Packet, read_kv_list, read_packet, write_data, write_flush, write_text,
 };
 use crate::repo::Repo;
-use crate::store::{Ingested, parse_pointer};
+use crate::store::parse_pointer;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -260,18 +260,17 @@ impl Filter<'_> {
         let store = self.repo.store();
         let after = Stamp::of_path(&work);
         let stable = before.is_some() && before == after && after.map(|s| s.size) == Some(size);
-        let _: Ingested = if self.thin && stable {
+        if self.thin && stable {
             // Thin: the work-tree file itself becomes the object (a hard link, no copy).
             let st = crate::hash::StatStamp::of(
                 &std::fs::symlink_metadata(&work).ctx("reading", &work)?,
             );
-            match store.ingest_hardlink(&work, &key, &st) {
-                Ok(i) => i,
-                Err(_) => store.ingest_temp(&self.copy_of(tmp)?, &key)?,
+            if store.ingest_hardlink_thin(&work, &key, &st).is_err() {
+                store.ingest_temp(&self.copy_of(tmp)?, &key)?;
             }
         } else {
-            store.ingest_temp(&self.copy_of(tmp)?, &key)?
-        };
+            store.ingest_temp(&self.copy_of(tmp)?, &key)?;
+        }
         if let (true, Some(stamp)) = (stable, after) {
             let mut rec = vec![(stamp, key.clone())];
             if let Some(obj) = store.find(&key)

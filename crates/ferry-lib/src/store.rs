@@ -284,7 +284,14 @@ impl Store {
         let dest = bad.join(os(&key.file_name()));
         let key_dir = obj.parent().unwrap().to_path_buf();
         thaw_dir(&key_dir)?;
-        fs::rename(&obj, &dest).ctx("moving to", &dest)?;
+        let shared = fs::metadata(&obj).map(|m| m.nlink() > 1).unwrap_or(false);
+        if shared {
+            // A thin object: the inode is also a work-tree file, whose (edited) content belongs
+            // to the user. Only the store's name for it goes; nothing is kept in bad/.
+            fs::remove_file(&obj).ctx("removing", &obj)?;
+        } else {
+            fs::rename(&obj, &dest).ctx("moving to", &dest)?;
+        }
         let _ = fs::remove_file(key_dir.join(os(&[key.file_name(), b".lck".to_vec()].concat())));
         let _ = fs::remove_dir(&key_dir);
         for up in [key_dir.parent(), key_dir.parent().and_then(Path::parent)]
@@ -293,7 +300,7 @@ impl Store {
         {
             let _ = fs::remove_dir(up);
         }
-        Ok(Some(dest))
+        Ok((!shared).then_some(dest))
     }
 }
 

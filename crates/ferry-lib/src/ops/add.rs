@@ -478,6 +478,46 @@ pub fn add(
     Ok(summary)
 }
 
+/// Opens a work-tree file for ingesting (never following a symlink) and stamps it.
+fn open_regular(abs: &Path) -> Result<(std::fs::File, std::fs::Metadata, StatStamp)> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(abs)
+        .ctx("opening", abs)?;
+    let md = f.metadata().ctx("reading", abs)?;
+    if !md.is_file() {
+        return Err(Error::Unsupported(format!(
+            "{} is no longer a regular file",
+            abs.display()
+        )));
+    }
+    let stamp = StatStamp::of(&md);
+    Ok((f, md, stamp))
+}
+
+/// After reading `n` bytes: the file must be the same inode, unchanged, and still at its path;
+/// otherwise the hash is void. Returns the metadata after reading.
+fn check_unchanged(
+    f: &std::fs::File,
+    abs: &Path,
+    before: &StatStamp,
+    n: u64,
+) -> Result<std::fs::Metadata> {
+    let md = f.metadata().ctx("reading", abs)?;
+    let after = StatStamp::of(&md);
+    let now_at_path = std::fs::symlink_metadata(abs)
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
+    if *before != after || n != after.size || now_at_path != Some((after.dev, after.ino)) {
+        return Err(Error::Protocol(format!(
+            "{} changed while it was being added; run ferry add again once it is stable",
+            abs.display()
+        )));
+    }
+    Ok(md)
+}
+
 /// Hashes one file and moves it into the store, leaving an annex symlink in its place.
 fn ingest_one(
     store: &crate::store::Store,
@@ -488,30 +528,9 @@ fn ingest_one(
     backend: Backend,
 ) -> Result<(Key, u64)> {
     let abs = top.join(os(rel));
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(&abs)
-        .ctx("opening", &abs)?;
-    let md = f.metadata().ctx("reading", &abs)?;
-    if !md.is_file() {
-        return Err(Error::Unsupported(format!(
-            "{} is no longer a regular file",
-            abs.display()
-        )));
-    }
-    let before = StatStamp::of(&md);
+    let (mut f, _, before) = open_regular(&abs)?;
     let (hex, n) = hash_file(backend, &mut f, size).ctx("reading", &abs)?;
-    let after = StatStamp::of(&f.metadata().ctx("reading", &abs)?);
-    let now_at_path = std::fs::symlink_metadata(&abs)
-        .map(|m| (m.dev(), m.ino()))
-        .ok();
-    if before != after || n != after.size || now_at_path != Some((after.dev, after.ino)) {
-        return Err(Error::Protocol(format!(
-            "{} changed while it was being added; run ferry add again once it is stable",
-            abs.display()
-        )));
-    }
+    let after = StatStamp::of(&check_unchanged(&f, &abs, &before, n)?);
     let key = backend.key(n, &hex, rel);
     // The link is made before the content moves: it is what needs new space (an inode and a
     // block), so a full disk stops us here with nothing changed.
@@ -525,13 +544,7 @@ fn ingest_one(
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    if let Err(e) = std::fs::rename(&tmp, &abs) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(
-            format!("replacing {} with its annex link", abs.display()),
-            e,
-        ));
-    }
+    put_link(&tmp, &abs, &target)?;
     Ok((key, n))
 }
 
@@ -547,26 +560,8 @@ fn ingest_unlocked(
     thin: bool,
 ) -> Result<Ingest> {
     let abs = top.join(os(rel));
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(&abs)
-        .ctx("opening", &abs)?;
-    let md = f.metadata().ctx("reading", &abs)?;
-    if !md.is_file() {
-        return Err(Error::Unsupported(format!(
-            "{} is no longer a regular file",
-            abs.display()
-        )));
-    }
-    let before = StatStamp::of(&md);
+    let (mut f, md, before) = open_regular(&abs)?;
     let exec = md.mode() & 0o111 != 0;
-    let changed = || {
-        Error::Protocol(format!(
-            "{} changed while it was being added; run ferry add again once it is stable",
-            abs.display()
-        ))
-    };
     let (key, n, tmp) = if thin {
         let (hex, n) = hash_file(backend, &mut f, size).ctx("reading", &abs)?;
         (backend.key(n, &hex, rel), n, None)
@@ -589,14 +584,8 @@ fn ingest_unlocked(
         }
         (backend.key(n, &h.finish_hex(), rel), n, Some(tmp))
     };
-    let after_md = f.metadata().ctx("reading", &abs)?;
+    let after_md = check_unchanged(&f, &abs, &before, n)?;
     let after = StatStamp::of(&after_md);
-    let now_at_path = std::fs::symlink_metadata(&abs)
-        .map(|m| (m.dev(), m.ino()))
-        .ok();
-    if before != after || n != after.size || now_at_path != Some((after.dev, after.ino)) {
-        return Err(changed());
-    }
     match tmp {
         Some(tmp) => {
             let (_, path) = tmp
@@ -732,7 +721,7 @@ fn replace_with_symlink(tmpdir: &Path, path: &Path, target: &[u8]) -> Result<()>
 }
 
 /// Stages paths with one `git update-index`. Waits a little for another git's `index.lock`.
-fn stage(repo: &Repo, paths: &[Vec<u8>]) -> Result<()> {
+pub(crate) fn stage(repo: &Repo, paths: &[Vec<u8>]) -> Result<()> {
     if paths.is_empty() {
         return Ok(());
     }

@@ -97,10 +97,10 @@ pub fn fsck(
         let present = match &checks[*key] {
             ContentCheck::Bad(why) => {
                 let moved = store.quarantine(key)?;
-                problems.push(format!(
-                    "content is corrupt ({why}); moved to {}",
-                    moved.map(|p| p.display().to_string()).unwrap_or_default()
-                ));
+                problems.push(match moved {
+                    Some(p) => format!("content is corrupt ({why}); moved to {}", p.display()),
+                    None => format!("content is corrupt ({why}); removed from the store"),
+                });
                 false
             }
             ContentCheck::Absent => false,

@@ -188,17 +188,7 @@ fn move_into_place(tmp: &Path, dest: &Path) -> Result<()> {
 /// Re-adds paths through the clean filter so the index has fresh stat data (the inode cache
 /// answers for content ferry just wrote).
 fn restage(repo: &Repo, paths: &[Vec<u8>]) -> Result<()> {
-    if paths.is_empty() {
-        return Ok(());
-    }
-    let mut input = Vec::new();
-    for p in paths {
-        input.extend_from_slice(p);
-        input.push(0);
-    }
-    repo.git
-        .run_with_input(["update-index", "-z", "--stdin"], &input)?;
-    Ok(())
+    crate::ops::add::stage(repo, paths)
 }
 
 /// Writes `key`'s content into every unmodified unlocked file that points to it and still holds
