@@ -489,3 +489,35 @@ fn populate_and_depopulate_follow_the_content() {
     );
     assert_eq!(status(&env, &d), " M edited.txt\n");
 }
+
+/// A clone initialised by ferry checks out pointer files for content it does not have (ferry's
+/// smudge filter), stays clean, and git-annex can fill them in through ferry's filter.
+#[test]
+fn ferry_clone_checks_out_pointers_and_git_annex_fills_them_in() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "song.mp3", vec![3u8; 5000]);
+    env.ferry(&a, &["add", "--unlocked"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "song"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "--no-checkout", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    env.git(&b, &["checkout", "-q", "main"]).assert_ok();
+    let content = std::fs::read_to_string(b.join("song.mp3")).unwrap();
+    assert!(
+        content.starts_with("/annex/objects/SHA256E-s5000--"),
+        "{content}"
+    );
+    assert_eq!(status(&env, &b), "");
+    let w = env
+        .ferry(&b, &["whereis", "--json"])
+        .assert_ok()
+        .json_lines();
+    assert_eq!(w[0]["whereis"][0]["remote"], "origin");
+    // git-annex works in a repository whose filter is ferry's.
+    env.annex(&b, &["get", "--quiet", "song.mp3"]).assert_ok();
+    assert_eq!(std::fs::read(b.join("song.mp3")).unwrap(), vec![3u8; 5000]);
+    assert_eq!(status(&env, &b), "");
+    env.ferry(&b, &["fsck"]).assert_ok();
+}
