@@ -29,6 +29,8 @@ enum Command {
     Whereis(commands::whereis::Args),
     /// Summarize the repository: identity, annexed files, sizes, what is present here
     Info(commands::info::Args),
+    /// Commit, pull from and push to every remote (git level: branches and location logs)
+    Sync(commands::sync::Args),
     /// Make unlocked files locked: symlinks into the store (modified content is annexed first)
     Lock(commands::lock::Args),
     /// Make locked files unlocked: ordinary, editable files (staged as pointers)
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Whereis(a) => commands::whereis::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Fsck(a) => commands::fsck::run(a),
+        Command::Sync(a) => commands::sync::run(a),
         Command::Lock(a) => commands::lock::run(a, true),
         Command::Unlock(a) => commands::lock::run(a, false),
         Command::Calckey(a) => commands::calckey::run(a),

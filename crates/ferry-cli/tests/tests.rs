@@ -6,4 +6,5 @@ mod common;
 mod fsck;
 mod init;
 mod interop;
+mod sync;
 mod unlocked;

@@ -307,7 +307,7 @@ impl Branch {
             }
             // Blobs go in with the first attempt only; a retry needs just the commit.
             let r = self.fast_import(|w| {
-                write_fast_import(w, &ident, &tip, &files, &mut extra_blobs, message)
+                write_fast_import(w, &ident, &tip, &[], &files, &mut extra_blobs, message)
             });
             match r {
                 Ok(_) if files.is_empty() => return Ok(None), // blobs only
@@ -335,6 +335,129 @@ impl Branch {
         Err(Error::Protocol(
             "the git-annex branch kept changing while ferry tried to commit to it".into(),
         ))
+    }
+
+    /// Union-merges other clones' `git-annex` branches into ours, as git-annex does: a file
+    /// present on one side only is taken as is (deletions never propagate), a file on both sides
+    /// becomes the sorted, deduplicated union of their lines. Fast-forwards when it can. Returns
+    /// the refs that brought something new.
+    pub fn merge_refs(&self, lock: &JournalLock, refs: &[String]) -> Result<Vec<String>> {
+        self.ensure_exists()?;
+        // Pending journal entries first, so they are part of the base the merge unions with.
+        self.commit(Some(lock), "update")?;
+        let mut tip = self.git.rev_parse(BRANCH)?.unwrap_or_default();
+        let mut merged_names = Vec::new();
+        let mut parents: Vec<String> = Vec::new();
+        let mut changes: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for r in refs {
+            let Some(sha) = self.git.rev_parse(&format!("{r}^{{commit}}"))? else {
+                continue;
+            };
+            if sha == tip || self.is_ancestor(&sha, &tip)? || parents.contains(&sha) {
+                continue;
+            }
+            merged_names.push(r.clone());
+            if parents.is_empty() && changes.is_empty() && self.is_ancestor(&tip, &sha)? {
+                // Fast-forward, moving the ref only if it is still where we saw it.
+                self.git.run([
+                    "update-ref",
+                    "-m",
+                    "fast-forward git-annex",
+                    BRANCH,
+                    &sha,
+                    &tip,
+                ])?;
+                tip = sha;
+                continue;
+            }
+            let diff = self.git.run([
+                "diff-tree",
+                "-z",
+                "-r",
+                "--no-renames",
+                "--no-commit-id",
+                &tip,
+                &sha,
+            ])?;
+            let mut paths = Vec::new();
+            let mut it = diff.split(|&b| b == 0);
+            while let (Some(meta), Some(path)) = (it.next(), it.next()) {
+                // ":<mode> <mode> <sha> <sha> <status>"; D means only we have it: keep ours.
+                if meta.last() != Some(&b'D') && !path.is_empty() {
+                    paths.push(path.to_vec());
+                }
+            }
+            let revs = |base: &str| -> Vec<Vec<u8>> {
+                paths
+                    .iter()
+                    .map(|p| [format!("{base}:").into_bytes(), p.clone()].concat())
+                    .collect()
+            };
+            let theirs = crate::git::cat_many(&self.git, &revs(&sha))?;
+            let ours = crate::git::cat_many(&self.git, &revs(&tip))?;
+            for ((path, theirs), ours) in paths.into_iter().zip(theirs).zip(ours) {
+                let Some((_, theirs)) = theirs else { continue };
+                let base = changes.get(&path).cloned().or(ours.map(|(_, d)| d));
+                let new = match base {
+                    Some(b) => union_lines(&b, &theirs),
+                    None => theirs,
+                };
+                changes.insert(path, new);
+            }
+            parents.push(sha);
+        }
+        if parents.is_empty() {
+            return Ok(merged_names);
+        }
+        let message = format!("merging {} into git-annex", merged_names.join(" "));
+        let ident = self.committer_ident()?;
+        let r = self.fast_import(|w| {
+            write_fast_import(
+                w,
+                &ident,
+                &tip,
+                &parents,
+                &changes,
+                &mut std::iter::empty(),
+                &message,
+            )
+        });
+        match r {
+            Ok(()) => Ok(merged_names),
+            // The branch moved under us: merging again from the new tip is always correct.
+            Err(_) if self.git.rev_parse(BRANCH)?.as_deref() != Some(tip.as_str()) => {
+                self.merge_refs(lock, refs)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn is_ancestor(&self, a: &str, b: &str) -> Result<bool> {
+        let st = self
+            .git
+            .command(["merge-base", "--is-ancestor", a, b])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| Error::GitMissing(e.to_string()))?;
+        Ok(st.success())
+    }
+
+    /// Every sibling `git-annex` ref a merge should look at (as `git show-ref git-annex`).
+    pub fn sibling_refs(&self) -> Result<Vec<String>> {
+        let out = self.git.run_str([
+            "for-each-ref",
+            "--format=%(refname)",
+            "refs/remotes/",
+            "refs/heads/synced/",
+            "refs/synced/",
+        ])?;
+        Ok(out
+            .lines()
+            .filter(|r| r.ends_with("/git-annex"))
+            .map(str::to_string)
+            .collect())
     }
 
     /// Runs `git fast-import`, streaming its input from `write` (nothing is buffered whole).
@@ -413,6 +536,7 @@ fn write_fast_import(
     w: &mut dyn Write,
     ident: &str,
     parent: &str,
+    merged: &[String],
     files: &BTreeMap<Vec<u8>, Vec<u8>>,
     extra_blobs: &mut dyn Iterator<Item = Vec<u8>>,
     message: &str,
@@ -422,7 +546,7 @@ fn write_fast_import(
         w.write_all(&b)?;
         w.write_all(b"\n")?;
     }
-    if !files.is_empty() {
+    if !files.is_empty() || !merged.is_empty() {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -430,6 +554,9 @@ fn write_fast_import(
         write!(w, "commit {BRANCH}\ncommitter {ident} {now} +0000\n")?;
         write!(w, "data {}\n{message}\n", message.len())?;
         writeln!(w, "from {parent}")?;
+        for m in merged {
+            writeln!(w, "merge {m}")?;
+        }
         for (path, content) in files {
             w.write_all(b"M 100644 inline ")?;
             w.write_all(&quote_path(path))?;

@@ -5,4 +5,5 @@ pub mod fsck;
 pub mod info;
 pub mod init;
 pub mod lock;
+pub mod sync;
 pub mod whereis;

@@ -4,5 +4,6 @@
 pub mod add;
 pub mod fsck;
 pub mod info;
+pub mod sync;
 pub mod unlock;
 pub mod whereis;

@@ -1,0 +1,66 @@
+use crate::ui;
+use ferry_lib::ops::sync::{Outcome, SyncOptions, sync};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Remotes to sync with (default: all remotes whose annex-sync is not false)
+    remotes: Vec<String>,
+    /// Do not commit pending changes of tracked files first
+    #[arg(long)]
+    no_commit: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let repo = ui::open_repo()?;
+    let report = sync(
+        &repo,
+        &SyncOptions {
+            remotes: a.remotes,
+            no_commit: a.no_commit,
+        },
+    )?;
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["command"] = "sync".into();
+        v["success"] = report.ok().into();
+        println!("{v}");
+    } else {
+        if report.committed {
+            println!("commit ok");
+        }
+        let word = |o: &Outcome| match o {
+            Outcome::Ok => "ok",
+            Outcome::Skipped => "skipped",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Failed => "FAILED",
+        };
+        for r in &report.remotes {
+            let msg = r
+                .message
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default();
+            println!(
+                "sync {}: pull {}, push {}{msg}",
+                r.remote,
+                word(&r.pulled),
+                word(&r.pushed)
+            );
+        }
+        if report.remotes.is_empty() {
+            println!("sync: no remotes to sync with (add one with git remote add)");
+        }
+        for e in &report.errors {
+            eprintln!("ferry: error: {e}");
+        }
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

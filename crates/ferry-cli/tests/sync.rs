@@ -1,0 +1,176 @@
+//! Git-level sync between clones, ferry with ferry and ferry with git-annex.
+
+use crate::common::*;
+use std::path::Path;
+
+fn holders(env: &Env, d: &Path, file: &str) -> Vec<String> {
+    let w = env.ferry(d, &["whereis", "--json", file]).json_lines();
+    let mut v: Vec<String> = w[0]["whereis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["uuid"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_ferry_clones_exchange_files_and_location_logs() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "from-a.txt", "a\n");
+    write(&a, "same.txt", "identical\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "a"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    // b adds its own file and the same content under another name (same key).
+    write(&b, "from-b.txt", "b\n");
+    write(&b, "copy-of-same.txt", "identical\n");
+    env.ferry(&b, &["add"]).assert_ok();
+    env.git(&b, &["commit", "-qm", "b"]).assert_ok();
+    let r = env.ferry(&b, &["sync", "--json"]);
+    r.assert_ok();
+    assert_eq!(r.json_lines()[0]["remotes"][0]["pushed"], "ok");
+    env.ferry(&a, &["sync"]).assert_ok();
+    assert!(
+        std::fs::symlink_metadata(a.join("from-b.txt"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let (ua, ub) = (
+        config(&env, &a, "annex.uuid"),
+        config(&env, &b, "annex.uuid"),
+    );
+    let mut both = vec![ua.clone(), ub.clone()];
+    both.sort();
+    // The shared key's location log is the union of both clones' lines.
+    assert_eq!(holders(&env, &a, "same.txt"), both);
+    assert_eq!(holders(&env, &a, "from-b.txt"), vec![ub.clone()]);
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(holders(&env, &b, "same.txt"), both);
+    assert_eq!(
+        env.git(&a, &["rev-parse", "HEAD^{tree}"]).stdout(),
+        env.git(&b, &["rev-parse", "HEAD^{tree}"]).stdout()
+    );
+    // Real git-annex reads the merged branch the same way.
+    let aw = env.annex(&a, &["whereis", "same.txt"]).assert_ok().stdout();
+    assert!(aw.contains("(2 copies)"), "{aw}");
+    env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
+}
+
+#[test]
+fn mixed_network_with_git_annex_sync() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "ferry-file", "from ferry\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "ferry"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "c"])
+        .assert_ok();
+    let c = env.path("c");
+    env.annex(&c, &["init", "-q", "annex-clone"]).assert_ok();
+    env.git(&a, &["remote", "add", "c", "../c"]).assert_ok();
+    write(&c, "annex-file", "from git-annex\n");
+    env.annex(&c, &["add", "--quiet", "annex-file"]).assert_ok();
+    env.annex(&c, &["sync", "--quiet"]).assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    assert!(
+        a.join("annex-file").symlink_metadata().is_ok(),
+        "git-annex's file reached ferry"
+    );
+    let uc = config(&env, &c, "annex.uuid");
+    assert_eq!(holders(&env, &a, "annex-file"), vec![uc.clone()]);
+    write(&a, "second", "more from ferry\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "second"]).assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    env.annex(&c, &["sync", "--quiet"]).assert_ok();
+    assert!(
+        c.join("second").symlink_metadata().is_ok(),
+        "ferry's file reached git-annex"
+    );
+    let ua = config(&env, &a, "annex.uuid");
+    let cw = env.annex(&c, &["whereis", "second"]).assert_ok().stdout();
+    assert!(cw.contains(&ua), "{cw}");
+    assert_eq!(
+        env.git(&a, &["rev-parse", "HEAD^{tree}"]).stdout(),
+        env.git(&c, &["rev-parse", "HEAD^{tree}"]).stdout()
+    );
+    env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
+    env.annex(&c, &["fsck", "--fast", "--quiet"]).assert_ok();
+}
+
+#[test]
+fn unavailable_remotes_are_skipped_and_broken_ones_fail_without_stopping_the_rest() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "f", "x");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "f"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "good"])
+        .assert_ok();
+    env.ferry(&env.path("good"), &["init"]).assert_ok();
+    env.mkdir("not-a-repo");
+    env.git(&a, &["remote", "add", "good", "../good"])
+        .assert_ok();
+    env.git(&a, &["remote", "add", "usb", "../unplugged-drive"])
+        .assert_ok();
+    env.git(&a, &["remote", "add", "broken", "../not-a-repo"])
+        .assert_ok();
+    let r = env.ferry(&a, &["sync", "--json"]);
+    r.assert_fails();
+    let j = &r.json_lines()[0];
+    let by = |name: &str| {
+        j["remotes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["remote"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("usb")["pulled"], "unavailable");
+    assert_eq!(by("broken")["pulled"], "failed");
+    assert_eq!(by("good")["pushed"], "ok");
+    assert_eq!(
+        env.git(&env.path("good"), &["rev-parse", "refs/heads/synced/main"])
+            .stdout(),
+        env.git(&a, &["rev-parse", "HEAD"]).stdout()
+    );
+    // Without the broken remote, the unplugged drive alone is not an error.
+    env.git(&a, &["remote", "remove", "broken"]).assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+}
+
+#[test]
+fn a_change_travels_along_a_chain() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "seed", "s");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "b", "c"])
+        .assert_ok();
+    let c = env.path("c");
+    env.ferry(&c, &["init"]).assert_ok();
+    write(&a, "news", "from a\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "news"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok(); // b pulls from a (origin)
+    env.ferry(&c, &["sync"]).assert_ok(); // c knows only b
+    assert!(c.join("news").symlink_metadata().is_ok());
+    assert_eq!(
+        holders(&env, &c, "news"),
+        vec![config(&env, &a, "annex.uuid")]
+    );
+}
