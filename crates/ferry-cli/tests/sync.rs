@@ -174,3 +174,100 @@ fn a_change_travels_along_a_chain() {
         vec![config(&env, &a, "annex.uuid")]
     );
 }
+
+/// Conflicting edits on a ferry clone and a git-annex clone: both keep every version under the
+/// same variant names, and the clones end with identical trees.
+#[test]
+fn conflicts_resolve_to_the_same_tree_as_git_annex() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "doc.txt", "base\n");
+    write(&a, "gone.txt", "will be deleted on one side\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "base"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "c"])
+        .assert_ok();
+    let c = env.path("c");
+    env.annex(&c, &["init", "-q", "annex-clone"]).assert_ok();
+    env.git(&a, &["remote", "add", "c", "../c"]).assert_ok();
+
+    // ferry side: new doc.txt, new same.txt, deletes gone.txt, mixed.dat annexed.
+    std::fs::remove_file(a.join("doc.txt")).unwrap();
+    write(&a, "doc.txt", "ferry's edit\n");
+    write(&a, "same.txt", "ferry wrote this\n");
+    write(&a, "mixed.dat", "annexed by ferry\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["rm", "-q", "gone.txt"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "ferry side"]).assert_ok();
+    // git-annex side: other doc.txt, other same.txt, modifies gone.txt, mixed.dat in git.
+    env.annex(&c, &["unlock", "doc.txt", "gone.txt"])
+        .assert_ok();
+    write(&c, "doc.txt", "annex's edit\n");
+    write(&c, "gone.txt", "modified on the annex side\n");
+    write(&c, "same.txt", "git-annex wrote that\n");
+    env.annex(&c, &["add", "--quiet", "doc.txt", "gone.txt", "same.txt"])
+        .assert_ok();
+    write(&c, "mixed.dat", "plain git on the annex side\n");
+    env.git(&c, &["add", "mixed.dat"]).assert_ok();
+    env.git(
+        &c,
+        &[
+            "-c",
+            "annex.largefiles=nothing",
+            "commit",
+            "-qm",
+            "annex side",
+        ],
+    )
+    .assert_ok();
+
+    for _ in 0..2 {
+        env.ferry(&a, &["sync"]);
+        env.annex(&c, &["sync", "--quiet"]);
+    }
+    env.ferry(&a, &["sync"]).assert_ok();
+    let tree = |d: &Path| {
+        env.git(d, &["ls-tree", "-r", "--name-only", "HEAD"])
+            .stdout()
+    };
+    assert_eq!(tree(&a), tree(&c), "both clones end with the same tree");
+    let names = tree(&a);
+    assert!(
+        !names.lines().any(|l| l == "doc.txt" || l == "same.txt"),
+        "{names}"
+    );
+    assert_eq!(
+        names
+            .lines()
+            .filter(|l| l.starts_with("doc.variant-"))
+            .count(),
+        2,
+        "{names}"
+    );
+    assert_eq!(
+        names
+            .lines()
+            .filter(|l| l.starts_with("same.variant-"))
+            .count(),
+        2,
+        "{names}"
+    );
+    assert!(
+        names.lines().any(|l| l == "mixed.dat"),
+        "the non-annexed side keeps the name: {names}"
+    );
+    assert!(
+        names.lines().any(|l| l.starts_with("mixed.variant-")),
+        "{names}"
+    );
+    assert!(
+        names.lines().any(|l| l.starts_with("gone.variant-")),
+        "the modified side survives: {names}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.join("mixed.dat")).unwrap(),
+        "plain git on the annex side\n"
+    );
+    env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
+    env.annex(&c, &["fsck", "--fast", "--quiet"]).assert_ok();
+}

@@ -6,11 +6,13 @@
 //! reported as unavailable and skipped; a real failure is reported and makes the sync fail; in
 //! both cases every reachable remote is still synced.
 //!
-//! Not yet here: automatic resolution of merge conflicts (a conflicting merge is aborted and
-//! reported), ssh connection sharing, and the tagged-push fallback.
+//! Conflicts where at least one side is annexed are resolved as git-annex resolves them (both
+//! versions kept as `name.variant-XXXX.ext`); others are undone and reported.
+//! Not yet here: ssh connection sharing, and the tagged-push fallback.
 
 use crate::error::{Error, Result};
 use crate::repo::Repo;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 #[derive(Clone, Debug, Default)]
@@ -46,6 +48,8 @@ pub struct SyncReport {
     pub remotes: Vec<RemoteReport>,
     /// Problems not tied to one remote (e.g. a merge conflict).
     pub errors: Vec<String>,
+    /// Refs whose merge conflicted and was resolved automatically (variants kept).
+    pub resolved: Vec<String>,
 }
 
 impl SyncReport {
@@ -351,22 +355,305 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
             repo.git.run(["checkout", "-q", "-B", branch, &sha])?;
             continue;
         }
-        if let Err(e) = git_try(
-            repo,
-            &[
-                "merge",
-                "-q",
-                "--no-edit",
-                "--allow-unrelated-histories",
-                &c,
-            ],
-        ) {
+        let merge = [
+            "-c",
+            "merge.directoryRenames=false",
+            "merge",
+            "-q",
+            "--no-edit",
+            "--allow-unrelated-histories",
+            &c,
+        ];
+        if let Err(e) = git_try(repo, &merge) {
+            if repo.git_dir.join("MERGE_HEAD").exists() && resolve_conflicts(repo)? {
+                report.resolved.push(c.clone());
+                continue;
+            }
             let _ = repo.git.run(["merge", "--abort"]);
             report.errors.push(format!(
-                "merging {c} failed and was undone: {}; resolve by hand (git merge {c}) — automatic conflict resolution is not in this version",
-                e.lines().last().unwrap_or("")
+                "merging {c} failed and was undone ({}); conflicts between files that are not annexed are left to you (git merge {c})",
+                e.lines().last().filter(|l| !l.is_empty()).unwrap_or("conflicting changes")
             ));
         }
     }
     Ok(())
+}
+
+/// The name git-annex gives one side of a conflicted annexed file:
+/// `dir/stem.variant-XXXX.ext`, where XXXX is the first 4 hex digits of the md5 of the key
+/// (the whole keyFile when the name is already a variant) and `.ext` the last extension.
+pub fn variant_name(path: &[u8], key: &crate::key::Key) -> Vec<u8> {
+    use md5::{Digest, Md5};
+    let (dir, base) = match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..=i], &path[i + 1..]),
+        None => (&path[..0], path),
+    };
+    let (stem, ext) = match base.iter().rposition(|&b| b == b'.') {
+        Some(i) if i > 0 => (&base[..i], &base[i..]),
+        _ => (base, &base[base.len()..]),
+    };
+    let marker = b".variant-";
+    let h: Vec<u8> = if path.windows(marker.len()).any(|w| w == marker) {
+        key.file_name()
+    } else {
+        crate::key::hex(&Md5::digest(key.to_bytes())).as_bytes()[..4].to_vec()
+    };
+    [dir, stem, marker, &h, ext].concat()
+}
+
+/// One side of a conflicted path, from the index's stage 2 (ours) or 3 (theirs).
+struct Side {
+    mode: String,
+    sha: String,
+    key: Option<crate::key::Key>,
+}
+
+/// Resolves a failed merge the way git-annex does, when every conflicted path has at least one
+/// annexed side: both versions of an annexed file are kept under variant names; an annexed file
+/// conflicting with a non-annexed one becomes a variant and the other keeps the name; a modified
+/// annexed file conflicting with a deletion survives as a variant. The result is the same on
+/// every clone that resolves the same conflict, so clones converge. Returns false (touching
+/// nothing) when some conflict is not of these kinds.
+fn resolve_conflicts(repo: &Repo) -> Result<bool> {
+    let out = repo.git.run(["ls-files", "-u", "-z"])?;
+    let mut paths: std::collections::BTreeMap<Vec<u8>, [Option<Side>; 2]> = Default::default();
+    let mut shas = Vec::new();
+    for rec in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+        let Some(tab) = rec.iter().position(|&b| b == b'\t') else {
+            continue;
+        };
+        let meta = String::from_utf8_lossy(&rec[..tab]).into_owned();
+        let mut it = meta.split(' ');
+        let (Some(mode), Some(sha), Some(stage)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let slot = match stage {
+            "2" => 0,
+            "3" => 1,
+            _ => continue,
+        };
+        let entry = paths.entry(rec[tab + 1..].to_vec()).or_insert([None, None]);
+        entry[slot] = Some(Side {
+            mode: mode.to_string(),
+            sha: sha.to_string(),
+            key: None,
+        });
+        shas.push(sha.as_bytes().to_vec());
+    }
+    if paths.is_empty() {
+        return Ok(false);
+    }
+    // For a conflict between different types (file vs symlink), git records one side under
+    // `path~<branch>`; put it back with its twin, as git-annex does.
+    let cruft: Vec<Vec<u8>> = paths
+        .keys()
+        .filter(|p| {
+            p.iter()
+                .rposition(|&b| b == b'~')
+                .is_some_and(|i| !p[i..].contains(&b'/') && paths.contains_key(&p[..i]) && i > 0)
+        })
+        .cloned()
+        .collect();
+    for c in &cruft {
+        let twin = c[..c.iter().rposition(|&b| b == b'~').unwrap()].to_vec();
+        let moved = paths.remove(c).unwrap();
+        let entry = paths.get_mut(&twin).unwrap();
+        for (slot, side) in moved.into_iter().enumerate() {
+            if let Some(side) = side {
+                entry[slot] = Some(side);
+            }
+        }
+    }
+    let blobs = crate::git::cat_many(&repo.git, &shas)?;
+    let contents: std::collections::HashMap<Vec<u8>, Vec<u8>> = shas
+        .into_iter()
+        .zip(blobs)
+        .filter_map(|(s, b)| b.map(|(_, d)| (s, d)))
+        .collect();
+    for sides in paths.values_mut() {
+        for side in sides.iter_mut().flatten() {
+            let data = contents
+                .get(side.sha.as_bytes())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            side.key = if side.mode == "120000" {
+                crate::store::parse_link_target(data)
+            } else {
+                crate::store::parse_pointer(data)
+            };
+        }
+    }
+    // Only conflicts with an annexed side are ours to resolve.
+    if !paths
+        .values()
+        .all(|s| s.iter().flatten().any(|x| x.key.is_some()))
+    {
+        return Ok(false);
+    }
+    let top = repo.work_tree()?.to_path_buf();
+    let store = repo.store();
+    let mut info = Vec::new(); // update-index --index-info lines
+    let mut remove: Vec<Vec<u8>> = cruft;
+    for (path, sides) in &paths {
+        remove.push(path.clone());
+        let [ours, theirs] = sides;
+        let same_key = match (ours, theirs) {
+            (Some(a), Some(b)) => a.key.is_some() && a.key == b.key,
+            _ => false,
+        };
+        if same_key {
+            // Both sides the same content: keep the name; unlocked wins over locked.
+            let (a, b) = (ours.as_ref().unwrap(), theirs.as_ref().unwrap());
+            let pick = if a.mode != "120000" { a } else { b };
+            info.push((
+                pick.mode.clone(),
+                pick.sha.clone(),
+                path.clone(),
+                pick.key.clone(),
+            ));
+            continue;
+        }
+        for side in sides.iter().flatten() {
+            match &side.key {
+                Some(k) => info.push((
+                    side.mode.clone(),
+                    String::new(),
+                    variant_name(path, k),
+                    Some(k.clone()),
+                )),
+                // The non-annexed side keeps the name.
+                None => info.push((side.mode.clone(), side.sha.clone(), path.clone(), None)),
+            }
+        }
+    }
+    // Clear the conflicted entries and their work-tree files, then stage and write the results.
+    let mut rm_input = Vec::new();
+    for p in &remove {
+        rm_input.extend_from_slice(p);
+        rm_input.push(0);
+        let w = top.join(std::ffi::OsStr::from_bytes(p));
+        if std::fs::symlink_metadata(&w)
+            .map(|m| !m.is_dir())
+            .unwrap_or(false)
+        {
+            let _ = std::fs::remove_file(&w);
+        }
+    }
+    repo.git.run_with_input(
+        ["update-index", "-z", "--force-remove", "--stdin"],
+        &rm_input,
+    )?;
+    let tmpdir = store.tmp_dir()?;
+    let mut stage_input = Vec::new();
+    let mut link_blobs = Vec::new();
+    for (mode, sha, path, key) in &info {
+        let w = top.join(std::ffi::OsStr::from_bytes(path));
+        if let Some(parent) = w.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+        let sha = match (key, mode.as_str()) {
+            (Some(k), "120000") => {
+                let target = crate::store::link_target(path, k);
+                let _ = std::fs::remove_file(&w);
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &w)
+                    .map_err(|e| Error::io(format!("creating {}", w.display()), e))?;
+                link_blobs.push(target.clone());
+                crate::ops::add::git_blob_id(&target)
+            }
+            (Some(k), _) => {
+                let pointer = crate::filter::pointer_for(k);
+                let content = match store.find(k) {
+                    Some(obj) => std::fs::read(&obj)
+                        .map_err(|e| Error::io(format!("reading {}", obj.display()), e))?,
+                    None => pointer.clone(),
+                };
+                let mut tmp = tempfile::NamedTempFile::new_in(&tmpdir)
+                    .map_err(|e| Error::io("creating temp file", e))?;
+                std::io::Write::write_all(&mut tmp, &content)
+                    .map_err(|e| Error::io("writing temp file", e))?;
+                tmp.persist(&w)
+                    .map_err(|e| Error::io(format!("writing {}", w.display()), e.error))?;
+                link_blobs.push(pointer.clone());
+                crate::ops::add::git_blob_id(&pointer)
+            }
+            (None, _) => {
+                // The non-annexed side: its blob as committed.
+                let blob = repo.git.run(["cat-file", "blob", sha])?;
+                if mode == "120000" {
+                    let _ = std::fs::remove_file(&w);
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&blob), &w)
+                        .map_err(|e| Error::io(format!("creating {}", w.display()), e))?;
+                } else {
+                    std::fs::write(&w, &blob)
+                        .map_err(|e| Error::io(format!("writing {}", w.display()), e))?;
+                }
+                sha.clone()
+            }
+        };
+        stage_input.extend_from_slice(format!("{mode} {sha}\t").as_bytes());
+        stage_input.extend_from_slice(path);
+        stage_input.push(0);
+    }
+    // The link and pointer blobs must exist before the index names them.
+    let lock = repo.branch.lock_journal()?;
+    repo.branch.commit_changes(
+        &lock,
+        &Default::default(),
+        &mut link_blobs.into_iter(),
+        "update",
+    )?;
+    drop(lock);
+    repo.git
+        .run_with_input(["update-index", "-z", "--index-info"], &stage_input)?;
+    let paths_to_refresh: Vec<Vec<u8>> = info.iter().map(|(_, _, p, _)| p.clone()).collect();
+    let _ = crate::ops::add::stage(repo, &paths_to_refresh);
+    repo.git.run([
+        "commit",
+        "--no-verify",
+        "-q",
+        "-m",
+        "git-annex automatic merge conflict fix",
+    ])?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_names_match_git_annex() {
+        // md5("SHA256E-s10--456d…c20.txt") starts with 8190 (verified with git-annex 10).
+        let k = crate::key::Key::parse_str(
+            "SHA256E-s10--456d9ef8e2c4f3a8e4b2d45b04c9df6c9bb28a2f8e14b3c6c92bbf9e6bb8fc20.txt",
+        )
+        .unwrap();
+        let v = variant_name(b"dir/modify.tar.gz", &k);
+        let h = String::from_utf8(v.clone()).unwrap();
+        assert!(
+            h.starts_with("dir/modify.tar.variant-")
+                && h.ends_with(".gz")
+                && h.len() == "dir/modify.tar.variant-XXXX.gz".len(),
+            "{h}"
+        );
+        assert!(
+            String::from_utf8(variant_name(b"noext", &k))
+                .unwrap()
+                .starts_with("noext.variant-")
+        );
+        assert_eq!(
+            variant_name(b".hidden", &k)[..8].to_vec(),
+            b".hidden.".to_vec()
+        );
+        // A name that already is a variant gets the whole key.
+        let again = String::from_utf8(variant_name(b"a.variant-1234.txt", &k)).unwrap();
+        assert_eq!(
+            again,
+            format!(
+                "a.variant-1234.variant-{}.txt",
+                String::from_utf8(k.file_name()).unwrap()
+            )
+        );
+    }
 }
