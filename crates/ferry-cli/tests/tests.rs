@@ -3,6 +3,7 @@
 mod add;
 mod bad_input;
 mod common;
+mod convergence;
 mod fsck;
 mod init;
 mod interop;

@@ -1,0 +1,152 @@
+//! Convergence: random edits on several clones and a bare hub, synced in random orders and with
+//! partial connectivity; after final sync rounds every clone has the same tree and the same
+//! git-annex branch (as sets of log lines), `git fsck` passes, and no committed version is lost
+//! (every key ever committed is still referenced, unless a user operation replaced or deleted it).
+//!
+//! CI runs a few seeds; `FERRY_CONVERGENCE_CASES=500 cargo test -- --ignored convergence_many`
+//! runs many more.
+
+use crate::common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: small, deterministic, good enough to pick operations.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const NAMES: &[&str] = &["a.txt", "b.txt", "c.bin", "dir/x.txt", "dir/y.dat", "dir/sub/z"];
+
+fn annexed_keys(env: &Env, d: &Path) -> BTreeMap<String, String> {
+    env.ferry(d, &["whereis", "--json"])
+        .json_lines()
+        .into_iter()
+        .map(|j| (j["file"].as_str().unwrap().to_string(), j["key"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn branch_lines(env: &Env, d: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let files = env.git(d, &["ls-tree", "-r", "--name-only", "git-annex"]).stdout();
+    let mut out = BTreeMap::new();
+    for f in files.lines() {
+        let content = env.git(d, &["show", &format!("git-annex:{f}")]).stdout();
+        out.insert(f.to_string(), content.lines().map(str::to_string).collect());
+    }
+    out
+}
+
+fn run_case(seed: u64, steps: usize) {
+    let env = Env::new();
+    let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    let first = env.ferry_repo("c0");
+    write(&first, "seed.txt", "seed\n");
+    env.ferry(&first, &["add"]).assert_ok();
+    env.git(&first, &["commit", "-qm", "seed"]).assert_ok();
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"]).assert_ok();
+    env.git(&first, &["remote", "add", "hub", "../hub.git"]).assert_ok();
+    env.ferry(&first, &["sync"]).assert_ok();
+    let mut clones: Vec<PathBuf> = vec![first];
+    for i in 1..3 {
+        env.git(env.tmp.path(), &["clone", "-q", "hub.git", &format!("c{i}")]).assert_ok();
+        let d = env.path(&format!("c{i}"));
+        env.ferry(&d, &["init", &format!("clone {i}")]).assert_ok();
+        env.git(&d, &["remote", "rename", "origin", "hub"]).assert_ok();
+        clones.push(d);
+    }
+    // A direct link between two clones besides the hub.
+    env.git(&clones[1], &["remote", "add", "c2", "../c2"]).assert_ok();
+    env.git(&clones[2], &["remote", "add", "c1", "../c1"]).assert_ok();
+
+    let mut committed: BTreeSet<String> = BTreeSet::new();
+    let mut retired: BTreeSet<String> = BTreeSet::new();
+    for step in 0..steps {
+        let c = rng.below(clones.len());
+        let d = clones[c].clone();
+        let current = annexed_keys(&env, &d);
+        let name = NAMES[rng.below(NAMES.len())];
+        match rng.below(6) {
+            0 | 1 => {
+                // Create or replace a file.
+                if let Some(old) = current.get(name) {
+                    retired.insert(old.clone());
+                    std::fs::remove_file(d.join(name)).unwrap();
+                }
+                write(&d, name, format!("seed {seed} step {step} clone {c}\n"));
+                env.ferry(&d, &["add", name]).assert_ok();
+            }
+            2 => {
+                if let Some(old) = current.get(name) {
+                    retired.insert(old.clone());
+                    env.git(&d, &["rm", "-q", name]).assert_ok();
+                }
+            }
+            3 => {
+                let to = NAMES[rng.below(NAMES.len())];
+                if current.contains_key(name) && !current.contains_key(to) && name != to {
+                    if let Some(parent) = d.join(to).parent() {
+                        std::fs::create_dir_all(parent).unwrap();
+                    }
+                    env.git(&d, &["mv", name, to]).assert_ok();
+                    env.ferry(&d, &["add", to]).assert_ok(); // fix the moved link's target
+                }
+            }
+            _ => {
+                // Sync with everyone, or only with one remote (a partition).
+                let remotes = env.git(&d, &["remote"]).stdout();
+                let remotes: Vec<&str> = remotes.lines().collect();
+                if rng.below(2) == 0 {
+                    env.ferry(&d, &["sync"]).assert_ok();
+                } else {
+                    let r = remotes[rng.below(remotes.len())];
+                    env.ferry(&d, &["sync", r]).assert_ok();
+                }
+            }
+        }
+        env.git(&d, &["commit", "-qm", &format!("step {step}")]);
+        committed.extend(annexed_keys(&env, &d).into_values());
+    }
+    // Final rounds over a connected graph.
+    for _ in 0..3 {
+        for d in &clones {
+            let r = env.ferry(d, &["sync"]);
+            assert!(r.ok(), "seed {seed}: final sync failed:\n{}\n{}", r.stdout(), r.stderr());
+        }
+    }
+    let tree = |d: &Path| env.git(d, &["rev-parse", "HEAD^{tree}"]).stdout();
+    let lines0 = branch_lines(&env, &clones[0]);
+    for d in &clones[1..] {
+        assert_eq!(tree(d), tree(&clones[0]), "seed {seed}: trees differ");
+        assert_eq!(branch_lines(&env, d), lines0, "seed {seed}: git-annex branches differ");
+    }
+    for d in &clones {
+        env.git(d, &["fsck", "--no-progress"]).assert_ok();
+    }
+    let fin: BTreeSet<String> = annexed_keys(&env, &clones[0]).into_values().collect();
+    let lost: Vec<&String> = committed.iter().filter(|k| !fin.contains(*k) && !retired.contains(*k)).collect();
+    assert!(lost.is_empty(), "seed {seed}: committed versions lost: {lost:?}");
+}
+
+#[test]
+fn convergence_few_seeds() {
+    for seed in 1..=3 {
+        run_case(seed, 30);
+    }
+}
+
+#[test]
+#[ignore]
+fn convergence_many() {
+    let cases: u64 = std::env::var("FERRY_CONVERGENCE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    for seed in 1..=cases {
+        run_case(seed, 60);
+    }
+}
