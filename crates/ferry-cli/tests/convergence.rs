@@ -24,18 +24,32 @@ impl Rng {
     }
 }
 
-const NAMES: &[&str] = &["a.txt", "b.txt", "c.bin", "dir/x.txt", "dir/y.dat", "dir/sub/z"];
+const NAMES: &[&str] = &[
+    "a.txt",
+    "b.txt",
+    "c.bin",
+    "dir/x.txt",
+    "dir/y.dat",
+    "dir/sub/z",
+];
 
 fn annexed_keys(env: &Env, d: &Path) -> BTreeMap<String, String> {
     env.ferry(d, &["whereis", "--json"])
         .json_lines()
         .into_iter()
-        .map(|j| (j["file"].as_str().unwrap().to_string(), j["key"].as_str().unwrap().to_string()))
+        .map(|j| {
+            (
+                j["file"].as_str().unwrap().to_string(),
+                j["key"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
 fn branch_lines(env: &Env, d: &Path) -> BTreeMap<String, BTreeSet<String>> {
-    let files = env.git(d, &["ls-tree", "-r", "--name-only", "git-annex"]).stdout();
+    let files = env
+        .git(d, &["ls-tree", "-r", "--name-only", "git-annex"])
+        .stdout();
     let mut out = BTreeMap::new();
     for f in files.lines() {
         let content = env.git(d, &["show", &format!("git-annex:{f}")]).stdout();
@@ -51,20 +65,29 @@ fn run_case(seed: u64, steps: usize) {
     write(&first, "seed.txt", "seed\n");
     env.ferry(&first, &["add"]).assert_ok();
     env.git(&first, &["commit", "-qm", "seed"]).assert_ok();
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"]).assert_ok();
-    env.git(&first, &["remote", "add", "hub", "../hub.git"]).assert_ok();
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
+        .assert_ok();
+    env.git(&first, &["remote", "add", "hub", "../hub.git"])
+        .assert_ok();
     env.ferry(&first, &["sync"]).assert_ok();
     let mut clones: Vec<PathBuf> = vec![first];
     for i in 1..3 {
-        env.git(env.tmp.path(), &["clone", "-q", "hub.git", &format!("c{i}")]).assert_ok();
+        env.git(
+            env.tmp.path(),
+            &["clone", "-q", "hub.git", &format!("c{i}")],
+        )
+        .assert_ok();
         let d = env.path(&format!("c{i}"));
         env.ferry(&d, &["init", &format!("clone {i}")]).assert_ok();
-        env.git(&d, &["remote", "rename", "origin", "hub"]).assert_ok();
+        env.git(&d, &["remote", "rename", "origin", "hub"])
+            .assert_ok();
         clones.push(d);
     }
     // A direct link between two clones besides the hub.
-    env.git(&clones[1], &["remote", "add", "c2", "../c2"]).assert_ok();
-    env.git(&clones[2], &["remote", "add", "c1", "../c1"]).assert_ok();
+    env.git(&clones[1], &["remote", "add", "c2", "../c2"])
+        .assert_ok();
+    env.git(&clones[2], &["remote", "add", "c1", "../c1"])
+        .assert_ok();
 
     let mut committed: BTreeSet<String> = BTreeSet::new();
     let mut retired: BTreeSet<String> = BTreeSet::new();
@@ -73,7 +96,9 @@ fn run_case(seed: u64, steps: usize) {
         let d = clones[c].clone();
         let current = annexed_keys(&env, &d);
         let name = NAMES[rng.below(NAMES.len())];
-        match rng.below(6) {
+        let op = rng.below(6);
+        eprintln!("step {step}: clone {c} op {op} name {name}");
+        match op {
             0 | 1 => {
                 // Create or replace a file.
                 if let Some(old) = current.get(name) {
@@ -95,6 +120,7 @@ fn run_case(seed: u64, steps: usize) {
                     if let Some(parent) = d.join(to).parent() {
                         std::fs::create_dir_all(parent).unwrap();
                     }
+                    eprintln!("  mv to {to}");
                     env.git(&d, &["mv", name, to]).assert_ok();
                     env.ferry(&d, &["add", to]).assert_ok(); // fix the moved link's target
                 }
@@ -107,32 +133,60 @@ fn run_case(seed: u64, steps: usize) {
                     env.ferry(&d, &["sync"]).assert_ok();
                 } else {
                     let r = remotes[rng.below(remotes.len())];
+                    eprintln!("  sync with {r}");
                     env.ferry(&d, &["sync", r]).assert_ok();
                 }
             }
         }
         env.git(&d, &["commit", "-qm", &format!("step {step}")]);
-        committed.extend(annexed_keys(&env, &d).into_values());
+        let now = annexed_keys(&env, &d);
+        eprintln!("  files now: {now:?}");
+        committed.extend(now.into_values());
     }
     // Final rounds over a connected graph.
     for _ in 0..3 {
         for d in &clones {
             let r = env.ferry(d, &["sync"]);
-            assert!(r.ok(), "seed {seed}: final sync failed:\n{}\n{}", r.stdout(), r.stderr());
+            eprintln!(
+                "final sync {}: {:?} {}",
+                d.display(),
+                annexed_keys(&env, d).keys().collect::<Vec<_>>(),
+                r.stderr()
+            );
+            assert!(
+                r.ok(),
+                "seed {seed}: final sync failed:\n{}\n{}",
+                r.stdout(),
+                r.stderr()
+            );
         }
     }
     let tree = |d: &Path| env.git(d, &["rev-parse", "HEAD^{tree}"]).stdout();
     let lines0 = branch_lines(&env, &clones[0]);
     for d in &clones[1..] {
         assert_eq!(tree(d), tree(&clones[0]), "seed {seed}: trees differ");
-        assert_eq!(branch_lines(&env, d), lines0, "seed {seed}: git-annex branches differ");
+        assert_eq!(
+            branch_lines(&env, d),
+            lines0,
+            "seed {seed}: git-annex branches differ"
+        );
     }
     for d in &clones {
         env.git(d, &["fsck", "--no-progress"]).assert_ok();
     }
     let fin: BTreeSet<String> = annexed_keys(&env, &clones[0]).into_values().collect();
-    let lost: Vec<&String> = committed.iter().filter(|k| !fin.contains(*k) && !retired.contains(*k)).collect();
-    assert!(lost.is_empty(), "seed {seed}: committed versions lost: {lost:?}");
+    let lost: Vec<&String> = committed
+        .iter()
+        .filter(|k| !fin.contains(*k) && !retired.contains(*k))
+        .collect();
+    if !lost.is_empty() {
+        let d = &clones[0];
+        eprintln!("KEEP {}", env.tmp.path().display());
+        let t = env.git(d, &["ls-tree", "-r", "HEAD"]).stdout();
+        eprintln!("TREE {t}");
+        std::mem::forget(env);
+        panic!("seed {seed}: committed versions lost: {lost:?}");
+    }
 }
 
 #[test]
@@ -145,8 +199,15 @@ fn convergence_few_seeds() {
 #[test]
 #[ignore]
 fn convergence_many() {
-    let cases: u64 = std::env::var("FERRY_CONVERGENCE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
-    for seed in 1..=cases {
+    let cases: u64 = std::env::var("FERRY_CONVERGENCE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let first: u64 = std::env::var("FERRY_CONVERGENCE_FIRST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for seed in first..first + cases {
         run_case(seed, 60);
     }
 }

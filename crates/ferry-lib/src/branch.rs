@@ -444,19 +444,21 @@ impl Branch {
         Ok(st.success())
     }
 
-    /// Every sibling `git-annex` ref a merge should look at (as `git show-ref git-annex`).
+    /// Sibling `git-annex` refs (as `git show-ref git-annex`) with something not in ours yet.
     pub fn sibling_refs(&self) -> Result<Vec<String>> {
-        let out = self.git.run_str([
-            "for-each-ref",
-            "--format=%(refname)",
-            "refs/remotes/",
-            "refs/heads/synced/",
-            "refs/synced/",
-        ])?;
-        Ok(out
-            .lines()
+        self.ensure_exists()?;
+        let patterns = [
+            "refs/remotes/*/git-annex",
+            "refs/remotes/*/synced/git-annex",
+            "refs/heads/synced/git-annex",
+            "refs/synced/*/git-annex",
+        ];
+        let refs = self
+            .git
+            .refs_not_merged_into(BRANCH, &patterns.map(String::from))?;
+        Ok(refs
+            .into_iter()
             .filter(|r| r.ends_with("/git-annex"))
-            .map(str::to_string)
             .collect())
     }
 

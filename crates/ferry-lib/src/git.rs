@@ -140,6 +140,30 @@ impl Git {
         self.run_opt(["config", "--get", name])
     }
 
+    /// All configuration in one call (`git config --list -z`); later values win. Keys are as
+    /// git prints them (section and variable lowercased, subsection as written).
+    pub fn config_map(&self) -> Result<std::collections::HashMap<String, String>> {
+        let out = self.run(["config", "--list", "-z"])?;
+        let mut m = std::collections::HashMap::new();
+        for rec in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+            let rec = String::from_utf8_lossy(rec);
+            let (k, v) = rec.split_once('\n').unwrap_or((&rec, ""));
+            m.insert(k.to_string(), v.to_string());
+        }
+        Ok(m)
+    }
+
+    /// Refs matching `patterns` that are not reachable from `target` (one git call).
+    pub fn refs_not_merged_into(&self, target: &str, patterns: &[String]) -> Result<Vec<String>> {
+        let mut args = vec![
+            "for-each-ref".to_string(),
+            "--format=%(refname)".into(),
+            format!("--no-merged={target}"),
+        ];
+        args.extend(patterns.iter().cloned());
+        Ok(self.run_str(&args)?.lines().map(str::to_string).collect())
+    }
+
     pub fn config_bool(&self, name: &str, default: bool) -> Result<bool> {
         Ok(
             match self.run_opt(["config", "--type=bool", "--get", name])? {

@@ -205,25 +205,15 @@ impl Repo {
     /// Records `remote.<name>.annex-uuid` for remotes that are local paths, by reading their
     /// config (as git-annex does for local remotes). Remotes that are not there are left alone.
     pub fn learn_local_remote_uuids(&self) -> Result<()> {
-        let urls = self
-            .git
-            .run_opt(["config", "--get-regexp", r"^remote\..*\.url$"])?
-            .unwrap_or_default();
-        for line in urls.lines() {
-            let Some((k, url)) = line.split_once(' ') else {
-                continue;
-            };
+        let config = self.git.config_map()?;
+        for (k, url) in &config {
             let Some(name) = k
                 .strip_prefix("remote.")
                 .and_then(|k| k.strip_suffix(".url"))
             else {
                 continue;
             };
-            if self
-                .git
-                .config(&format!("remote.{name}.annex-uuid"))?
-                .is_some()
-            {
+            if config.contains_key(&format!("remote.{name}.annex-uuid")) {
                 continue;
             }
             let path = match url.strip_prefix("file://") {

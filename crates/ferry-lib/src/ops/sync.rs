@@ -71,13 +71,26 @@ struct Remote {
 }
 
 fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
-    let names = repo.git.run_str(["remote"])?;
+    let config = repo.git.config_map()?;
+    let mut names: Vec<String> = config
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix("remote.")
+                .and_then(|k| k.strip_suffix(".url"))
+        })
+        .map(str::to_string)
+        .collect();
+    names.sort();
     let mut out = Vec::new();
-    for name in names.lines().map(str::to_string) {
+    for name in names {
         if !only.is_empty() && !only.contains(&name) {
             continue;
         }
-        let cfg = |k: &str| repo.git.config(&format!("remote.{name}.{k}"));
+        let cfg = |k: &str| -> Result<Option<String>> {
+            Ok(config
+                .get(&format!("remote.{name}.{}", k.to_ascii_lowercase()))
+                .cloned())
+        };
         if only.is_empty() && cfg("annex-sync")?.as_deref() == Some("false") {
             continue;
         }
@@ -289,37 +302,47 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     Ok(report)
 }
 
-/// The sync push, then best-effort direct pushes (for bare repositories).
+/// One `git push` per remote: the sync refs (which must land), and best-effort direct pushes of
+/// the branch and `git-annex` (for bare repositories; a non-bare remote refuses a push to its
+/// checked-out branch, which is expected). Per-ref results come from `--porcelain`.
 fn push(repo: &Repo, remote: &str, branch: &str) -> std::result::Result<(), String> {
-    git_try(
-        repo,
-        &[
+    let synced = format!("refs/heads/synced/{branch}");
+    let out = repo
+        .git
+        .command([
             "push",
-            "--quiet",
+            "--porcelain",
             remote,
-            &format!("refs/heads/{branch}:refs/heads/synced/{branch}"),
+            &format!("refs/heads/{branch}:{synced}"),
             "+refs/heads/git-annex:refs/heads/synced/git-annex",
-        ],
-    )?;
-    // A non-bare remote refuses a push to its checked-out branch; that is expected.
-    let _ = git_try(
-        repo,
-        &[
-            "push",
-            "--quiet",
-            remote,
             "refs/heads/git-annex:refs/heads/git-annex",
-        ],
-    );
-    let _ = git_try(
-        repo,
-        &[
-            "push",
-            "--quiet",
-            remote,
             &format!("refs/heads/{branch}:refs/heads/{branch}"),
-        ],
-    );
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Porcelain lines: "<flag>\t<from>:<to>\t<summary>"; '!' means rejected.
+    let failed: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with('!'))
+        .filter(|l| {
+            l.contains(&format!(":{synced}\t")) || l.contains(":refs/heads/synced/git-annex\t")
+        })
+        .collect();
+    let reported = stdout.lines().any(|l| l.contains(&format!(":{synced}\t")));
+    if !failed.is_empty() || !reported {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{}{}",
+            failed.join("; "),
+            if reported {
+                String::new()
+            } else {
+                stderr.trim().to_string()
+            }
+        ));
+    }
     Ok(())
 }
 
@@ -329,38 +352,62 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
     repo.branch.merge_refs(&lock, &siblings)?;
     drop(lock);
 
-    let mut candidates = vec![format!("refs/heads/synced/{branch}")];
-    for r in repo.git.run_str(["remote"])?.lines() {
-        candidates.push(format!("refs/remotes/{r}/{branch}"));
-        candidates.push(format!("refs/remotes/{r}/synced/{branch}"));
-    }
+    let patterns = vec![
+        format!("refs/heads/synced/{branch}"),
+        format!("refs/remotes/*/{branch}"),
+        format!("refs/remotes/*/synced/{branch}"),
+    ];
+    let candidates = match repo.git.rev_parse("HEAD")? {
+        Some(_) => repo.git.refs_not_merged_into("HEAD", &patterns)?,
+        None => {
+            // Nothing committed here yet: take the first of theirs, then merge the rest.
+            let all = repo.git.run_str([
+                "for-each-ref",
+                "--format=%(refname)",
+                &patterns[0],
+                &patterns[1],
+                &patterns[2],
+            ])?;
+            let Some(first) = all.lines().next() else {
+                return Ok(());
+            };
+            repo.git.run(["checkout", "-q", "-B", branch, first])?;
+            repo.git.refs_not_merged_into("HEAD", &patterns)?
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
     for c in candidates {
+        // Several refs often name one commit; and an earlier merge may already contain it.
         let Some(sha) = repo.git.rev_parse(&format!("{c}^{{commit}}"))? else {
             continue;
         };
-        let head = repo.git.rev_parse("HEAD")?;
-        if let Some(head) = &head {
-            let contained = repo
-                .git
-                .command(["merge-base", "--is-ancestor", &sha, head])
-                .stdin(std::process::Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if contained {
-                continue;
-            }
-        } else {
-            // Nothing committed here yet: take theirs.
-            repo.git.run(["checkout", "-q", "-B", branch, &sha])?;
+        if !seen.insert(sha.clone()) {
             continue;
         }
+        if seen.len() > 1
+            && !repo
+                .git
+                .refs_not_merged_into("HEAD", std::slice::from_ref(&c))?
+                .contains(&c)
+        {
+            continue;
+        }
+        // No rename detection: an annex link renamed to a variant name has the same blob as the
+        // original when both sit in one directory, and git would carry the other side's edit of
+        // the original over to the variant, replacing the version the variant was made to keep.
+        // git 2.47's default strategy (ort) still pairs exact renames under -Xno-renames (found by
+        // the convergence test), so the recursive strategy is named explicitly.
         let merge = [
             "-c",
             "merge.directoryRenames=false",
+            "-c",
+            "merge.renames=false",
             "merge",
             "-q",
             "--no-edit",
+            "-s",
+            "recursive",
+            "-Xno-renames",
             "--allow-unrelated-histories",
             &c,
         ];
