@@ -271,3 +271,84 @@ fn conflicts_resolve_to_the_same_tree_as_git_annex() {
     env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
     env.annex(&c, &["fsck", "--fast", "--quiet"]).assert_ok();
 }
+
+/// Sync over ssh with a real sshd on loopback, to a bare hub and to a clone; one ssh connection
+/// serves all of a sync's fetches and pushes to a host.
+#[test]
+fn sync_over_ssh_to_a_bare_hub_and_a_clone_shares_one_connection() {
+    let env = Env::new();
+    let sshd = TestSshd::start(&env);
+    let a = env.ferry_repo("a");
+    write(&a, "over-ssh.txt", "carried by ssh\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "a"]).assert_ok();
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
+        .assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "peer"])
+        .assert_ok();
+    let peer = env.path("peer");
+    env.ferry(&peer, &["init", "peer"]).assert_ok();
+    let url = |p: &str| format!("ssh://root@127.0.0.1{}", env.path(p).display());
+    env.git(&a, &["remote", "add", "hub", &url("hub.git")])
+        .assert_ok();
+    env.git(&a, &["remote", "add", "peer", &url("peer")])
+        .assert_ok();
+    let ssh = sshd.ssh_command();
+    let sync = |d: &Path| {
+        let mut c = env.cmd(d, ferry_bin(), &["sync".as_ref(), "--json".as_ref()]);
+        c.env("GIT_SSH_COMMAND", &ssh);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let before = sshd.logins();
+    sync(&a);
+    let used = sshd.logins() - before;
+    // Two remotes on one host, each fetched and pushed: one login serves them all.
+    assert_eq!(
+        used, 1,
+        "expected one shared ssh connection, saw {used} logins"
+    );
+    assert_eq!(
+        env.git(&env.path("hub.git"), &["rev-parse", "main"])
+            .stdout(),
+        env.git(&a, &["rev-parse", "HEAD"]).stdout()
+    );
+    assert!(
+        env.git(
+            &env.path("hub.git"),
+            &["rev-parse", "--verify", "git-annex"]
+        )
+        .ok()
+    );
+    assert_eq!(
+        env.git(&peer, &["rev-parse", "synced/main"]).stdout(),
+        env.git(&a, &["rev-parse", "HEAD"]).stdout()
+    );
+    // The clone picks up what arrived over ssh with a local sync.
+    env.ferry(&peer, &["sync", "--no-commit"]);
+    let w = env
+        .ferry(&peer, &["whereis", "--json", "over-ssh.txt"])
+        .json_lines();
+    assert_eq!(
+        w[0]["whereis"][0]["uuid"],
+        config(&env, &a, "annex.uuid").as_str()
+    );
+    // Stop the shared connection's master before sshd goes away.
+    let _ = std::process::Command::new("ssh")
+        .args([
+            "-o",
+            &format!("ControlPath={}/.git/annex/ssh/%C", a.display()),
+            "-O",
+            "exit",
+            "-p",
+            &sshd.port.to_string(),
+            "root@127.0.0.1",
+        ])
+        .stderr(std::process::Stdio::null())
+        .status();
+}

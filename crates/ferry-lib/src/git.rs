@@ -30,6 +30,13 @@ impl Git {
         }
     }
 
+    /// The same repository with one more environment variable for git (e.g. `GIT_SSH_COMMAND`).
+    pub fn with_env(&self, key: &str, value: &str) -> Git {
+        let mut g = self.clone();
+        g.env.push((key.to_string(), PathBuf::from(value)));
+        g
+    }
+
     /// The same repository, with git's index replaced by `index` (used for the git-annex branch).
     pub fn with_index(&self, index: &Path) -> Git {
         let mut g = self.clone();

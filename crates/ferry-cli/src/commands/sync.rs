@@ -21,6 +21,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         &SyncOptions {
             remotes: a.remotes,
             no_commit: a.no_commit,
+            ssh_command: std::env::var("GIT_SSH_COMMAND").ok(),
         },
     )?;
     if a.json {

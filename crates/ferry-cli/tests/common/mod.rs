@@ -238,3 +238,95 @@ pub fn run_with_rss(mut cmd: Command) -> (std::process::ExitStatus, u64) {
         ru.ru_maxrss as u64,
     )
 }
+
+/// A real OpenSSH server on 127.0.0.1, with its own host key, config and authorized client key,
+/// started by the test and stopped (by PID) when dropped.
+pub struct TestSshd {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl TestSshd {
+    pub fn start(env: &Env) -> TestSshd {
+        let sshd = Path::new("/usr/sbin/sshd");
+        assert!(
+            sshd.exists(),
+            "sshd is needed for the ssh tests: run scripts/test as root (it installs openssh-server)"
+        );
+        let dir = env.mkdir("sshd");
+        for key in ["host_key", "client_key"] {
+            let st = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(key))
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+        // sshd insists on its privilege-separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nUsePAM no\nStrictModes no\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("sshd.log");
+        let child = Command::new(sshd)
+            .arg("-D")
+            .arg("-f")
+            .arg(&config)
+            .arg("-E")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = wait_until(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "sshd did not start listening on port {port}");
+        TestSshd {
+            child,
+            port,
+            dir,
+            log,
+        }
+    }
+
+    /// `GIT_SSH_COMMAND` for clients of this server.
+    pub fn ssh_command(&self) -> String {
+        format!(
+            "ssh -p {} -i {}/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR",
+            self.port,
+            self.dir.display()
+        )
+    }
+
+    /// How many logins the server has accepted so far.
+    pub fn logins(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count()
+    }
+}
+
+impl Drop for TestSshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

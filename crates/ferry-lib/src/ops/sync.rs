@@ -21,6 +21,9 @@ pub struct SyncOptions {
     pub remotes: Vec<String>,
     /// Skip committing pending work-tree changes.
     pub no_commit: bool,
+    /// The ssh command the user set (`GIT_SSH_COMMAND`), resolved by the caller; ferry adds
+    /// connection sharing to it (or to `core.sshCommand`, or to plain `ssh`).
+    pub ssh_command: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -64,6 +67,10 @@ impl SyncReport {
 
 struct Remote {
     name: String,
+    /// Reached over ssh (ssh:// or host:path).
+    ssh: bool,
+    /// For an ssh remote, `[user@]host[:port]`: remotes on one host share a connection.
+    host: Option<String>,
     readonly: bool,
     cost: f64,
     /// For a local remote: its path, to tell "not there" from "broken".
@@ -110,7 +117,14 @@ fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
             }
             None => None,
         };
+        let ssh = url.starts_with("ssh://")
+            || url.starts_with("git+ssh://")
+            || (local_path.is_none() && !url.contains("://"));
         out.push(Remote {
+            host: ssh.then(|| ssh_host(&url)),
+            ssh: url.starts_with("ssh://")
+                || url.starts_with("git+ssh://")
+                || (local_path.is_none() && !url.contains("://")),
             readonly: cfg("annex-readonly")?.as_deref() == Some("true"),
             cost: cfg("annex-cost")?
                 .and_then(|c| c.parse().ok())
@@ -133,9 +147,39 @@ fn current_branch(repo: &Repo) -> Result<String> {
         })
 }
 
+/// `[user@]host[:port]` of an ssh URL (`ssh://user@host:port/path` or `user@host:path`).
+fn ssh_host(url: &str) -> String {
+    match url.split_once("://") {
+        Some((_, rest)) => rest.split('/').next().unwrap_or(rest).to_string(),
+        None => url.split(':').next().unwrap_or(url).to_string(),
+    }
+}
+
+/// `GIT_SSH_COMMAND` with OpenSSH connection sharing added: one ssh connection per host serves
+/// every fetch and push of this sync (and of the next ones, for a minute). The user's own
+/// command and ssh config are kept; only the multiplexing options are appended.
+fn ssh_with_sharing(repo: &Repo, user: Option<&str>) -> Result<Option<String>> {
+    let base = match user {
+        Some(c) if !c.is_empty() => c.to_string(),
+        _ => repo
+            .git
+            .config("core.sshCommand")?
+            .unwrap_or_else(|| "ssh".into()),
+    };
+    let dir = repo.annex_dir().join("ssh");
+    // Unix socket paths are limited to about 100 bytes; %C adds 40.
+    if dir.as_os_str().len() > 60 || std::fs::create_dir_all(&dir).is_err() {
+        return Ok(None);
+    }
+    let quoted = dir.display().to_string().replace('\'', "'\\''");
+    Ok(Some(format!(
+        "{base} -o ControlMaster=auto -o ControlPersist=60 -o 'ControlPath={quoted}/%C'"
+    )))
+}
+
 /// Runs git, returning Ok or the trimmed stderr.
-fn git_try(repo: &Repo, args: &[&str]) -> std::result::Result<(), String> {
-    repo.git.run(args).map(|_| ()).map_err(|e| match e {
+fn git_try(git: &crate::git::Git, args: &[&str]) -> std::result::Result<(), String> {
+    git.run(args).map(|_| ()).map_err(|e| match e {
         Error::Git { stderr, .. } => stderr,
         e => e.to_string(),
     })
@@ -174,6 +218,14 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     // 2. Fetch every remote at once.
     repo.learn_local_remote_uuids()?;
     let all = remotes(repo, &opts.remotes)?;
+    let net_git = match all.iter().any(|r| r.ssh) {
+        true => match ssh_with_sharing(repo, opts.ssh_command.as_deref())? {
+            Some(cmd) => repo.git.with_env("GIT_SSH_COMMAND", &cmd),
+            None => repo.git.clone(),
+        },
+        false => repo.git.clone(),
+    };
+    let net = &net_git;
     for name in &opts.remotes {
         if !all.iter().any(|r| &r.name == name) {
             return Err(Error::Unsupported(format!(
@@ -194,27 +246,47 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
         .iter()
         .map(|r| r.local_path.as_ref().is_none_or(|p| p.exists()))
         .collect();
-    let fetched: Vec<std::result::Result<(), String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = all
+    // One thread per host: remotes on the same ssh host are fetched one after another over the
+    // shared connection (the first one opens it); different hosts and local remotes in parallel.
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, r) in all.iter().enumerate() {
+        let g = r
+            .host
+            .clone()
+            .unwrap_or_else(|| format!("local:{}", r.name));
+        match groups.iter_mut().find(|(k, _)| *k == g) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((g, vec![i])),
+        }
+    }
+    let mut fetched: Vec<std::result::Result<(), String>> = vec![Ok(()); all.len()];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = groups
             .iter()
-            .zip(&available)
-            .map(|(r, &avail)| {
+            .map(|(_, members)| {
+                let (all, available) = (&all, &available);
                 s.spawn(move || {
-                    if avail {
-                        git_try(repo, &["fetch", "--quiet", &r.name])
-                    } else {
-                        Ok(())
-                    }
+                    members
+                        .iter()
+                        .map(|&i| {
+                            (
+                                i,
+                                if available[i] {
+                                    git_try(net, &["fetch", "--quiet", &all[i].name])
+                                } else {
+                                    Ok(())
+                                },
+                            )
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err("fetch thread panicked".into()))
-            })
-            .collect()
+        for h in handles {
+            for (i, r) in h.join().unwrap_or_default() {
+                fetched[i] = r;
+            }
+        }
     });
     for (i, r) in fetched.into_iter().enumerate() {
         if !available[i] {
@@ -254,7 +326,7 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
                 .iter()
                 .map(|&i| {
                     let name = &all[i].name;
-                    s.spawn(move || push(repo, name, branch))
+                    s.spawn(move || push(net, name, branch))
                 })
                 .collect();
             handles
@@ -271,14 +343,14 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
                 let mut last = e;
                 let mut ok = false;
                 for _ in 0..2 {
-                    if git_try(repo, &["fetch", "--quiet", &all[i].name]).is_err() {
+                    if git_try(&net, &["fetch", "--quiet", &all[i].name]).is_err() {
                         break;
                     }
                     merge_all(repo, &branch, &mut report)?;
                     let _ = repo
                         .git
                         .run(["branch", "-f", &format!("synced/{branch}"), &branch]);
-                    match push(repo, &all[i].name, &branch) {
+                    match push(net, &all[i].name, &branch) {
                         Ok(()) => {
                             ok = true;
                             break;
@@ -305,10 +377,9 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
 /// One `git push` per remote: the sync refs (which must land), and best-effort direct pushes of
 /// the branch and `git-annex` (for bare repositories; a non-bare remote refuses a push to its
 /// checked-out branch, which is expected). Per-ref results come from `--porcelain`.
-fn push(repo: &Repo, remote: &str, branch: &str) -> std::result::Result<(), String> {
+fn push(net: &crate::git::Git, remote: &str, branch: &str) -> std::result::Result<(), String> {
     let synced = format!("refs/heads/synced/{branch}");
-    let out = repo
-        .git
+    let out = net
         .command([
             "push",
             "--porcelain",
@@ -411,7 +482,7 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
             "--allow-unrelated-histories",
             &c,
         ];
-        if let Err(e) = git_try(repo, &merge) {
+        if let Err(e) = git_try(&repo.git, &merge) {
             if repo.git_dir.join("MERGE_HEAD").exists() && resolve_conflicts(repo)? {
                 report.resolved.push(c.clone());
                 continue;
