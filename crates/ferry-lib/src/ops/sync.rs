@@ -343,7 +343,7 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
                 let mut last = e;
                 let mut ok = false;
                 for _ in 0..2 {
-                    if git_try(&net, &["fetch", "--quiet", &all[i].name]).is_err() {
+                    if git_try(net, &["fetch", "--quiet", &all[i].name]).is_err() {
                         break;
                     }
                     merge_all(repo, &branch, &mut report)?;
