@@ -352,3 +352,69 @@ fn sync_over_ssh_to_a_bare_hub_and_a_clone_shares_one_connection() {
         .stderr(std::process::Stdio::null())
         .status();
 }
+
+/// `kill -9` at arbitrary points of a sync (mid-fetch, mid-merge, mid-push) leaves nothing that
+/// blocks the next sync, which completes the work.
+#[test]
+fn syncs_killed_at_random_points_are_completed_by_the_next_one() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "base.txt", "base\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "base"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    for round in 0..6u64 {
+        // Conflicting work on both sides, so the sync has a merge with conflicts to resolve.
+        for (d, who) in [(&a, "a"), (&b, "b")] {
+            let p = d.join("base.txt");
+            let _ = std::fs::remove_file(&p);
+            write(d, "base.txt", format!("{who} round {round}\n"));
+            write(d, format!("{who}-{round}.txt"), format!("{who} {round}\n"));
+            env.ferry(d, &["add"]).assert_ok();
+            env.git(d, &["commit", "-qm", &format!("{who} {round}")])
+                .assert_ok();
+        }
+        env.ferry(&b, &["sync"]).assert_ok();
+        let mut child = env
+            .cmd(&a, ferry_bin(), &["sync".as_ref()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10 + round * 17 % 90));
+        let kids = crate::unlocked::descendants(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        // The killed sync's git children finish on their own; wait for them.
+        let gone = wait_until(std::time::Duration::from_secs(30), || {
+            kids.iter().all(|p| {
+                !Path::new(&format!("/proc/{p}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{p}/stat"))
+                        .map(|s| s.contains(") Z"))
+                        .unwrap_or(true)
+            })
+        });
+        assert!(gone, "git processes of the killed sync did not finish");
+        let r = env.ferry(&a, &["sync"]);
+        assert!(
+            r.ok(),
+            "round {round}: the next sync must complete\n{}\n{}",
+            r.stdout(),
+            r.stderr()
+        );
+        env.ferry(&b, &["sync"]).assert_ok();
+        env.ferry(&a, &["sync"]).assert_ok();
+        assert_eq!(
+            env.git(&a, &["rev-parse", "HEAD^{tree}"]).stdout(),
+            env.git(&b, &["rev-parse", "HEAD^{tree}"]).stdout(),
+            "round {round}"
+        );
+        assert!(!a.join(".git/MERGE_HEAD").exists());
+    }
+    env.git(&a, &["fsck", "--no-progress"]).assert_ok();
+    env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
+}

@@ -402,7 +402,7 @@ fn clean_filter_streams_large_files_in_constant_memory() {
 }
 
 /// All descendants of `pid`, from /proc.
-fn descendants(pid: u32) -> Vec<u32> {
+pub fn descendants(pid: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {

@@ -189,6 +189,13 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     repo.work_tree()?;
     let branch = current_branch(repo)?;
     let mut report = SyncReport::default();
+    // One sync at a time per repository (the daemon and a manual `ferry sync` may overlap).
+    let lockdir = repo.annex_dir().join("ferry");
+    std::fs::create_dir_all(&lockdir)
+        .map_err(|e| Error::io(format!("creating {}", lockdir.display()), e))?;
+    let _sync_lock =
+        crate::lock::lock_wait(&lockdir.join("sync.lck"), crate::lock::LockKind::Exclusive)?;
+    recover_interrupted_merge(repo)?;
     if repo.git_dir.join("MERGE_HEAD").exists() {
         return Err(Error::Unsupported(
             "a merge is in progress; finish it (git commit) or abort it (git merge --abort), then sync again".into(),
@@ -482,18 +489,55 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
             "--allow-unrelated-histories",
             &c,
         ];
-        if let Err(e) = git_try(&repo.git, &merge) {
+        let marker = merge_marker(repo);
+        let _ = std::fs::create_dir_all(marker.parent().unwrap());
+        std::fs::write(&marker, format!("{}\n", std::process::id()))
+            .map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
+        let merged = git_try(&repo.git, &merge);
+        if let Err(e) = merged {
             if repo.git_dir.join("MERGE_HEAD").exists() && resolve_conflicts(repo)? {
+                let _ = std::fs::remove_file(&marker);
                 report.resolved.push(c.clone());
                 continue;
             }
             let _ = repo.git.run(["merge", "--abort"]);
+            let _ = std::fs::remove_file(&marker);
             report.errors.push(format!(
                 "merging {c} failed and was undone ({}); conflicts between files that are not annexed are left to you (git merge {c})",
                 e.lines().last().filter(|l| !l.is_empty()).unwrap_or("conflicting changes")
             ));
+        } else {
+            let _ = std::fs::remove_file(&marker);
         }
     }
+    Ok(())
+}
+
+/// Written (with our pid) while sync runs a merge, removed after: a marker left by a process
+/// that no longer runs means a sync was killed mid-merge.
+fn merge_marker(repo: &Repo) -> PathBuf {
+    repo.annex_dir().join("ferry").join("sync-merging")
+}
+
+/// Undoes the half-done merge of a sync that was killed (`kill -9`, power loss), so the next
+/// sync starts clean and redoes it. A merge someone started by hand is never touched.
+fn recover_interrupted_merge(repo: &Repo) -> Result<()> {
+    let marker = merge_marker(repo);
+    let Ok(content) = std::fs::read_to_string(&marker) else {
+        return Ok(());
+    };
+    let pid: i32 = content.trim().parse().unwrap_or(0);
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
+    if alive {
+        return Err(Error::Unsupported(format!(
+            "another ferry sync (pid {pid}) is merging in this repository; wait for it"
+        )));
+    }
+    if repo.git_dir.join("MERGE_HEAD").exists() {
+        repo.git.run(["merge", "--abort"])?;
+    }
+    let _ = std::fs::remove_file(&marker);
     Ok(())
 }
 
