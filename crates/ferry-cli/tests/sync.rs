@@ -418,3 +418,80 @@ fn syncs_killed_at_random_points_are_completed_by_the_next_one() {
     env.git(&a, &["fsck", "--no-progress"]).assert_ok();
     env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
 }
+
+#[test]
+fn sync_bad_states_explain_themselves_and_an_empty_clone_takes_the_remote() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "f", "x");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "f"]).assert_ok();
+
+    // A repository with no commits yet takes what the remote has.
+    let e = env.mkdir("empty");
+    env.git(&e, &["init", "-q", "-b", "main"]).assert_ok();
+    env.ferry(&e, &["init"]).assert_ok();
+    env.git(&e, &["remote", "add", "a", "../a"]).assert_ok();
+    env.ferry(&e, &["sync"]).assert_ok();
+    assert!(
+        e.join("f")
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // Detached HEAD: refused with what to do.
+    let head = env
+        .git(&a, &["rev-parse", "HEAD"])
+        .stdout()
+        .trim()
+        .to_string();
+    env.git(&a, &["checkout", "-q", &head]).assert_ok();
+    let r = env.ferry(&a, &["sync"]);
+    r.assert_fails();
+    assert!(
+        r.stderr().contains("detached") && r.stderr().contains("git switch"),
+        "{}",
+        r.stderr()
+    );
+    env.git(&a, &["checkout", "-q", "main"]).assert_ok();
+
+    // Another git holds the index: the sync says so, and nothing is lost.
+    write(&a, "g", "y");
+    env.ferry(&a, &["add"]).assert_ok();
+    std::fs::write(a.join(".git/index.lock"), "").unwrap();
+    let r = env.ferry(&a, &["sync"]);
+    r.assert_fails();
+    assert!(r.stderr().contains("index.lock"), "{}", r.stderr());
+    std::fs::remove_file(a.join(".git/index.lock")).unwrap();
+    env.ferry(&a, &["sync"]).assert_ok();
+    assert!(
+        env.git(&a, &["ls-tree", "-r", "--name-only", "HEAD"])
+            .stdout()
+            .lines()
+            .any(|l| l == "g")
+    );
+
+    // A merge someone started by hand is left alone, with advice.
+    env.git(&a, &["checkout", "-q", "-b", "side", "HEAD~1"])
+        .assert_ok();
+    write(&a, "g", "conflicting plain file");
+    env.git(&a, &["-c", "annex.largefiles=nothing", "add", "g"])
+        .assert_ok();
+    env.git(&a, &["commit", "-qm", "side"]).assert_ok();
+    env.git(&a, &["checkout", "-q", "main"]).assert_ok();
+    let _ = env.git(&a, &["merge", "-q", "side"]);
+    assert!(a.join(".git/MERGE_HEAD").exists());
+    let r = env.ferry(&a, &["sync"]);
+    r.assert_fails();
+    assert!(
+        r.stderr().contains("merge is in progress"),
+        "{}",
+        r.stderr()
+    );
+    assert!(
+        a.join(".git/MERGE_HEAD").exists(),
+        "the user's merge is not touched"
+    );
+}
