@@ -3,25 +3,10 @@
 # git-annex branch merged and pushed), and a sync with 10 remotes of which 3 are offline against
 # a sync with one. Prints RESULT lines and ratios; see bench/README.md.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-7}
-FERRY_SRC=${FERRY:-$ROOT/target/release/ferry}
-[[ -x $FERRY_SRC ]] || cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p ferry-cli
-WORK=$(mktemp -d /tmp/ferry-bench-sync-XXXX)
-trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
-cp "$FERRY_SRC" "$WORK/ferry"
-FERRY=$WORK/ferry
-export HOME=$WORK/home GIT_CONFIG_NOSYSTEM=1
-mkdir -p "$HOME"
-export GIT_CONFIG_GLOBAL=$HOME/.gitconfig
-git config --global user.name bench
-git config --global user.email bench@ferry.invalid
-git config --global gc.auto 0
-git config --global maintenance.auto false
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.4f\n", b-a}'; }
+SCRATCH_NAME=sync
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 echo "# sync benchmark $(date -u +%Y-%m-%dT%H:%MZ); $(git --version); git-annex $(git annex version --raw 2>/dev/null); RUNS=$RUNS"
 
 pair() { # kind -> makes $WORK/<kind>-a and its clone $WORK/<kind>-b, with 100 files committed

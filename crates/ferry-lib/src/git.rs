@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
@@ -207,6 +207,47 @@ fn describe(cmd: &Command) -> String {
     format!("git {}", args.join(" "))
 }
 
+/// Starts a git batch process with piped stdin/stdout (stderr goes to ours).
+fn spawn_batch(git: &Git, args: &[&str]) -> Result<(Child, ChildStdin, BufReader<ChildStdout>)> {
+    let mut child = git
+        .command(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::GitMissing(e.to_string()))?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
+    Ok((child, stdin, stdout))
+}
+
+/// Reads one `cat-file --batch` reply: `None` for a missing object.
+fn read_batch_object(stdout: &mut impl BufRead) -> Result<Option<Object>> {
+    let broken = |e: std::io::Error| Error::io("reading from git cat-file", e);
+    let mut header = Vec::new();
+    stdout.read_until(b'\n', &mut header).map_err(broken)?;
+    if header.is_empty() {
+        return Err(Error::Protocol("git cat-file ended early".into()));
+    }
+    if header.ends_with(b" missing\n") || header.ends_with(b" ambiguous\n") {
+        return Ok(None);
+    }
+    let h = String::from_utf8_lossy(&header);
+    let mut parts = h.split_whitespace();
+    let (Some(_), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Error::Protocol(format!(
+            "unexpected git cat-file output: {h:?}"
+        )));
+    };
+    let size: usize = size
+        .parse()
+        .map_err(|_| Error::Protocol(format!("bad size in {h:?}")))?;
+    let mut data = vec![0u8; size + 1];
+    stdout.read_exact(&mut data).map_err(broken)?;
+    data.pop();
+    Ok(Some((kind.to_string(), data)))
+}
+
 /// A long-running `git cat-file --batch`: one process for any number of blob reads.
 pub struct CatFile {
     child: Child,
@@ -216,15 +257,7 @@ pub struct CatFile {
 
 impl CatFile {
     fn start(git: &Git) -> Result<CatFile> {
-        let mut child = git
-            .command(["cat-file", "--batch"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| Error::GitMissing(e.to_string()))?;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let (child, stdin, stdout) = spawn_batch(git, &["cat-file", "--batch"])?;
         Ok(CatFile {
             child,
             stdin,
@@ -241,26 +274,7 @@ impl CatFile {
         self.stdin.write_all(rev).map_err(broken)?;
         self.stdin.write_all(b"\n").map_err(broken)?;
         self.stdin.flush().map_err(broken)?;
-        let mut header = Vec::new();
-        self.stdout.read_until(b'\n', &mut header).map_err(broken)?;
-        if header.ends_with(b" missing\n") || header.ends_with(b" ambiguous\n") {
-            return Ok(None);
-        }
-        let h = String::from_utf8_lossy(&header);
-        let mut parts = h.split_whitespace();
-        let (Some(_sha), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Error::Protocol(format!(
-                "unexpected git cat-file output: {h:?}"
-            )));
-        };
-        let size: usize = size
-            .parse()
-            .map_err(|_| Error::Protocol(format!("bad size in {h:?}")))?;
-        let mut data = vec![0u8; size + 1];
-        self.stdout.read_exact(&mut data).map_err(broken)?;
-        data.pop();
-        Ok(Some((kind.to_string(), data)))
+        read_batch_object(&mut self.stdout)
     }
 }
 
@@ -278,14 +292,7 @@ pub fn cat_many(git: &Git, revs: &[Vec<u8>]) -> Result<Vec<Option<Object>>> {
     if revs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut child = git
-        .command(["cat-file", "--batch"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| Error::GitMissing(e.to_string()))?;
-    let mut stdin = child.stdin.take().expect("piped");
+    let (mut child, mut stdin, mut stdout) = spawn_batch(git, &["cat-file", "--batch"])?;
     let mut input = Vec::with_capacity(revs.len() * 64);
     for r in revs {
         // A name with a newline cannot be asked for; ask for something that is surely missing.
@@ -301,34 +308,9 @@ pub fn cat_many(git: &Git, revs: &[Vec<u8>]) -> Result<Vec<Option<Object>>> {
         drop(stdin);
         r
     });
-    let mut stdout = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
-    let broken = |e: std::io::Error| Error::io("reading from git cat-file", e);
     let mut out = Vec::with_capacity(revs.len());
-    let mut header = Vec::new();
     for _ in revs {
-        header.clear();
-        stdout.read_until(b'\n', &mut header).map_err(broken)?;
-        if header.is_empty() {
-            return Err(Error::Protocol("git cat-file ended early".into()));
-        }
-        if header.ends_with(b" missing\n") || header.ends_with(b" ambiguous\n") {
-            out.push(None);
-            continue;
-        }
-        let h = String::from_utf8_lossy(&header);
-        let mut parts = h.split_whitespace();
-        let (Some(_), Some(kind), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(Error::Protocol(format!(
-                "unexpected git cat-file output: {h:?}"
-            )));
-        };
-        let size: usize = size
-            .parse()
-            .map_err(|_| Error::Protocol(format!("bad size in {h:?}")))?;
-        let mut data = vec![0u8; size + 1];
-        stdout.read_exact(&mut data).map_err(broken)?;
-        data.pop();
-        out.push(Some((kind.to_string(), data)));
+        out.push(read_batch_object(&mut stdout)?);
     }
     let _ = writer.join();
     let _ = child.wait();
@@ -364,15 +346,7 @@ pub struct CheckAttr {
 
 impl CheckAttr {
     pub fn start(git: &Git, attr: &str) -> Result<CheckAttr> {
-        let mut child = git
-            .command(["check-attr", "-z", "--stdin", attr])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| Error::GitMissing(e.to_string()))?;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let (child, stdin, stdout) = spawn_batch(git, &["check-attr", "-z", "--stdin", attr])?;
         Ok(CheckAttr {
             child,
             stdin,

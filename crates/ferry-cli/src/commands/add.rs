@@ -113,48 +113,24 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 serde_json::json!({"command":"add","file":ui::show(path),"success":true,"note":format!("{why}; added to git")}),
                 || format!("add {} ({why}; added to git) ok", ui::show(path)),
             ),
-            AddEvent::Skipped { path, reason } => {
-                let msg = format!("add {} skipped: {reason}", ui::show(path));
-                if let Some(b) = bar.as_ref() {
-                    b.suspend(|| eprintln!("{msg}"))
-                } else {
-                    eprintln!("{msg}")
-                }
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"command":"add","file":ui::show(path),"success":true,"skipped":reason})
-                    );
-                }
-            }
-            AddEvent::Stopped { remaining, reason } => {
-                let msg = format!("ferry: stopped: {reason} ({remaining} file(s) not added)");
-                if let Some(b) = bar.as_ref() {
-                    b.suspend(|| eprintln!("{msg}"))
-                } else {
-                    eprintln!("{msg}")
-                }
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"command":"add","success":false,"error":reason,"not_added":remaining})
-                    );
-                }
-            }
-            AddEvent::Failed { path, error } => {
-                let msg = format!("add {} failed: {error}", ui::show(path));
-                if let Some(b) = bar.as_ref() {
-                    b.suspend(|| eprintln!("{msg}"))
-                } else {
-                    eprintln!("{msg}")
-                }
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"command":"add","file":ui::show(path),"success":false,"error":error})
-                    );
-                }
-            }
+            AddEvent::Skipped { path, reason } => problem(
+                &bar,
+                json,
+                format!("add {} skipped: {reason}", ui::show(path)),
+                serde_json::json!({"command":"add","file":ui::show(path),"success":true,"skipped":reason}),
+            ),
+            AddEvent::Stopped { remaining, reason } => problem(
+                &bar,
+                json,
+                format!("ferry: stopped: {reason} ({remaining} file(s) not added)"),
+                serde_json::json!({"command":"add","success":false,"error":reason,"not_added":remaining}),
+            ),
+            AddEvent::Failed { path, error } => problem(
+                &bar,
+                json,
+                format!("add {} failed: {error}", ui::show(path)),
+                serde_json::json!({"command":"add","file":ui::show(path),"success":false,"error":error}),
+            ),
         }
     };
     let summary = add(&repo, &opts, &on_event)?;
@@ -195,5 +171,17 @@ fn line(
             Some(_) => {}
             None => println!("{}", text()),
         }
+    }
+}
+
+/// A message for a person on stderr (above the progress bar, if any), and its JSON object on
+/// stdout when `--json` is on.
+fn problem(bar: &Option<ProgressBar>, json: bool, msg: String, j: serde_json::Value) {
+    match bar {
+        Some(b) => b.suspend(|| eprintln!("{msg}")),
+        None => eprintln!("{msg}"),
+    }
+    if json {
+        println!("{j}");
     }
 }

@@ -37,6 +37,21 @@ pub struct Changed {
     pub ok: bool,
 }
 
+impl Changed {
+    fn from_result(path: Vec<u8>, key: &Key, r: Result<&'static str>) -> Changed {
+        let (action, ok) = match r {
+            Ok(a) => (a.to_string(), true),
+            Err(e) => (e.to_string(), false),
+        };
+        Changed {
+            path,
+            key: key.to_string(),
+            action,
+            ok,
+        }
+    }
+}
+
 /// Unlocked files by key, from the index. Cached in `.git/annex/ferry/keys`, stamped with the
 /// index file's size, mtime and checksum, and rebuilt whenever the index changed.
 pub fn keys_index(repo: &Repo) -> Result<HashMap<Key, Vec<Vec<u8>>>> {
@@ -185,12 +200,6 @@ fn move_into_place(tmp: &Path, dest: &Path) -> Result<()> {
     }
 }
 
-/// Re-adds paths through the clean filter so the index has fresh stat data (the inode cache
-/// answers for content ferry just wrote).
-fn restage(repo: &Repo, paths: &[Vec<u8>]) -> Result<()> {
-    crate::ops::add::stage(repo, paths)
-}
-
 /// Writes `key`'s content into every unmodified unlocked file that points to it and still holds
 /// the pointer text. Returns the paths populated.
 pub fn populate(repo: &Repo, key: &Key) -> Result<Vec<Vec<u8>>> {
@@ -223,7 +232,7 @@ pub fn populate(repo: &Repo, key: &Key) -> Result<Vec<Vec<u8>>> {
         done.push(rel.clone());
     }
     inodes.record(&stamps)?;
-    restage(repo, &done)?;
+    crate::ops::add::stage(repo, &done)?;
     Ok(done)
 }
 
@@ -249,7 +258,7 @@ pub fn depopulate(repo: &Repo, key: &Key) -> Result<Vec<Vec<u8>>> {
         replace_with_bytes(&tmpdir, &work, &pointer_for(key), mode)?;
         done.push(rel.clone());
     }
-    restage(repo, &done)?;
+    crate::ops::add::stage(repo, &done)?;
     Ok(done)
 }
 
@@ -290,26 +299,12 @@ pub fn unlock(repo: &Repo, pathspecs: &[Vec<u8>], on: &mut dyn FnMut(&Changed)) 
                 }
             }
         })();
-        match r {
-            Ok(action) => {
-                staged.push((path.clone(), key.clone()));
-                on(&Changed {
-                    path,
-                    key: key.to_string(),
-                    action: action.into(),
-                    ok: true,
-                });
-            }
-            Err(e) => {
-                failed += 1;
-                on(&Changed {
-                    path,
-                    key: key.to_string(),
-                    action: e.to_string(),
-                    ok: false,
-                });
-            }
+        if r.is_ok() {
+            staged.push((path.clone(), key.clone()));
+        } else {
+            failed += 1;
         }
+        on(&Changed::from_result(path, &key, r));
     }
     inodes.record(&stamps)?;
     let mut info = Vec::new();
@@ -330,7 +325,7 @@ pub fn unlock(repo: &Repo, pathspecs: &[Vec<u8>], on: &mut dyn FnMut(&Changed)) 
     if !info.is_empty() {
         repo.git
             .run_with_input(["update-index", "-z", "--index-info"], &info)?;
-        restage(
+        crate::ops::add::stage(
             repo,
             &staged.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
         )?;
@@ -395,21 +390,11 @@ pub fn lock(repo: &Repo, pathspecs: &[Vec<u8>], on: &mut dyn FnMut(&Changed)) ->
                 }
                 links.push(link_target(&path, &k));
                 staged.push(path.clone());
-                on(&Changed {
-                    path,
-                    key: k.to_string(),
-                    action: action.into(),
-                    ok: true,
-                });
+                on(&Changed::from_result(path, &k, Ok(action)));
             }
             Err(e) => {
                 failed += 1;
-                on(&Changed {
-                    path,
-                    key: key.to_string(),
-                    action: e.to_string(),
-                    ok: false,
-                });
+                on(&Changed::from_result(path, &key, Err(e)));
             }
         }
     }
@@ -420,14 +405,6 @@ pub fn lock(repo: &Repo, pathspecs: &[Vec<u8>], on: &mut dyn FnMut(&Changed)) ->
         Presence::Present,
         &mut links.into_iter(),
     )?;
-    if !staged.is_empty() {
-        let mut input = Vec::new();
-        for p in &staged {
-            input.extend_from_slice(p);
-            input.push(0);
-        }
-        repo.git
-            .run_with_input(["update-index", "--add", "-z", "--stdin"], &input)?;
-    }
+    crate::ops::add::stage(repo, &staged)?;
     Ok(failed)
 }
