@@ -31,6 +31,11 @@ enum Command {
     Info(commands::info::Args),
     /// Commit, pull from and push to every remote (git level: branches and location logs)
     Sync(commands::sync::Args),
+    /// Keep a folder in sync by itself: watch, commit, push and merge (creates the repository
+    /// if needed)
+    Assistant(commands::assistant::Args),
+    /// Show what the assistant daemon is doing
+    Status(commands::status::Args),
     /// Make unlocked files locked: symlinks into the store (modified content is annexed first)
     Lock(commands::lock::Args),
     /// Make locked files unlocked: ordinary, editable files (staged as pointers)
@@ -53,6 +58,8 @@ fn main() -> ExitCode {
         Command::Info(a) => commands::info::run(a),
         Command::Fsck(a) => commands::fsck::run(a),
         Command::Sync(a) => commands::sync::run(a),
+        Command::Assistant(a) => commands::assistant::run(a),
+        Command::Status(a) => commands::status::run(a),
         Command::Lock(a) => commands::lock::run(a, true),
         Command::Unlock(a) => commands::lock::run(a, false),
         Command::Calckey(a) => commands::calckey::run(a),

@@ -27,6 +27,8 @@ pub struct Branch {
     cat: Mutex<Option<CatFile>>,
     /// Fixed clock for reproducible logs (`GIT_ANNEX_VECTOR_CLOCK`), else the system clock.
     fixed_clock: Option<u64>,
+    /// The committer identity, asked of git once.
+    ident: std::sync::OnceLock<String>,
 }
 
 /// `/` → `_`, `_` → `__` (on bytes: branch paths may hold any byte a key name holds).
@@ -86,6 +88,7 @@ impl Branch {
             annex_dir,
             cat: Mutex::new(None),
             fixed_clock,
+            ident: std::sync::OnceLock::new(),
         }
     }
 
@@ -495,14 +498,17 @@ impl Branch {
     /// `Name <email> ` for branch commits: the user's git identity, or a neutral fallback so
     /// bookkeeping commits never fail for want of one.
     fn committer_ident(&self) -> Result<String> {
-        match self.git.run_opt(["var", "GIT_COMMITTER_IDENT"]) {
-            Ok(Some(v)) => {
-                // "Name <email> 1700000000 +0000": keep up to the closing '>'.
-                let end = v.rfind('>').map(|i| i + 1).unwrap_or(v.len());
-                Ok(v[..end].to_string())
-            }
-            _ => Ok("ferry <ferry@localhost>".to_string()),
-        }
+        Ok(self
+            .ident
+            .get_or_init(|| match self.git.run_opt(["var", "GIT_COMMITTER_IDENT"]) {
+                Ok(Some(v)) => {
+                    // "Name <email> 1700000000 +0000": keep up to the closing '>'.
+                    let end = v.rfind('>').map(|i| i + 1).unwrap_or(v.len());
+                    v[..end].to_string()
+                }
+                _ => "ferry <ferry@localhost>".to_string(),
+            })
+            .clone())
     }
 
     /// The committed copies of many branch files, resolved against one tree (no ref lookups).

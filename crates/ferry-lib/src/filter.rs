@@ -47,7 +47,8 @@ struct Filter<'a> {
     thin: bool,
     dotfiles: bool,
     largefiles_config: Option<Expr>,
-    largefiles_branch: Option<Expr>,
+    /// Read lazily: `None` until needed, then `Some(the branch's expression, if any)`.
+    largefiles_branch: Option<Option<Expr>>,
     check_attr: Option<CheckAttr>,
     annexed_paths: Option<HashSet<Vec<u8>>>,
     present: Vec<Key>,
@@ -82,28 +83,21 @@ pub fn run(repo: &Repo, input: impl Read, output: impl Write) -> Result<()> {
     w.flush().map_err(io)?;
 
     let annex_dir = repo.annex_dir();
+    // Settings come from the config snapshot taken when the repository was opened (one
+    // `git config --list`); the branch's config.log is read only when a decision needs it.
+    let cfg = |k: &str| repo.config.get(k).map(String::as_str);
+    let flag = |k: &str| cfg(k).is_some_and(|v| matches!(v, "true" | "yes" | "on" | "1"));
     let mut f = Filter {
         repo,
         top: repo.work_tree()?.to_path_buf(),
         inodes: InodeCache::load(&annex_dir),
-        backend: repo
-            .git
-            .config("annex.backend")?
-            .and_then(|b| Backend::from_variety(&b))
+        backend: cfg("annex.backend")
+            .and_then(Backend::from_variety)
             .unwrap_or(Backend::Sha256E),
-        thin: repo.git.config_bool("annex.thin", false)?,
-        dotfiles: repo.git.config_bool("annex.dotfiles", false)?,
-        largefiles_config: repo
-            .git
-            .config("annex.largefiles")?
-            .map(|s| Expr::parse(&s))
-            .transpose()?,
-        largefiles_branch: repo
-            .branch
-            .read(b"config.log")?
-            .and_then(|c| crate::logs::parse_config_log(&c, "annex.largefiles"))
-            .map(|s| Expr::parse(&s))
-            .transpose()?,
+        thin: flag("annex.thin"),
+        dotfiles: flag("annex.dotfiles"),
+        largefiles_config: cfg("annex.largefiles").map(Expr::parse).transpose()?,
+        largefiles_branch: None,
         check_attr: None,
         annexed_paths: None,
         present: Vec::new(),
@@ -220,9 +214,20 @@ impl Filter<'_> {
         if let Some(v) = self.check_attr.as_mut().unwrap().get(path)? {
             return Ok(Expr::parse(&String::from_utf8_lossy(&v))?.matches(path, size));
         }
+        if self.largefiles_branch.is_none() {
+            self.largefiles_branch = Some(
+                self.repo
+                    .branch
+                    .read(b"config.log")?
+                    .and_then(|c| crate::logs::parse_config_log(&c, "annex.largefiles"))
+                    .map(|s| Expr::parse(&s))
+                    .transpose()?,
+            );
+        }
         Ok(self
             .largefiles_branch
             .as_ref()
+            .and_then(Option::as_ref)
             .is_some_and(|e| e.matches(path, size)))
     }
 
@@ -234,17 +239,18 @@ impl Filter<'_> {
                 return Ok(Output::Bytes(content)); // already a pointer: keep it
             }
         }
-        if !self.wants_annex(path, size)? {
-            return Ok(Output::File(tmp.clone(), false));
-        }
         let work = self.top.join(OsStr::from_bytes(path));
         let before = Stamp::of_path(&work);
-        // An unchanged file we already know: no need to hash it again.
+        // An unchanged file whose content ferry annexed: it stays annexed (as in git-annex),
+        // and there is no need to hash it again.
         if let Some(stamp) = before.filter(|s| s.size == size)
             && let Some(key) = self.inodes.lookup(&stamp).cloned()
             && self.repo.store().find(&key).is_some()
         {
             return Ok(Output::Bytes(pointer_for(&key)));
+        }
+        if !self.wants_annex(path, size)? {
+            return Ok(Output::File(tmp.clone(), false));
         }
         let mut h = Hasher::new(self.backend);
         let mut file = std::fs::File::open(tmp).ctx("reading", tmp)?;

@@ -20,6 +20,8 @@ pub struct Git {
     pub dir: PathBuf,
     /// Extra environment, e.g. `GIT_INDEX_FILE` for the annex index.
     env: Vec<(String, PathBuf)>,
+    /// The git directory, when known: lets [`Git::rev_parse`] read plain refs itself.
+    git_dir: Option<PathBuf>,
 }
 
 impl Git {
@@ -27,7 +29,17 @@ impl Git {
         Git {
             dir: dir.into(),
             env: Vec::new(),
+            git_dir: None,
         }
+    }
+
+    /// The same repository, told where its git directory is.
+    pub fn with_git_dir(mut self, git_dir: &Path) -> Git {
+        // Linked worktrees and the reftable backend keep refs elsewhere: leave those to git.
+        if !git_dir.join("commondir").exists() && !git_dir.join("reftable").exists() {
+            self.git_dir = Some(git_dir.to_path_buf());
+        }
+        self
     }
 
     /// The same repository with one more environment variable for git (e.g. `GIT_SSH_COMMAND`).
@@ -182,6 +194,11 @@ impl Git {
 
     /// The commit a ref points at, `None` when the ref does not exist.
     pub fn rev_parse(&self, rev: &str) -> Result<Option<String>> {
+        if let Some(gd) = &self.git_dir
+            && let Some(r) = read_ref(gd, rev)
+        {
+            return Ok(r);
+        }
         let out = self
             .command(["rev-parse", "--verify", "--quiet", rev])
             .stdin(Stdio::null())
@@ -196,6 +213,55 @@ impl Git {
     pub fn cat_file(&self) -> Result<CatFile> {
         CatFile::start(self)
     }
+}
+
+/// Reads `HEAD` or a full ref name (`refs/...`) from the files backend without running git:
+/// the loose file, else `packed-refs`. `None` means "ask git" (not a plain ref name, or
+/// something unusual); `Some(None)` means the ref does not exist.
+pub fn read_ref(git_dir: &Path, name: &str) -> Option<Option<String>> {
+    let plain = name == "HEAD"
+        || (name.starts_with("refs/")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+            && !name.contains("..")
+            && !name.ends_with(".lock"));
+    if !plain {
+        return None;
+    }
+    let mut name = name.to_string();
+    for _ in 0..5 {
+        match std::fs::read(git_dir.join(&name)) {
+            Ok(c) => {
+                let c = String::from_utf8(c).ok()?;
+                let c = c.trim_end();
+                if let Some(target) = c.strip_prefix("ref: ") {
+                    if !target.starts_with("refs/") {
+                        return None;
+                    }
+                    name = target.to_string();
+                    continue;
+                }
+                return (c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .then(|| Some(c.to_string()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => return Some(None),
+            Err(_) => return None,
+        }
+        let packed = match std::fs::read(git_dir.join("packed-refs")) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
+            Err(_) => return None,
+        };
+        for line in packed.split(|&b| b == b'\n') {
+            if line.len() > 41 && line[40] == b' ' && &line[41..] == name.as_bytes() {
+                return Some(Some(String::from_utf8_lossy(&line[..40]).into_owned()));
+            }
+        }
+        return Some(None);
+    }
+    None
 }
 
 fn describe(cmd: &Command) -> String {

@@ -24,6 +24,13 @@ pub struct Lock {
     pub path: PathBuf,
 }
 
+impl Lock {
+    /// The locked file (e.g. to write a pid into it).
+    pub fn file(&self) -> &File {
+        &self._file
+    }
+}
+
 fn fcntl_lock(file: &File, kind: LockKind, wait: bool) -> std::io::Result<bool> {
     // SAFETY: a zeroed flock is a valid value; every field we rely on is set below.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };

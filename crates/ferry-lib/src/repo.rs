@@ -14,6 +14,9 @@ pub struct Repo {
     pub git: Git,
     pub branch: Branch,
     uuid: Option<String>,
+    /// git config as it was when the repository was opened (`git config --list`, keys as git
+    /// prints them). Long-lived users (the daemon) read config afresh where it may change.
+    pub config: std::collections::HashMap<String, String>,
 }
 
 /// Options that the caller (the CLI) resolves from its environment.
@@ -56,15 +59,17 @@ impl Repo {
         } else {
             lines.next().map(PathBuf::from)
         };
-        let git = Git::new(top.clone().unwrap_or_else(|| git_dir.clone()));
+        let git = Git::new(top.clone().unwrap_or_else(|| git_dir.clone())).with_git_dir(&git_dir);
         let branch = Branch::new(git.clone(), git_dir.join("annex"), opts.fixed_clock);
-        let uuid = git.config("annex.uuid")?.filter(|u| !u.is_empty());
+        let config = git.config_map()?;
+        let uuid = config.get("annex.uuid").filter(|u| !u.is_empty()).cloned();
         Ok(Repo {
             top,
             git_dir,
             git,
             branch,
             uuid,
+            config,
         })
     }
 
@@ -76,10 +81,10 @@ impl Repo {
                 r.top.clone().unwrap_or_else(|| r.git_dir.clone()),
             ));
         }
-        if let Some(v) = r.git.config("annex.version")?
+        if let Some(v) = r.config.get("annex.version")
             && !matches!(v.as_str(), "8" | "9" | "10")
         {
-            return Err(Error::BadVersion(r.git_dir.clone(), v));
+            return Err(Error::BadVersion(r.git_dir.clone(), v.clone()));
         }
         r.branch.ensure_exists()?;
         Ok(r)

@@ -38,7 +38,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `user@host:/path`, as git-annex describes a new repository.
-fn default_description(dir: &std::path::Path) -> String {
+pub fn default_description(dir: &std::path::Path) -> String {
     let user = std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())

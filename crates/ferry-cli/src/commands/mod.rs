@@ -1,9 +1,11 @@
 pub mod add;
+pub mod assistant;
 pub mod calckey;
 pub mod filter;
 pub mod fsck;
 pub mod info;
 pub mod init;
 pub mod lock;
+pub mod status;
 pub mod sync;
 pub mod whereis;

@@ -116,11 +116,14 @@ struct LargeFiles {
 }
 
 impl LargeFiles {
-    fn load(repo: &Repo, paths: &[Vec<u8>]) -> Result<LargeFiles> {
-        let config = repo
-            .git
-            .config("annex.largefiles")?
-            .map(|s| Expr::parse(&s))
+    fn load(
+        repo: &Repo,
+        config: &std::collections::HashMap<String, String>,
+        paths: &[Vec<u8>],
+    ) -> Result<LargeFiles> {
+        let config = config
+            .get("annex.largefiles")
+            .map(|s| Expr::parse(s))
             .transpose()?;
         let branch = repo
             .branch
@@ -185,20 +188,22 @@ fn candidates(repo: &Repo, paths: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
     } else {
         paths.iter().map(|p| literal_pathspec(p)).collect()
     };
-    let mut out = Vec::new();
-    for mode in [&["--others", "--exclude-standard"][..], &["--modified"][..]] {
-        let mut args: Vec<OsString> = vec!["ls-files".into(), "-z".into()];
-        args.extend(mode.iter().map(OsString::from));
-        args.push("--".into());
-        args.extend(specs.iter().cloned());
-        let listed = repo.git.run(&args)?;
-        out.extend(
-            listed
-                .split(|&b| b == 0)
-                .filter(|p| !p.is_empty())
-                .map(<[u8]>::to_vec),
-        );
-    }
+    // One walk lists both (a path can come twice: deduplicated below).
+    let mut args: Vec<OsString> = vec![
+        "ls-files".into(),
+        "-z".into(),
+        "--others".into(),
+        "--exclude-standard".into(),
+        "--modified".into(),
+        "--".into(),
+    ];
+    args.extend(specs);
+    let listed = repo.git.run(&args)?;
+    let mut out: Vec<Vec<u8>> = listed
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
     out.sort();
     out.dedup();
     Ok(out)
@@ -240,8 +245,11 @@ pub fn add(
     };
 
     let listed = candidates(repo, &opts.paths)?;
-    let dotfiles = repo.git.config_bool("annex.dotfiles", false)?;
-    let large = LargeFiles::load(repo, &listed)?;
+    let config = repo.git.config_map()?;
+    let dotfiles = config
+        .get("annex.dotfiles")
+        .is_some_and(|v| matches!(v.as_str(), "true" | "yes" | "on" | "1"));
+    let large = LargeFiles::load(repo, &config, &listed)?;
 
     // Classify by lstat: never follow a symlink.
     let mut plans = Vec::with_capacity(listed.len());
@@ -775,6 +783,10 @@ pub fn set_presence(
     status: Presence,
     blobs: &mut dyn Iterator<Item = Vec<u8>>,
 ) -> Result<()> {
+    let mut blobs = blobs.peekable();
+    if keys.is_empty() && blobs.peek().is_none() {
+        return Ok(());
+    }
     let mut keys = keys.to_vec();
     keys.sort();
     keys.dedup();
@@ -792,6 +804,6 @@ pub fn set_presence(
         changes.insert(path, log.render());
     }
     repo.branch
-        .commit_changes(&lock, &changes, blobs, "update")?;
+        .commit_changes(&lock, &changes, &mut blobs, "update")?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 //!
 //! Conflicts where at least one side is annexed are resolved as git-annex resolves them (both
 //! versions kept as `name.variant-XXXX.ext`); others are undone and reported.
-//! Not yet here: ssh connection sharing, and the tagged-push fallback.
+//! Not yet here: the tagged-push fallback.
 
 use crate::error::{Error, Result};
 use crate::repo::Repo;
@@ -65,19 +65,19 @@ impl SyncReport {
     }
 }
 
-struct Remote {
-    name: String,
+pub(crate) struct Remote {
+    pub(crate) name: String,
     /// Reached over ssh (ssh:// or host:path).
     ssh: bool,
     /// For an ssh remote, `[user@]host[:port]`: remotes on one host share a connection.
     host: Option<String>,
-    readonly: bool,
+    pub(crate) readonly: bool,
     cost: f64,
     /// For a local remote: its path, to tell "not there" from "broken".
-    local_path: Option<PathBuf>,
+    pub(crate) local_path: Option<PathBuf>,
 }
 
-fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
+pub(crate) fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
     let config = repo.git.config_map()?;
     let mut names: Vec<String> = config
         .keys()
@@ -137,7 +137,7 @@ fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
     Ok(out)
 }
 
-fn current_branch(repo: &Repo) -> Result<String> {
+pub(crate) fn current_branch(repo: &Repo) -> Result<String> {
     repo.git
         .run_opt(["symbolic-ref", "--quiet", "--short", "HEAD"])?
         .ok_or_else(|| {
@@ -158,7 +158,7 @@ fn ssh_host(url: &str) -> String {
 /// `GIT_SSH_COMMAND` with OpenSSH connection sharing added: one ssh connection per host serves
 /// every fetch and push of this sync (and of the next ones, for a minute). The user's own
 /// command and ssh config are kept; only the multiplexing options are appended.
-fn ssh_with_sharing(repo: &Repo, user: Option<&str>) -> Result<Option<String>> {
+pub(crate) fn ssh_with_sharing(repo: &Repo, user: Option<&str>) -> Result<Option<String>> {
     let base = match user {
         Some(c) if !c.is_empty() => c.to_string(),
         _ => repo
@@ -178,7 +178,7 @@ fn ssh_with_sharing(repo: &Repo, user: Option<&str>) -> Result<Option<String>> {
 }
 
 /// Runs git, returning Ok or the trimmed stderr.
-fn git_try(git: &crate::git::Git, args: &[&str]) -> std::result::Result<(), String> {
+pub(crate) fn git_try(git: &crate::git::Git, args: &[&str]) -> std::result::Result<(), String> {
     git.run(args).map(|_| ()).map_err(|e| match e {
         Error::Git { stderr, .. } => stderr,
         e => e.to_string(),
@@ -189,18 +189,7 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     repo.work_tree()?;
     let branch = current_branch(repo)?;
     let mut report = SyncReport::default();
-    // One sync at a time per repository (the daemon and a manual `ferry sync` may overlap).
-    let lockdir = repo.annex_dir().join("ferry");
-    std::fs::create_dir_all(&lockdir)
-        .map_err(|e| Error::io(format!("creating {}", lockdir.display()), e))?;
-    let _sync_lock =
-        crate::lock::lock_wait(&lockdir.join("sync.lck"), crate::lock::LockKind::Exclusive)?;
-    recover_interrupted_merge(repo)?;
-    if repo.git_dir.join("MERGE_HEAD").exists() {
-        return Err(Error::Unsupported(
-            "a merge is in progress; finish it (git commit) or abort it (git merge --abort), then sync again".into(),
-        ));
-    }
+    let _sync_lock = sync_lock(repo)?;
 
     // 1. Commit what is pending in tracked files.
     let has_head = repo.git.rev_parse("HEAD")?.is_some();
@@ -384,7 +373,11 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
 /// One `git push` per remote: the sync refs (which must land), and best-effort direct pushes of
 /// the branch and `git-annex` (for bare repositories; a non-bare remote refuses a push to its
 /// checked-out branch, which is expected). Per-ref results come from `--porcelain`.
-fn push(net: &crate::git::Git, remote: &str, branch: &str) -> std::result::Result<(), String> {
+pub(crate) fn push(
+    net: &crate::git::Git,
+    remote: &str,
+    branch: &str,
+) -> std::result::Result<(), String> {
     let synced = format!("refs/heads/synced/{branch}");
     let out = net
         .command([
@@ -422,6 +415,52 @@ fn push(net: &crate::git::Git, remote: &str, branch: &str) -> std::result::Resul
         ));
     }
     Ok(())
+}
+
+/// Takes the per-repository sync lock (the daemon and a manual `ferry sync` may overlap),
+/// undoes a merge left by a killed sync, and refuses to work over a merge started by hand.
+pub(crate) fn sync_lock(repo: &Repo) -> Result<crate::lock::Lock> {
+    let lockdir = repo.annex_dir().join("ferry");
+    std::fs::create_dir_all(&lockdir)
+        .map_err(|e| Error::io(format!("creating {}", lockdir.display()), e))?;
+    let lock = crate::lock::lock_wait(&lockdir.join("sync.lck"), crate::lock::LockKind::Exclusive)?;
+    recover_interrupted_merge(repo)?;
+    if repo.git_dir.join("MERGE_HEAD").exists() {
+        return Err(Error::Unsupported(
+            "a merge is in progress; finish it (git commit) or abort it (git merge --abort), then sync again".into(),
+        ));
+    }
+    Ok(lock)
+}
+
+/// Merges what has arrived (pushed `synced/` refs, fetched remote-tracking refs) without
+/// fetching: the daemon's merger. Returns the report of the merge (errors, resolved refs).
+pub fn merge_incoming(repo: &Repo) -> Result<SyncReport> {
+    let branch = current_branch(repo)?;
+    let _lock = sync_lock(repo)?;
+    let mut report = SyncReport::default();
+    merge_all(repo, &branch, &mut report)?;
+    let _ = repo
+        .git
+        .run(["branch", "-f", &format!("synced/{branch}"), &branch]);
+    Ok(report)
+}
+
+/// Fetches one remote and merges what it has: the daemon's answer to a push rejected as
+/// non-fast-forward.
+pub fn fetch_and_merge(
+    repo: &Repo,
+    remote: &str,
+    ssh_command: Option<&str>,
+) -> Result<std::result::Result<SyncReport, String>> {
+    let net = match ssh_with_sharing(repo, ssh_command)? {
+        Some(cmd) => repo.git.with_env("GIT_SSH_COMMAND", &cmd),
+        None => repo.git.clone(),
+    };
+    if let Err(e) = git_try(&net, &["fetch", "--quiet", remote]) {
+        return Ok(Err(e));
+    }
+    Ok(Ok(merge_incoming(repo)?))
 }
 
 fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
