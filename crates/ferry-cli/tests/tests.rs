@@ -1,6 +1,7 @@
 //! One integration-test binary (one link step) for the whole CLI.
 
 mod add;
+mod assistant;
 mod bad_input;
 mod common;
 mod convergence;

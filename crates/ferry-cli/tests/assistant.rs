@@ -1,0 +1,447 @@
+//! The assistant daemon, with real inotify, real git and real processes: each test starts
+//! `ferry assistant` on its clones and waits for conditions (files, commits, status), never for
+//! fixed times.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A foreground daemon started by the test; stopped (SIGTERM, then SIGKILL) when dropped.
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(env: &Env, dir: &Path) -> Daemon {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let log = env.path(&format!("{name}.daemon.log"));
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = env
+            .cmd(
+                dir,
+                ferry_bin(),
+                &[std::ffi::OsStr::new("assistant"), "--foreground".as_ref()],
+            )
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let d = Daemon {
+            child: Some(child),
+            log,
+        };
+        // Started means: it holds the pid file and has published its running state.
+        let ok = wait_until(WAIT, || {
+            let s = status(env, dir);
+            s["state"] == "running" && s["running"] == true && s["pid"] == pid
+        });
+        assert!(ok, "daemon did not start; log:\n{}", d.log_text());
+        d
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap()
+    }
+
+    fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            if !wait_until(Duration::from_secs(20), || {
+                c.try_wait().ok().flatten().is_some()
+            }) {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn status(env: &Env, dir: &Path) -> serde_json::Value {
+    let r = env.ferry(dir, &["status", "--json"]);
+    serde_json::from_str(r.stdout().trim()).unwrap_or(serde_json::Value::Null)
+}
+
+fn head_files(env: &Env, dir: &Path) -> Vec<String> {
+    let r = env.git(dir, &["ls-tree", "-r", "--name-only", "HEAD"]);
+    if !r.ok() {
+        return Vec::new();
+    }
+    r.stdout().lines().map(str::to_string).collect()
+}
+
+fn committed(env: &Env, dir: &Path, file: &str) -> bool {
+    env.git(dir, &["cat-file", "-e", &format!("HEAD:{file}")])
+        .ok()
+}
+
+/// A and B: B a clone of A, remotes both ways (A's "b", B's "origin"), synced once.
+fn pair(env: &Env) -> (PathBuf, PathBuf) {
+    let a = env.ferry_repo("a");
+    write(&a, "seed.txt", "seed\n");
+    env.ferry(&a, &["add", "--unlocked"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    (a, b)
+}
+
+fn fast_retries(env: &Env, dir: &Path) {
+    env.git(dir, &["config", "ferry.retrydelay", "0.2"])
+        .assert_ok();
+}
+
+#[test]
+fn assistant_creates_the_repository_runs_detached_and_stops() {
+    let env = Env::new();
+    let dir = env.path("Sync");
+    // Not there yet: created and initialised.
+    let r = env.ferry(env.tmp.path(), &["assistant", "Sync"]);
+    r.assert_ok();
+    assert!(r.stdout().contains("assistant started"), "{}", r.stdout());
+    assert!(dir.join(".git/annex").is_dir());
+    assert!(dir.join(".git/annex/daemon.log").is_file());
+    let st = status(&env, &dir);
+    assert_eq!(st["running"], true, "{st}");
+    // A second daemon on the same repository refuses, saying why.
+    let again = env.ferry(&dir, &["assistant"]);
+    again.assert_fails();
+    assert!(
+        again.stderr().contains("already running"),
+        "{}",
+        again.stderr()
+    );
+    // Files are added unlocked and committed at once.
+    write(&dir, "notes.txt", "hello\n");
+    assert!(wait_until(WAIT, || committed(&env, &dir, "notes.txt")));
+    let blob = env
+        .git(&dir, &["cat-file", "-p", "HEAD:notes.txt"])
+        .stdout();
+    assert!(blob.starts_with("/annex/objects/SHA256E-s6--"), "{blob}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "hello\n"
+    );
+    let text = env.ferry(&dir, &["status"]).stdout();
+    assert!(text.contains("assistant: running"), "{text}");
+    assert!(text.contains("last commit:"), "{text}");
+    // Stop: clean, nothing left locked.
+    let r = env.ferry(&dir, &["assistant", "--stop"]);
+    r.assert_ok();
+    assert!(r.stdout().contains("stopped"), "{}", r.stdout());
+    assert_eq!(status(&env, &dir)["running"], false);
+    assert_eq!(status(&env, &dir)["state"], "stopped");
+    assert!(!dir.join(".git/index.lock").exists());
+    env.git(&dir, &["fsck", "--no-progress"]).assert_ok();
+}
+
+#[test]
+fn changes_made_while_stopped_are_committed_at_start() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "old.txt", "old\n");
+    env.ferry(&a, &["add", "--unlocked"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "old"]).assert_ok();
+    write(&a, "new/deep/file.bin", "new\n");
+    std::fs::remove_file(a.join("old.txt")).unwrap();
+    let _d = Daemon::start(&env, &a);
+    assert!(wait_until(WAIT, || {
+        let f = head_files(&env, &a);
+        f.contains(&"new/deep/file.bin".to_string()) && !f.contains(&"old.txt".to_string())
+    }));
+}
+
+#[test]
+fn a_file_still_open_for_writing_waits_until_closed() {
+    use std::io::Write;
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    let _d = Daemon::start(&env, &a);
+    let mut slow = std::fs::File::create(a.join("slow.dat")).unwrap();
+    slow.write_all(b"first half ").unwrap();
+    slow.flush().unwrap();
+    // A later file is committed; the open one is not.
+    write(&a, "marker.txt", "m\n");
+    assert!(wait_until(WAIT, || committed(&env, &a, "marker.txt")));
+    assert!(!committed(&env, &a, "slow.dat"));
+    slow.write_all(b"second half").unwrap();
+    drop(slow);
+    assert!(wait_until(WAIT, || committed(&env, &a, "slow.dat")));
+    let pointer = env.git(&a, &["cat-file", "-p", "HEAD:slow.dat"]).stdout();
+    assert!(
+        pointer.contains("-s22--"),
+        "the whole file (22 bytes) is committed, got {pointer}"
+    );
+}
+
+#[test]
+fn changes_hop_along_a_chain_of_clones() {
+    // A → B → C where A and C do not know each other.
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    env.git(env.tmp.path(), &["clone", "-q", "b", "c"])
+        .assert_ok();
+    let c = env.path("c");
+    env.ferry(&c, &["init", "c"]).assert_ok();
+    env.git(&b, &["remote", "add", "c", "../c"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    let _da = Daemon::start(&env, &a);
+    let _db = Daemon::start(&env, &b);
+    let _dc = Daemon::start(&env, &c);
+
+    write(&a, "docs/new.txt", "from a\n");
+    assert!(
+        wait_until(WAIT, || std::fs::symlink_metadata(c.join("docs/new.txt"))
+            .is_ok()),
+        "a new file in A reaches C through B"
+    );
+    std::fs::rename(a.join("docs/new.txt"), a.join("docs/renamed.txt")).unwrap();
+    assert!(
+        wait_until(WAIT, || {
+            c.join("docs/renamed.txt").symlink_metadata().is_ok()
+                && c.join("docs/new.txt").symlink_metadata().is_err()
+        }),
+        "a rename propagates"
+    );
+    std::fs::remove_file(a.join("docs/renamed.txt")).unwrap();
+    assert!(
+        wait_until(WAIT, || c
+            .join("docs/renamed.txt")
+            .symlink_metadata()
+            .is_err()),
+        "a deletion propagates"
+    );
+    // Something made in C travels back to A the same way.
+    write(&c, "from-c.txt", "c\n");
+    assert!(wait_until(WAIT, || a
+        .join("from-c.txt")
+        .symlink_metadata()
+        .is_ok()));
+    // And B's work tree did not pick up stray commits of the merges' own writes: every commit
+    // on B's branch that is not a merge changed something.
+    let log = env
+        .git(&b, &["log", "--no-merges", "--format=%H", "HEAD"])
+        .stdout();
+    for c in log.lines() {
+        let files = env
+            .git(&b, &["show", "--format=", "--name-only", c])
+            .stdout();
+        let parents = env.git(&b, &["rev-list", "--parents", "-n1", c]).stdout();
+        let root = parents.split_whitespace().count() == 1;
+        assert!(root || !files.trim().is_empty(), "empty commit {c} in B");
+    }
+}
+
+#[test]
+fn a_burst_of_1000_files_arrives_in_few_commits() {
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    let _da = Daemon::start(&env, &a);
+    let _db = Daemon::start(&env, &b);
+    let before: usize = env
+        .git(&a, &["rev-list", "--count", "HEAD"])
+        .stdout()
+        .trim()
+        .parse()
+        .unwrap();
+    let dir = a.join("burst");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..1000 {
+        std::fs::write(dir.join(format!("f{i:04}")), format!("file {i}\n")).unwrap();
+    }
+    let all_in_b = || {
+        std::fs::read_dir(b.join("burst"))
+            .map(|rd| rd.count() == 1000)
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_until(Duration::from_secs(120), all_in_b),
+        "all 1000 files reach B"
+    );
+    let after: usize = env
+        .git(&a, &["rev-list", "--count", "--no-merges", "HEAD"])
+        .stdout()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        after - before <= 100,
+        "1000 files were coalesced into few commits, got {}",
+        after - before
+    );
+    // Every file is a pointer to the right content in B's branch.
+    let p = env
+        .git(&b, &["cat-file", "-p", "HEAD:burst/f0999"])
+        .stdout();
+    assert!(p.starts_with("/annex/objects/SHA256E-s9--"), "{p}");
+}
+
+#[test]
+fn killed_mid_burst_and_restarted_loses_nothing() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    let mut d = Daemon::start(&env, &a);
+    for i in 0..400 {
+        write(&a, format!("k/f{i:03}.txt"), format!("content {i}\n"));
+        if i == 200 {
+            d.kill9();
+        }
+    }
+    let mut d = Daemon::start(&env, &a);
+    assert!(
+        wait_until(WAIT, || {
+            head_files(&env, &a)
+                .iter()
+                .filter(|f| f.starts_with("k/"))
+                .count()
+                == 400
+        }),
+        "log:\n{}",
+        d.log_text()
+    );
+    assert!(wait_until(WAIT, || status(&env, &a)["idle"] == true));
+    let st = env
+        .git(&a, &["status", "--porcelain", "--untracked-files=all"])
+        .stdout();
+    assert_eq!(st, "", "work tree and index agree after recovery");
+    assert!(d.stop().success());
+    env.git(&a, &["fsck", "--no-progress"]).assert_ok();
+}
+
+#[test]
+fn partitioned_clones_both_edit_a_file_and_end_with_both_versions() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "doc.txt", "v0\n");
+    env.ferry(&a, &["add", "--unlocked"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    // The remotes are reached through links that the test removes to partition the clones
+    // (as when a drive is unplugged) and puts back to heal them.
+    let (la, lb) = (env.path("link-a"), env.path("link-b"));
+    std::os::unix::fs::symlink(&a, &la).unwrap();
+    std::os::unix::fs::symlink(&b, &lb).unwrap();
+    env.git(&a, &["remote", "add", "b", lb.to_str().unwrap()])
+        .assert_ok();
+    env.git(&b, &["remote", "set-url", "origin", la.to_str().unwrap()])
+        .assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    fast_retries(&env, &a);
+    fast_retries(&env, &b);
+    let _da = Daemon::start(&env, &a);
+    let _db = Daemon::start(&env, &b);
+
+    std::fs::remove_file(&la).unwrap();
+    std::fs::remove_file(&lb).unwrap();
+    write(&a, "doc.txt", "edited in a\n");
+    write(&b, "doc.txt", "edited in b, longer\n");
+    assert!(wait_until(WAIT, || {
+        env.git(&a, &["cat-file", "-p", "HEAD:doc.txt"])
+            .stdout()
+            .contains("-s12--")
+            && env
+                .git(&b, &["cat-file", "-p", "HEAD:doc.txt"])
+                .stdout()
+                .contains("-s20--")
+    }));
+    // While apart, status shows the failing remote and the next retry.
+    assert!(wait_until(WAIT, || {
+        !status(&env, &a)["remotes"]["b"]["retry"].is_null()
+    }));
+    let text = env.ferry(&a, &["status"]).stdout();
+    assert!(text.contains("push failed"), "{text}");
+
+    // Heal: within seconds both hold both versions, under the same names.
+    std::os::unix::fs::symlink(&a, &la).unwrap();
+    std::os::unix::fs::symlink(&b, &lb).unwrap();
+    let variants = |d: &Path| {
+        let mut v: Vec<String> = head_files(&env, d)
+            .into_iter()
+            .filter(|f| f.starts_with("doc.variant-"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(
+        wait_until(WAIT, || {
+            variants(&a).len() == 2
+                && variants(&a) == variants(&b)
+                && env.git(&a, &["rev-parse", "HEAD^{tree}"]).stdout()
+                    == env.git(&b, &["rev-parse", "HEAD^{tree}"]).stdout()
+        }),
+        "a: {:?} b: {:?}",
+        head_files(&env, &a),
+        head_files(&env, &b)
+    );
+    let mut sizes: Vec<String> = variants(&a)
+        .iter()
+        .map(|v| {
+            env.git(&a, &["cat-file", "-p", &format!("HEAD:{v}")])
+                .stdout()
+        })
+        .collect();
+    sizes.sort();
+    assert!(
+        sizes[0].contains("-s12--") && sizes[1].contains("-s20--"),
+        "{sizes:?}"
+    );
+}
+
+#[test]
+fn change_hook_runs_after_a_commit_with_the_event_in_its_environment() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    let out = env.path("hook.out");
+    env.git(
+        &a,
+        &[
+            "config",
+            "ferry.changehook",
+            &format!("echo \"$FERRY_EVENT $FERRY_COMMIT\" >> '{}'", out.display()),
+        ],
+    )
+    .assert_ok();
+    let _d = Daemon::start(&env, &a);
+    write(&a, "x.txt", "x\n");
+    assert!(wait_until(WAIT, || committed(&env, &a, "x.txt")));
+    let head = env.git(&a, &["rev-parse", "HEAD"]).stdout();
+    assert!(wait_until(WAIT, || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains(&format!("commit {}", head.trim()))
+    }));
+}
