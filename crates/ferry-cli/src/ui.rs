@@ -38,6 +38,8 @@ pub fn options() -> RepoOptions {
         fixed_clock: std::env::var("GIT_ANNEX_VECTOR_CLOCK")
             .ok()
             .and_then(|v| v.parse().ok()),
+        plain_env: std::env::var_os("GIT_DIR").is_none()
+            && std::env::var_os("GIT_WORK_TREE").is_none(),
     }
 }
 

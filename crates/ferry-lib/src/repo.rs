@@ -27,6 +27,9 @@ pub struct RepoOptions {
     pub filter_command: Option<String>,
     /// `GIT_ANNEX_VECTOR_CLOCK`: a fixed clock for reproducible logs.
     pub fixed_clock: Option<u64>,
+    /// No `GIT_DIR` / `GIT_WORK_TREE` in the environment: a directory with a `.git` directory
+    /// in it is the top of its work tree (saves asking git).
+    pub plain_env: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -38,6 +41,12 @@ pub enum InitOutcome {
 impl Repo {
     /// Finds the repository containing `dir`.
     pub fn discover(dir: &Path, opts: &RepoOptions) -> Result<Repo> {
+        // At the top of an ordinary work tree, no need to ask git where things are.
+        if opts.plain_env && dir.is_absolute() && dir.join(".git/HEAD").is_file() {
+            let top = dir.canonicalize().ctx("resolving", dir)?;
+            let git_dir = top.join(".git");
+            return Repo::assemble(Some(top), git_dir, opts);
+        }
         let probe = Git::new(dir);
         let out = probe
             .run([
@@ -59,6 +68,10 @@ impl Repo {
         } else {
             lines.next().map(PathBuf::from)
         };
+        Repo::assemble(top, git_dir, opts)
+    }
+
+    fn assemble(top: Option<PathBuf>, git_dir: PathBuf, opts: &RepoOptions) -> Result<Repo> {
         let git = Git::new(top.clone().unwrap_or_else(|| git_dir.clone())).with_git_dir(&git_dir);
         let branch = Branch::new(git.clone(), git_dir.join("annex"), opts.fixed_clock);
         let config = git.config_map()?;

@@ -54,6 +54,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         backend,
         unlocked: a.unlocked || repo.git.config_bool("annex.addunlocked", false)?,
         thin: repo.git.config_bool("annex.thin", false)?,
+        deletions: false,
         force: if a.force_large {
             Some(true)
         } else if a.force_small {
@@ -131,6 +132,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 format!("add {} failed: {error}", ui::show(path)),
                 serde_json::json!({"command":"add","file":ui::show(path),"success":false,"error":error}),
             ),
+            AddEvent::Removed { .. } => {} // only with `deletions`, which `ferry add` does not ask
         }
     };
     let summary = add(&repo, &opts, &on_event)?;

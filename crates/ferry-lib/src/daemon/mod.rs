@@ -199,6 +199,7 @@ impl Daemon {
                 force: None,
                 unlocked,
                 thin: flag("annex.thin", false),
+                deletions: true,
             },
             retry_base: secs("ferry.retrydelay", 1.0),
             rescan_interval: secs("ferry.rescaninterval", 60.0),
@@ -275,6 +276,7 @@ impl Daemon {
             merge_retry_at: None,
             periodic_rescan: None,
             merge_started: Instant::now(),
+            last_commit: Mutex::new(None),
         };
 
         // Startup: whatever changed while no daemon ran, then what others pushed meanwhile.
@@ -448,6 +450,8 @@ struct MainLoop {
     merge_retry_at: Option<Instant>,
     periodic_rescan: Option<Instant>,
     merge_started: Instant,
+    /// The last commit made here and its tree (saves asking git for HEAD's tree).
+    last_commit: Mutex<Option<(String, String)>>,
 }
 
 /// More paths than this in one batch: look at the whole tree instead (one `ls-files` walk is
@@ -544,7 +548,10 @@ impl MainLoop {
                 failed.lock().unwrap().push((path.clone(), error.clone()))
             }
             AddEvent::Stopped { reason, .. } => *stopped.lock().unwrap() = Some(reason.clone()),
-            AddEvent::Annexed { .. } | AddEvent::ToGit { .. } | AddEvent::Restaged { .. } => {
+            AddEvent::Annexed { .. }
+            | AddEvent::ToGit { .. }
+            | AddEvent::Restaged { .. }
+            | AddEvent::Removed { .. } => {
                 staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             _ => {}
@@ -567,25 +574,7 @@ impl MainLoop {
             self.retry_paths.insert(Vec::new());
             self.schedule_retry();
         }
-        // Deletions (and files moved away).
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "ls-files".into(),
-            "-z".into(),
-            "--deleted".into(),
-            "--".into(),
-        ];
-        if !whole {
-            args.extend(specs.iter().map(|p| crate::annexed::literal_pathspec(p)));
-        }
-        let deleted: Vec<Vec<u8>> = repo
-            .git
-            .run(&args)?
-            .split(|&b| b == 0)
-            .filter(|p| !p.is_empty())
-            .map(<[u8]>::to_vec)
-            .collect();
-        crate::ops::add::stage(repo, &deleted)?;
-        if staged.into_inner() == 0 && deleted.is_empty() && !whole {
+        if staged.into_inner() == 0 && !whole {
             return Ok(None);
         }
         self.commit_index()
@@ -596,12 +585,15 @@ impl MainLoop {
         let repo = &self.repo;
         let tree = repo.git.run_str(["write-tree"])?;
         let head = repo.git.rev_parse("HEAD")?;
-        if let Some(h) = &head
-            && repo.git.rev_parse(&format!("{h}^{{tree}}"))?.as_deref() == Some(tree.as_str())
-        {
+        let head_tree = match (&head, &*self.last_commit.lock().unwrap()) {
+            (Some(h), Some((c, t))) if h == c => Some(t.clone()),
+            (Some(h), _) => repo.git.rev_parse(&format!("{h}^{{tree}}"))?,
+            (None, _) => None,
+        };
+        if head.is_some() && head_tree.as_deref() == Some(tree.as_str()) {
             return Ok(None);
         }
-        let mut args = vec!["commit-tree".to_string(), tree, "-m".into()];
+        let mut args = vec!["commit-tree".to_string(), tree.clone(), "-m".into()];
         args.push(self.settings.message.clone());
         if let Some(h) = &head {
             args.push("-p".into());
@@ -616,6 +608,7 @@ impl MainLoop {
             &commit,
             head.as_deref().unwrap_or(""),
         ])?;
+        *self.last_commit.lock().unwrap() = Some((commit.clone(), tree));
         Ok(Some(commit))
     }
 

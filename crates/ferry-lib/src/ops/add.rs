@@ -49,6 +49,8 @@ pub struct AddOptions {
     pub unlocked: bool,
     /// `annex.thin`: unlocked content is hard-linked into the store instead of copied.
     pub thin: bool,
+    /// Also stage the removal of tracked files that are gone (the daemon's `git add -A`).
+    pub deletions: bool,
 }
 
 /// What ingesting one file produced.
@@ -68,6 +70,8 @@ pub enum AddEvent {
     ToGit { path: Vec<u8>, why: &'static str },
     /// An annex symlink that was already in the work tree, (re)staged.
     Restaged { path: Vec<u8>, key: Key },
+    /// A tracked file that is gone: its removal staged (only with `deletions`).
+    Removed { path: Vec<u8> },
     /// Nothing done, with the reason (not an error: a FIFO, a nested repository...).
     Skipped { path: Vec<u8>, reason: String },
     /// Could not be added; nothing about the file was changed.
@@ -188,22 +192,24 @@ fn candidates(repo: &Repo, paths: &[Vec<u8>]) -> Result<Vec<Vec<u8>>> {
     } else {
         paths.iter().map(|p| literal_pathspec(p)).collect()
     };
-    // One walk lists both (a path can come twice: deduplicated below).
-    let mut args: Vec<OsString> = vec![
-        "ls-files".into(),
-        "-z".into(),
-        "--others".into(),
-        "--exclude-standard".into(),
-        "--modified".into(),
-        "--".into(),
-    ];
-    args.extend(specs);
-    let listed = repo.git.run(&args)?;
-    let mut out: Vec<Vec<u8>> = listed
-        .split(|&b| b == 0)
-        .filter(|p| !p.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
+    // `diff-files` looks only at index entries inside the pathspecs (`ls-files --modified`
+    // checks every racily-clean entry of the index, running the clean filter for each).
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for mode in [
+        &["ls-files", "-z", "--others", "--exclude-standard"][..],
+        &["diff-files", "-z", "--name-only", "--no-renames"][..],
+    ] {
+        let mut args: Vec<OsString> = mode.iter().map(OsString::from).collect();
+        args.push("--".into());
+        args.extend(specs.iter().cloned());
+        let listed = repo.git.run(&args)?;
+        out.extend(
+            listed
+                .split(|&b| b == 0)
+                .filter(|p| !p.is_empty())
+                .map(<[u8]>::to_vec),
+        );
+    }
     out.sort();
     out.dedup();
     Ok(out)
@@ -239,7 +245,7 @@ pub fn add(
             AddEvent::Skipped { .. } => s.skipped += 1,
             AddEvent::Failed { .. } => s.failed += 1,
             AddEvent::Stopped { remaining, .. } => s.failed += remaining,
-            AddEvent::Planned { .. } => {}
+            AddEvent::Planned { .. } | AddEvent::Removed { .. } => {}
         }
         on_event(&e);
     };
@@ -251,6 +257,7 @@ pub fn add(
         .is_some_and(|v| matches!(v.as_str(), "true" | "yes" | "on" | "1"));
     let large = LargeFiles::load(repo, &config, &listed)?;
 
+    let mut to_stage: Vec<Vec<u8>> = Vec::new();
     // Classify by lstat: never follow a symlink.
     let mut plans = Vec::with_capacity(listed.len());
     let mut planned_bytes = 0u64;
@@ -268,7 +275,14 @@ pub fn add(
         let abs = top.join(os(&rel));
         let md = match std::fs::symlink_metadata(&abs) {
             Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // deleted: not add's job
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Deleted (or an untracked file that vanished: update-index ignores those).
+                if opts.deletions {
+                    to_stage.push(rel.clone());
+                    emit(AddEvent::Removed { path: rel }, &mut summary);
+                }
+                continue;
+            }
             Err(e) => {
                 emit(
                     AddEvent::Failed {
@@ -338,7 +352,6 @@ pub fn add(
         &mut summary,
     );
 
-    let mut to_stage: Vec<Vec<u8>> = Vec::new();
     let mut present_keys: Vec<Key> = Vec::new();
     // (path, key) of every annex link made or restaged: their blobs go into the branch pack.
     let mut links: Vec<(Vec<u8>, Key)> = Vec::new();
@@ -612,23 +625,14 @@ fn ingest_unlocked(
     })
 }
 
-/// Stages unlocked files: the pointer blob goes into the index (the path is then annexed), and
-/// re-adding the path through ferry's clean filter fills in the stat data, answered from the
-/// inode cache without hashing again.
+/// Stages unlocked files: git runs the content through ferry's clean filter, which finds the
+/// file's stat in the inode cache (recorded just before) and answers with the pointer without
+/// hashing again; the index gets the pointer and the file's stat data in one step.
+/// `annex.largefiles=anything` keeps the path annexed even if it changed in between (then the
+/// filter hashes the new content).
 fn stage_pointers(repo: &Repo, pointers: &[(Vec<u8>, Key, bool)]) -> Result<()> {
-    let mut info = Vec::new();
-    for (path, key, exec) in pointers {
-        let blob = git_blob_id(&pointer_for(key));
-        info.extend_from_slice(
-            format!("{} {blob}\t", if *exec { "100755" } else { "100644" }).as_bytes(),
-        );
-        info.extend_from_slice(path);
-        info.push(0);
-    }
-    repo.git
-        .run_with_input(["update-index", "-z", "--index-info"], &info)?;
     let paths: Vec<Vec<u8>> = pointers.iter().map(|(p, _, _)| p.clone()).collect();
-    stage(repo, &paths)
+    stage_with(repo, &paths, "anything")
 }
 
 /// The id git gives a blob with this content.
@@ -730,6 +734,11 @@ fn replace_with_symlink(tmpdir: &Path, path: &Path, target: &[u8]) -> Result<()>
 
 /// Stages paths with one `git update-index`. Waits a little for another git's `index.lock`.
 pub(crate) fn stage(repo: &Repo, paths: &[Vec<u8>]) -> Result<()> {
+    stage_with(repo, paths, "nothing")
+}
+
+/// [`stage`], telling the annex clean filter (if git runs it) what annex.largefiles to apply.
+fn stage_with(repo: &Repo, paths: &[Vec<u8>], largefiles: &str) -> Result<()> {
     if paths.is_empty() {
         return Ok(());
     }
@@ -742,10 +751,11 @@ pub(crate) fn stage(repo: &Repo, paths: &[Vec<u8>]) -> Result<()> {
     loop {
         // annex.largefiles=nothing: if git-annex's clean filter is configured, files we decided
         // to put in git must go to git.
+        let setting = format!("annex.largefiles={largefiles}");
         let r = repo.git.run_with_input(
             [
                 "-c",
-                "annex.largefiles=nothing",
+                setting.as_str(),
                 "update-index",
                 "--add",
                 "--remove",
