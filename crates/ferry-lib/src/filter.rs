@@ -128,9 +128,9 @@ impl Filter<'_> {
             };
             let command = String::from_utf8_lossy(&get(b"command")).into_owned();
             let path = get(b"pathname");
-            let tmp = self.receive(r)?;
+            let mut tmp = self.receive(r)?;
             let result = match command.as_str() {
-                "clean" => self.clean(&path, &tmp),
+                "clean" => self.clean(&path, &mut tmp),
                 "smudge" => self.smudge(&tmp),
                 other => Err(Error::Protocol(format!(
                     "git asked the filter for unknown command {other:?}"
@@ -160,32 +160,69 @@ impl Filter<'_> {
                     write_flush(w).map_err(io)?;
                 }
             }
-            let _ = std::fs::remove_file(&tmp);
+            if let Received::File(p) = &tmp {
+                let _ = std::fs::remove_file(p);
+            }
             w.flush().map_err(io)?;
         }
     }
 
-    /// Reads the content packets into a temp file.
-    fn receive(&self, r: &mut impl Read) -> Result<PathBuf> {
-        let dir = self.repo.store().tmp_dir()?;
-        let (mut file, path) = tempfile::Builder::new()
-            .prefix("filter.")
-            .tempfile_in(&dir)
-            .ctx("creating temp file in", &dir)?
-            .keep()
-            .map_err(|e| Error::io("keeping temp file", e.error))?;
+    /// Reads the content packets: small content stays in memory (no temp file to create and
+    /// delete for each of many small files); larger content is spilled to a temp file.
+    fn receive(&self, r: &mut impl Read) -> Result<Received> {
+        let mut mem: Vec<u8> = Vec::new();
+        let mut file: Option<(std::fs::File, PathBuf)> = None;
         loop {
             match read_packet(r).map_err(|e| Error::io("reading content from git", e))? {
                 None => {
+                    if let Some((_, p)) = file {
+                        let _ = std::fs::remove_file(p);
+                    }
                     return Err(Error::Protocol(
                         "git closed the pipe in the middle of a file".into(),
                     ));
                 }
                 Some(Packet::Flush) => break,
-                Some(Packet::Data(d)) => file.write_all(&d).ctx("writing", &path)?,
+                Some(Packet::Data(d)) => match &mut file {
+                    Some((f, p)) => f.write_all(&d).ctx("writing", p)?,
+                    None if mem.len() + d.len() <= IN_MEMORY => mem.extend_from_slice(&d),
+                    None => {
+                        let (mut f, p) = self.temp_file()?;
+                        f.write_all(&mem).ctx("writing", &p)?;
+                        f.write_all(&d).ctx("writing", &p)?;
+                        mem = Vec::new();
+                        file = Some((f, p));
+                    }
+                },
             }
         }
-        Ok(path)
+        Ok(match file {
+            Some((_, p)) => Received::File(p),
+            None => Received::Mem(mem),
+        })
+    }
+
+    fn temp_file(&self) -> Result<(std::fs::File, PathBuf)> {
+        let dir = self.repo.store().tmp_dir()?;
+        tempfile::Builder::new()
+            .prefix("filter.")
+            .tempfile_in(&dir)
+            .ctx("creating temp file in", &dir)?
+            .keep()
+            .map_err(|e| Error::io("keeping temp file", e.error))
+    }
+
+    /// The received content as a temp file (written now if it was kept in memory).
+    fn materialize(&self, rec: &mut Received) -> Result<PathBuf> {
+        if let Received::Mem(m) = rec {
+            let (mut f, p) = self.temp_file()?;
+            f.write_all(m).ctx("writing", &p)?;
+            *rec = Received::File(p);
+        }
+        match rec {
+            Received::File(p) => Ok(p.clone()),
+            Received::Mem(_) => unreachable!(),
+        }
     }
 
     fn is_annexed_path(&mut self, path: &[u8]) -> Result<bool> {
@@ -231,10 +268,16 @@ impl Filter<'_> {
             .is_some_and(|e| e.matches(path, size)))
     }
 
-    fn clean(&mut self, path: &[u8], tmp: &PathBuf) -> Result<Output> {
-        let size = std::fs::metadata(tmp).ctx("reading", tmp)?.len();
+    fn clean(&mut self, path: &[u8], rec: &mut Received) -> Result<Output> {
+        let size = match &*rec {
+            Received::Mem(m) => m.len() as u64,
+            Received::File(p) => std::fs::metadata(p).ctx("reading", p)?.len(),
+        };
         if size < 32 * 1024 {
-            let content = std::fs::read(tmp).ctx("reading", tmp)?;
+            let content = match &*rec {
+                Received::Mem(m) => m.clone(),
+                Received::File(p) => std::fs::read(p).ctx("reading", p)?,
+            };
             if parse_pointer(&content).is_some() {
                 return Ok(Output::Bytes(content)); // already a pointer: keep it
             }
@@ -250,8 +293,12 @@ impl Filter<'_> {
             return Ok(Output::Bytes(pointer_for(&key)));
         }
         if !self.wants_annex(path, size)? {
-            return Ok(Output::File(tmp.clone(), false));
+            return Ok(match &*rec {
+                Received::Mem(m) => Output::Bytes(m.clone()),
+                Received::File(p) => Output::File(p.clone(), false),
+            });
         }
+        let tmp = &self.materialize(rec)?;
         let mut h = Hasher::new(self.backend);
         let mut file = std::fs::File::open(tmp).ctx("reading", tmp)?;
         let mut buf = vec![0u8; 1 << 20];
@@ -307,12 +354,12 @@ impl Filter<'_> {
         Ok(path)
     }
 
-    fn smudge(&mut self, tmp: &PathBuf) -> Result<Output> {
-        let size = std::fs::metadata(tmp).ctx("reading", tmp)?.len();
-        if size >= 32 * 1024 {
-            return Ok(Output::File(tmp.clone(), false));
-        }
-        let content = std::fs::read(tmp).ctx("reading", tmp)?;
+    fn smudge(&mut self, rec: &Received) -> Result<Output> {
+        let content = match rec {
+            Received::File(p) => return Ok(Output::File(p.clone(), false)), // not a pointer
+            Received::Mem(m) if m.len() >= 32 * 1024 => return Ok(Output::Bytes(m.clone())),
+            Received::Mem(m) => m.clone(),
+        };
         let Some(key) = parse_pointer(&content) else {
             return Ok(Output::Bytes(content));
         };
@@ -347,6 +394,14 @@ impl Filter<'_> {
         )
     }
 }
+
+/// Content git sent: up to [`IN_MEMORY`] bytes in memory, more in a temp file.
+enum Received {
+    Mem(Vec<u8>),
+    File(PathBuf),
+}
+
+const IN_MEMORY: usize = 1 << 20;
 
 enum Output {
     /// Send this file's content; remove it afterwards if the flag is set.

@@ -245,6 +245,53 @@ impl Store {
         Ok(Ingested::New)
     }
 
+    /// [`Store::ingest_temp`] for many temp files at once, with two `syncfs` calls for the
+    /// whole batch instead of two `fsync`s per file: the first makes every temp file's content
+    /// durable before any of them appears under its object name, the second makes the renames
+    /// durable. One result per item, in order.
+    pub fn ingest_temps(&self, items: &[(PathBuf, Key)]) -> Vec<Result<Ingested>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let synced = self.syncfs();
+        let out = items
+            .iter()
+            .map(|(tmp, key)| {
+                if let Err(e) = &synced {
+                    let _ = fs::remove_file(tmp);
+                    return Err(Error::io(
+                        format!("syncing {}", tmp.display()),
+                        std::io::Error::new(e.kind(), e.to_string()),
+                    ));
+                }
+                if self.find(key).is_some() {
+                    let _ = fs::remove_file(tmp);
+                    return Ok(Ingested::AlreadyPresent);
+                }
+                fs::set_permissions(tmp, fs::Permissions::from_mode(0o444)).ctx("freezing", tmp)?;
+                let obj = self.object_path(key);
+                let key_dir = self.prepare_key_dir(&obj)?;
+                let r = fs::rename(tmp, &obj).ctx("moving into", &obj);
+                freeze_dir(&key_dir);
+                r.map(|_| Ingested::New)
+            })
+            .collect();
+        let _ = self.syncfs();
+        out
+    }
+
+    /// Flushes the file system holding the store.
+    fn syncfs(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let f = fs::File::open(&self.annex_dir)?;
+        // SAFETY: a valid descriptor for the call's duration.
+        if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
     /// The object for `key` if present *and* still what was stored. Thin (hard-linked) objects
     /// share their inode with a work-tree file that may have been edited in place; those are
     /// checked against the inode cache and, if their stat changed, re-hashed. Content that no

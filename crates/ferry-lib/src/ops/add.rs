@@ -59,6 +59,9 @@ struct Ingest {
     bytes: u64,
     /// For an unlocked file: its stat after ingest and whether it is executable.
     unlocked: Option<(Stamp, bool)>,
+    /// A copy waiting in the temp dir to become the object (moved in for the whole batch at
+    /// once, see [`crate::store::Store::ingest_temps`]).
+    temp: Option<PathBuf>,
 }
 
 /// What happened to one path.
@@ -391,6 +394,7 @@ pub fn add(
         }
     }
 
+    let mut deferred: Vec<(Vec<u8>, Ingest)> = Vec::new();
     // Hash and ingest in parallel; results come back in completion order.
     let store = repo.store();
     let next = AtomicUsize::new(0);
@@ -420,6 +424,7 @@ pub fn add(
                                 key,
                                 bytes,
                                 unlocked: None,
+                                temp: None,
                             },
                         )
                     };
@@ -438,10 +443,12 @@ pub fn add(
         drop(tx);
         for (rel, r) in rx {
             match r {
+                Ok(ing) if ing.temp.is_some() => deferred.push((rel, ing)),
                 Ok(Ingest {
                     key,
                     bytes,
                     unlocked,
+                    temp: _,
                 }) => {
                     match unlocked {
                         Some((stamp, exec)) => {
@@ -467,6 +474,37 @@ pub fn add(
             }
         }
     });
+
+    // Copies made for unlocked files become objects together: one flush for the batch.
+    let items: Vec<(PathBuf, Key)> = deferred
+        .iter()
+        .map(|(_, ing)| (ing.temp.clone().unwrap(), ing.key.clone()))
+        .collect();
+    for ((rel, ing), r) in deferred.into_iter().zip(store.ingest_temps(&items)) {
+        match r {
+            Ok(_) => {
+                let (stamp, exec) = ing.unlocked.expect("unlocked ingest");
+                stamps.push((stamp, ing.key.clone()));
+                pointers.push((rel.clone(), ing.key.clone(), exec));
+                present_keys.push(ing.key.clone());
+                emit(
+                    AddEvent::Annexed {
+                        path: rel,
+                        key: ing.key,
+                        bytes: ing.bytes,
+                    },
+                    &mut summary,
+                );
+            }
+            Err(e) => emit(
+                AddEvent::Failed {
+                    path: rel,
+                    error: e.to_string(),
+                },
+                &mut summary,
+            ),
+        }
+    }
 
     let started = next.load(Ordering::Relaxed).min(annex_jobs.len());
     if started < annex_jobs.len() {
@@ -607,21 +645,23 @@ fn ingest_unlocked(
     };
     let after_md = check_unchanged(&f, &abs, &before, n)?;
     let after = StatStamp::of(&after_md);
-    match tmp {
+    let temp = match tmp {
         Some(tmp) => {
             let (_, path) = tmp
                 .keep()
                 .map_err(|e| Error::io("keeping temp file", e.error))?;
-            store.ingest_temp(&path, &key)?;
+            Some(path)
         }
         None => {
             store.ingest_hardlink_thin(&abs, &key, &after)?;
+            None
         }
-    }
+    };
     Ok(Ingest {
         key,
         bytes: n,
         unlocked: Some((Stamp::of(&after_md), exec)),
+        temp,
     })
 }
 
