@@ -445,3 +445,47 @@ fn change_hook_runs_after_a_commit_with_the_event_in_its_environment() {
             .contains(&format!("commit {}", head.trim()))
     }));
 }
+
+#[test]
+fn kernel_queue_overflow_is_answered_by_a_full_rescan() {
+    // A tiny kernel queue for the daemon's inotify instance, and the daemon stopped (SIGSTOP)
+    // while 100 files are written: the queue overflows for sure. After SIGCONT the daemon must
+    // rescan and commit every file it has no event for.
+    let knob = Path::new("/proc/sys/fs/inotify/max_queued_events");
+    let old = std::fs::read_to_string(knob).unwrap();
+    if std::fs::write(knob, "16").is_err() {
+        panic!(
+            "this test needs root (it lowers fs.inotify.max_queued_events); run scripts/test as root"
+        );
+    }
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    let started =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Daemon::start(&env, &a)));
+    std::fs::write(knob, old.trim()).unwrap();
+    let d = started.unwrap();
+    let pid = d.child.as_ref().unwrap().id() as i32;
+    // The directory exists and is watched (a file in it is committed) before the flood.
+    write(&a, "flood/first", "0\n");
+    assert!(wait_until(WAIT, || committed(&env, &a, "flood/first")));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for i in 0..100 {
+        write(&a, format!("flood/f{i:03}"), format!("{i}\n"));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(
+        wait_until(WAIT, || {
+            head_files(&env, &a)
+                .iter()
+                .filter(|f| f.starts_with("flood/f0"))
+                .count()
+                == 100
+        }),
+        "log:\n{}",
+        d.log_text()
+    );
+    let events = std::fs::read_to_string(a.join(".git/annex/ferry/daemon/events.jsonl")).unwrap();
+    assert!(events.contains("\"event\":\"rescan\""), "{events}");
+}

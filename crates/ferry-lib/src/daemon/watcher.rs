@@ -301,6 +301,23 @@ mod tests {
     }
 
     #[test]
+    fn queue_overflow_asks_for_a_rescan() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Watcher::new(d.path(), &d.path().join(".git")).unwrap();
+        let mut b = Batch::default();
+        w.handle(
+            Event {
+                wd: -1,
+                mask: inotify::IN_Q_OVERFLOW,
+                cookie: 0,
+                name: Vec::new(),
+            },
+            &mut b,
+        );
+        assert!(b.rescan);
+    }
+
+    #[test]
     fn moved_directory_is_watched_under_its_new_name() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("x/y")).unwrap();
