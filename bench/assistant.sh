@@ -14,6 +14,10 @@
 #           daemon, time until its process tree is idle (startup scan) and the CPU it used, then
 #           the CPU over IDLE_S seconds and the RSS of the tree (daemon + its git helpers).
 #
+# "Idle" means: over a quiet window (2 s between runs, 3 s after a pair starts, 5 s for the idle
+# phase's startup) the daemon trees used at most 5 ms CPU per daemon per second. The time to
+# idle is the start of that window (sampled every 0.1 s).
+#
 # Knobs (environment):
 #   RUNS=20 NBATCH=1000 BATCH_RUNS=1 NIDLE=10000 IDLE_S=30 PHASES="single batch idle"
 #   ONLY=annex|ferry      measure one tool only (default: both; ratios need both)
@@ -135,15 +139,18 @@ elif cmd == 'kill':             # kill SIG pid:starttime... -> signal those stil
             except OSError: pass
 elif cmd == 'waitidle':         # waitidle TIMEOUT QUIET POLL T0 PID...
     # Prints "<s since T0 at which the trees went quiet> <CPU ms used by then>", or
-    # "TIMEOUT <ms>" or "DEAD <ms>" (every root exited). Quiet: <= 2 ticks in QUIET seconds.
+    # "TIMEOUT <ms>" or "DEAD <ms>" (every root exited). Quiet: over QUIET seconds the trees
+    # used at most 5 ms of CPU per daemon per second (an idle git-annex assistant uses ~1-2),
+    # and at least 2 ticks are allowed.
     timeout, quiet, poll, t0 = (float(x) for x in args[:4]); roots = [int(x) for x in args[4:]]
+    thr = max(2, 0.005 * CLK * len(roots) * quiet)
     hist = []
     while True:
         now = time.time(); tk = ticks(roots); hist.append((now, tk))
         if not alive(roots):
             print('DEAD %d' % (tk * 1000 // CLK)); break
         if now - hist[0][0] >= quiet:
-            q = [h for h in hist if tk - h[1] <= 2]   # samples since which the trees are quiet
+            q = [h for h in hist if tk - h[1] <= thr]   # samples since which the trees are quiet
             if q and now - q[0][0] >= quiet:
                 print('%.2f %d' % (q[0][0] - t0, q[0][1] * 1000 // CLK)); break
         if now - t0 > timeout:
@@ -293,11 +300,16 @@ waitidle() { # timeout quiet poll t0 tool... -> "<s> <cpu_ms>" | TIMEOUT | DEAD
     hp waitidle "$timeout" "$quiet" "$poll" "$t0" $(pids_of "$@")
 }
 settle() { # timeout tool...: wait for those daemons to be idle (2 s quiet), warn on timeout
-    local timeout=$1 r; shift
+    local timeout=$1 r k msg=""; shift
+    local -A c0=()
+    for k in "${!DPID[@]}"; do c0[$k]=$(hp cpu_ms "${DPID[$k]}"); done
     r=$(waitidle "$timeout" 2 0.25 "$(now)" "$@")
     case $r in
         DEAD*) assert_alive ;;
-        TIMEOUT*) echo "WARN: daemons ($*) not idle after ${timeout}s; measuring anyway" >&2; WARNS=$((WARNS + 1)) ;;
+        TIMEOUT*)
+            for k in "${!DPID[@]}"; do msg+=" $k $(($(hp cpu_ms "${DPID[$k]}") - c0[$k])) ms"; done
+            echo "WARN: daemons ($*) not idle after ${timeout}s (CPU used meanwhile:$msg); measuring anyway" >&2
+            WARNS=$((WARNS + 1)) ;;
     esac
 }
 
@@ -329,7 +341,7 @@ start_pair() { # tool dir: start both daemons, wait until idle, report the small
     local tool=$1 d=$2 t0 r
     t0=$(now)
     start_daemon "$tool" "$d/A"; start_daemon "$tool" "$d/B"
-    r=$(waitidle 300 3 0.1 "$t0" "$tool")
+    r=$(waitidle 120 3 0.1 "$t0" "$tool")
     [[ $r == DEAD* ]] && assert_alive
     echo "# $tool pair (both daemons) idle after startup: ${r%% *} s, ${r##* } ms CPU (small repo)"
     if [[ $tool == ferry ]]; then ferry_status_check "$d/A"; ferry_status_check "$d/B"; fi
