@@ -86,7 +86,7 @@ pub fn run(repo: &Repo, input: impl Read, output: impl Write) -> Result<()> {
     // Settings come from the config snapshot taken when the repository was opened (one
     // `git config --list`); the branch's config.log is read only when a decision needs it.
     let cfg = |k: &str| repo.config.get(k).map(String::as_str);
-    let flag = |k: &str| cfg(k).is_some_and(|v| matches!(v, "true" | "yes" | "on" | "1"));
+    let flag = |k: &str| crate::git::config_flag(&repo.config, k, false);
     let mut f = Filter {
         repo,
         top: repo.work_tree()?.to_path_buf(),
@@ -131,7 +131,7 @@ impl Filter<'_> {
             let mut tmp = self.receive(r)?;
             let result = match command.as_str() {
                 "clean" => self.clean(&path, &mut tmp),
-                "smudge" => self.smudge(&tmp),
+                "smudge" => self.smudge(&mut tmp),
                 other => Err(Error::Protocol(format!(
                     "git asked the filter for unknown command {other:?}"
                 ))),
@@ -293,8 +293,8 @@ impl Filter<'_> {
             return Ok(Output::Bytes(pointer_for(&key)));
         }
         if !self.wants_annex(path, size)? {
-            return Ok(match &*rec {
-                Received::Mem(m) => Output::Bytes(m.clone()),
+            return Ok(match rec {
+                Received::Mem(m) => Output::Bytes(std::mem::take(m)),
                 Received::File(p) => Output::File(p.clone(), false),
             });
         }
@@ -354,11 +354,13 @@ impl Filter<'_> {
         Ok(path)
     }
 
-    fn smudge(&mut self, rec: &Received) -> Result<Output> {
+    fn smudge(&mut self, rec: &mut Received) -> Result<Output> {
         let content = match rec {
             Received::File(p) => return Ok(Output::File(p.clone(), false)), // not a pointer
-            Received::Mem(m) if m.len() >= 32 * 1024 => return Ok(Output::Bytes(m.clone())),
-            Received::Mem(m) => m.clone(),
+            Received::Mem(m) if m.len() >= 32 * 1024 => {
+                return Ok(Output::Bytes(std::mem::take(m)));
+            }
+            Received::Mem(m) => std::mem::take(m),
         };
         let Some(key) = parse_pointer(&content) else {
             return Ok(Output::Bytes(content));

@@ -166,7 +166,8 @@ impl Git {
         let mut m = std::collections::HashMap::new();
         for rec in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
             let rec = String::from_utf8_lossy(rec);
-            let (k, v) = rec.split_once('\n').unwrap_or((&rec, ""));
+            // No newline: a variable written without `=`, which git reads as true.
+            let (k, v) = rec.split_once('\n').unwrap_or((&rec, "true"));
             m.insert(k.to_string(), v.to_string());
         }
         Ok(m)
@@ -212,6 +213,23 @@ impl Git {
 
     pub fn cat_file(&self) -> Result<CatFile> {
         CatFile::start(self)
+    }
+}
+
+/// A boolean from a [`Git::config_map`], read with git's rules (true/yes/on/1, false/no/off/0,
+/// other integers by their value); `default` when unset or unreadable.
+pub fn config_flag(
+    config: &std::collections::HashMap<String, String>,
+    name: &str,
+    default: bool,
+) -> bool {
+    match config.get(name).map(|v| v.to_ascii_lowercase()) {
+        None => default,
+        Some(v) => match v.as_str() {
+            "true" | "yes" | "on" => true,
+            "false" | "no" | "off" | "" => false,
+            n => n.parse::<i64>().map(|i| i != 0).unwrap_or(default),
+        },
     }
 }
 
@@ -447,5 +465,52 @@ impl Drop for CheckAttr {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_flags_follow_gits_boolean_rules() {
+        let m: std::collections::HashMap<String, String> = [
+            ("a", "Yes"),
+            ("b", "off"),
+            ("c", "2"),
+            ("d", "0"),
+            ("e", ""),
+            ("f", "maybe"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert!(config_flag(&m, "a", false));
+        assert!(!config_flag(&m, "b", true));
+        assert!(config_flag(&m, "c", false));
+        assert!(!config_flag(&m, "d", true));
+        assert!(!config_flag(&m, "e", true));
+        assert!(config_flag(&m, "f", true) && !config_flag(&m, "f", false));
+        assert!(config_flag(&m, "unset", true));
+    }
+
+    #[test]
+    fn plain_refs_are_read_from_files_and_packed_refs() {
+        let d = tempfile::tempdir().unwrap();
+        let g = d.path();
+        std::fs::create_dir_all(g.join("refs/heads")).unwrap();
+        let a = "a".repeat(40);
+        let b = "b".repeat(40);
+        std::fs::write(g.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(g.join("refs/heads/main"), format!("{a}\n")).unwrap();
+        std::fs::write(
+            g.join("packed-refs"),
+            format!("# pack-refs with: peeled fully-peeled sorted\n{b} refs/heads/old\n"),
+        )
+        .unwrap();
+        assert_eq!(read_ref(g, "HEAD"), Some(Some(a)));
+        assert_eq!(read_ref(g, "refs/heads/old"), Some(Some(b)));
+        assert_eq!(read_ref(g, "refs/heads/none"), Some(None));
+        assert_eq!(read_ref(g, "HEAD^{tree}"), None, "not a plain ref: ask git");
     }
 }

@@ -132,7 +132,8 @@ fn stop(repo: &Repo) -> anyhow::Result<ExitCode> {
     };
     if pid == 0 {
         anyhow::bail!(
-            "a daemon holds {} but its pid is unreadable",
+            "a daemon holds {} but its pid is unreadable; find it with `fuser {}` and stop it",
+            daemon::pid_file(repo).display(),
             daemon::pid_file(repo).display()
         );
     }

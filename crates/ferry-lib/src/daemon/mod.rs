@@ -85,15 +85,15 @@ struct Shared {
     status: Mutex<Status>,
     publisher: Mutex<Publisher>,
     log: Logger,
+    /// `ferry.changehook`, and the directory it runs in.
+    hook: Option<String>,
+    dir: std::path::PathBuf,
 }
 
 impl Shared {
     fn publish(&self) {
-        let s = self.status.lock().unwrap().clone();
-        let mut idle = s.idle;
-        idle &= s.remotes.values().all(|r| !r.pushing);
-        let mut s = s;
-        s.idle = idle;
+        let mut s = self.status.lock().unwrap().clone();
+        s.idle &= s.remotes.values().all(|r| !r.pushing);
         if let Err(e) = self.publisher.lock().unwrap().status(&s) {
             (self.log)(&format!("cannot write status: {e}"));
         }
@@ -106,6 +106,38 @@ impl Shared {
     fn update(&self, f: impl FnOnce(&mut Status)) {
         f(&mut self.status.lock().unwrap());
         self.publish();
+    }
+
+    /// Runs `ferry.changehook` without waiting for it; its failure is logged.
+    fn hook(&self, kind: &str, commit: &str, remote: Option<&str>) {
+        let Some(hook) = &self.hook else {
+            return;
+        };
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(hook)
+            .current_dir(&self.dir)
+            .env("FERRY_EVENT", kind)
+            .env("FERRY_COMMIT", commit)
+            .env("FERRY_REPO", &self.dir)
+            .stdin(std::process::Stdio::null());
+        if let Some(r) = remote {
+            cmd.env("FERRY_REMOTE", r);
+        }
+        let log = self.log.clone();
+        let hook = hook.clone();
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = std::thread::Builder::new()
+                    .name("changehook".into())
+                    .spawn(move || match child.wait() {
+                        Ok(s) if s.success() => {}
+                        Ok(s) => log(&format!("ferry.changehook {hook:?} failed: {s}")),
+                        Err(e) => log(&format!("ferry.changehook {hook:?}: {e}")),
+                    });
+            }
+            Err(e) => log(&format!("cannot run ferry.changehook {hook:?}: {e}")),
+        }
     }
 }
 
@@ -166,10 +198,7 @@ impl Daemon {
         let repo = &self.repo;
         let config = repo.git.config_map()?;
         let get = |k: &str| config.get(k).map(String::as_str);
-        let flag = |k: &str, d: bool| match get(k) {
-            Some(v) => matches!(v, "true" | "yes" | "on" | "1"),
-            None => d,
-        };
+        let flag = |k: &str, d: bool| crate::git::config_flag(&config, k, d);
         let secs = |k: &str, d: f64| {
             Duration::from_secs_f64(
                 get(k)
@@ -225,6 +254,8 @@ impl Daemon {
             }),
             publisher: Mutex::new(Publisher::new(&repo.annex_dir())?),
             log: log.clone(),
+            hook: settings.hook.clone(),
+            dir: top.clone(),
         });
         shared.event(Event::Started {
             pid: std::process::id(),
@@ -276,7 +307,7 @@ impl Daemon {
             merge_retry_at: None,
             periodic_rescan: None,
             merge_started: Instant::now(),
-            last_commit: Mutex::new(None),
+            last_commit: None,
         };
 
         // Startup: whatever changed while no daemon ran, then what others pushed meanwhile.
@@ -350,7 +381,8 @@ impl Daemon {
                 main.periodic_rescan = Some(now + main.settings.rescan_interval);
                 rescan = true;
             }
-            shared.update(|s| s.idle = false);
+            // Busy from here; the next update publishes it (idle is published while waiting).
+            shared.status.lock().unwrap().idle = false;
             if rescan {
                 shared.event(Event::Rescan {
                     reason:
@@ -451,7 +483,7 @@ struct MainLoop {
     periodic_rescan: Option<Instant>,
     merge_started: Instant,
     /// The last commit made here and its tree (saves asking git for HEAD's tree).
-    last_commit: Mutex<Option<(String, String)>>,
+    last_commit: Option<(String, String)>,
 }
 
 /// More paths than this in one batch: look at the whole tree instead (one `ls-files` walk is
@@ -482,7 +514,7 @@ impl MainLoop {
                         paths: n,
                     });
                 });
-                self.hook("commit", &commit, None);
+                self.shared.hook("commit", &commit, None);
                 true
             }
             Ok(None) => false,
@@ -581,11 +613,11 @@ impl MainLoop {
     }
 
     /// Commits the index if it differs from HEAD; returns the new commit.
-    fn commit_index(&self) -> Result<Option<String>> {
+    fn commit_index(&mut self) -> Result<Option<String>> {
         let repo = &self.repo;
         let tree = repo.git.run_str(["write-tree"])?;
         let head = repo.git.rev_parse("HEAD")?;
-        let head_tree = match (&head, &*self.last_commit.lock().unwrap()) {
+        let head_tree = match (&head, &self.last_commit) {
             (Some(h), Some((c, t))) if h == c => Some(t.clone()),
             (Some(h), _) => repo.git.rev_parse(&format!("{h}^{{tree}}"))?,
             (None, _) => None,
@@ -608,7 +640,7 @@ impl MainLoop {
             &commit,
             head.as_deref().unwrap_or(""),
         ])?;
-        *self.last_commit.lock().unwrap() = Some((commit.clone(), tree));
+        self.last_commit = Some((commit.clone(), tree));
         Ok(Some(commit))
     }
 
@@ -671,7 +703,7 @@ impl MainLoop {
                 resolved: report.resolved.clone(),
             });
             self.shared.update(|s| s.merges += 1);
-            self.hook("merge", c, None);
+            self.shared.hook("merge", c, None);
         }
         true
     }
@@ -742,41 +774,6 @@ impl MainLoop {
             }
         }
     }
-
-    /// Runs `ferry.changehook` without waiting for it; its failure is logged.
-    fn hook(&self, kind: &str, commit: &str, remote: Option<&str>) {
-        let Some(hook) = &self.settings.hook else {
-            return;
-        };
-        let mut cmd = std::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(hook)
-            .current_dir(self.repo.work_tree().unwrap_or(&self.repo.git_dir))
-            .env("FERRY_EVENT", kind)
-            .env("FERRY_COMMIT", commit)
-            .env(
-                "FERRY_REPO",
-                self.repo.work_tree().unwrap_or(&self.repo.git_dir),
-            )
-            .stdin(std::process::Stdio::null());
-        if let Some(r) = remote {
-            cmd.env("FERRY_REMOTE", r);
-        }
-        let log = self.log.clone();
-        let hook = hook.clone();
-        match cmd.spawn() {
-            Ok(mut child) => {
-                let _ = std::thread::Builder::new()
-                    .name("changehook".into())
-                    .spawn(move || match child.wait() {
-                        Ok(s) if s.success() => {}
-                        Ok(s) => log(&format!("ferry.changehook {hook:?} failed: {s}")),
-                        Err(e) => log(&format!("ferry.changehook {hook:?}: {e}")),
-                    });
-            }
-            Err(e) => log(&format!("cannot run ferry.changehook {hook:?}: {e}")),
-        }
-    }
 }
 
 // ---- pusher ----------------------------------------------------------------------------------
@@ -796,7 +793,8 @@ enum PushResult {
 
 #[derive(Default)]
 struct PushState {
-    in_flight: bool,
+    /// When the push under way started, and the commit it pushes.
+    in_flight: Option<(Instant, String)>,
     dirty: bool,
     failures: u32,
     rejections: u32,
@@ -810,34 +808,51 @@ fn backoff(base: Duration, failures: u32) -> Duration {
     (base * f).min(RETRY_CAP)
 }
 
-fn pusher(
+/// Where to push: the remotes (name, local path) and the branch, read from git when a push is
+/// asked for (not on every completion or timer).
+struct Targets {
+    remotes: Vec<(String, Option<std::path::PathBuf>)>,
+    branch: String,
+}
+
+fn load_targets(repo: &Repo) -> Option<Targets> {
+    let remotes = crate::ops::sync::remotes(repo, &[]).ok()?;
+    Some(Targets {
+        remotes: remotes
+            .into_iter()
+            .filter(|r| !r.readonly)
+            .map(|r| (r.name, r.local_path))
+            .collect(),
+        branch: crate::ops::sync::current_branch(repo).ok()?,
+    })
+}
+
+struct Pusher {
     repo: Arc<Repo>,
-    rx: Receiver<PushMsg>,
+    net: crate::git::Git,
     self_tx: Sender<PushMsg>,
     main_tx: Sender<Msg>,
     shared: Arc<Shared>,
     base: Duration,
-    ssh: Option<String>,
-) {
-    let mut state: HashMap<String, PushState> = HashMap::new();
-    let mut stopping = false;
-    let net = match crate::ops::sync::ssh_with_sharing(&repo, ssh.as_deref()) {
-        Ok(Some(cmd)) => repo.git.with_env("GIT_SSH_COMMAND", &cmd),
-        _ => repo.git.clone(),
-    };
-    let start = |name: &str,
-                 local: Option<std::path::PathBuf>,
-                 st: &mut PushState,
-                 branch: &str| {
-        st.in_flight = true;
+    state: HashMap<String, PushState>,
+}
+
+impl Pusher {
+    fn start(&mut self, name: &str, local: Option<std::path::PathBuf>, branch: &str) {
+        let Some(head) = self.repo.git.rev_parse("HEAD").ok().flatten() else {
+            return; // nothing committed yet
+        };
+        let st = self.state.entry(name.to_string()).or_default();
+        st.in_flight = Some((Instant::now(), head));
         st.dirty = false;
         let (tx, net, name, branch) = (
-            self_tx.clone(),
-            net.clone(),
+            self.self_tx.clone(),
+            self.net.clone(),
             name.to_string(),
             branch.to_string(),
         );
-        shared.update(|s| s.remotes.entry(name.clone()).or_default().pushing = true);
+        self.shared
+            .update(|s| s.remotes.entry(name.clone()).or_default().pushing = true);
         let _ = std::thread::Builder::new()
             .name(format!("push {name}"))
             .spawn(move || {
@@ -856,128 +871,145 @@ fn pusher(
                 };
                 let _ = tx.send(PushMsg::Done(name, r));
             });
+    }
+
+    fn done(&mut self, name: String, r: PushResult) {
+        let shared = self.shared.clone();
+        let st = self.state.entry(name.clone()).or_default();
+        let (started, commit) = st
+            .in_flight
+            .take()
+            .unwrap_or((Instant::now(), String::new()));
+        let took = started.elapsed().as_millis() as u64;
+        let failure = match r {
+            PushResult::Ok => {
+                st.failures = 0;
+                st.rejections = 0;
+                st.next = None;
+                (shared.log)(&format!("pushed to {name} ({took} ms)"));
+                shared.event(Event::Pushed {
+                    remote: name.clone(),
+                    ms: took,
+                });
+                shared.update(|s| {
+                    let e = s.remotes.entry(name.clone()).or_default();
+                    e.pushing = false;
+                    e.retry = None;
+                    e.last_push_ms = Some(now_ms());
+                });
+                shared.hook("push", &commit, Some(&name));
+                return;
+            }
+            PushResult::Rejected(e) if st.rejections < 3 => {
+                st.rejections += 1;
+                shared.update(|s| s.remotes.entry(name.clone()).or_default().pushing = false);
+                (shared.log)(&format!(
+                    "push to {name} rejected ({e}); fetching and merging"
+                ));
+                let _ = self.main_tx.send(Msg::Rejected(name));
+                return;
+            }
+            PushResult::Rejected(e) | PushResult::Failed(e) | PushResult::Unavailable(e) => e,
+        };
+        st.failures += 1;
+        st.rejections = 0;
+        st.dirty = true;
+        let wait = backoff(self.base, st.failures);
+        st.next = Some(Instant::now() + wait);
+        let failures = st.failures;
+        (shared.log)(&format!(
+            "push to {name} failed: {failure}; retrying in {:.1} s",
+            wait.as_secs_f64()
+        ));
+        shared.event(Event::PushFailed {
+            remote: name.clone(),
+            error: failure.clone(),
+            retry_in_ms: wait.as_millis() as u64,
+        });
+        shared.update(|s| {
+            let r = s.remotes.entry(name).or_default();
+            r.pushing = false;
+            r.retry = Some(Retry {
+                reason: failure,
+                failures,
+                next_attempt_ms: now_ms() + wait.as_millis() as u64,
+            });
+        });
+    }
+}
+
+fn pusher(
+    repo: Arc<Repo>,
+    rx: Receiver<PushMsg>,
+    self_tx: Sender<PushMsg>,
+    main_tx: Sender<Msg>,
+    shared: Arc<Shared>,
+    base: Duration,
+    ssh: Option<String>,
+) {
+    let net = match crate::ops::sync::ssh_with_sharing(&repo, ssh.as_deref()) {
+        Ok(Some(cmd)) => repo.git.with_env("GIT_SSH_COMMAND", &cmd),
+        _ => repo.git.clone(),
     };
-    let started_at: Mutex<HashMap<String, Instant>> = Mutex::new(HashMap::new());
+    let mut p = Pusher {
+        repo,
+        net,
+        self_tx,
+        main_tx,
+        shared,
+        base,
+        state: HashMap::new(),
+    };
+    let mut stopping = false;
+    let mut targets: Option<Targets> = None;
     loop {
-        let now = Instant::now();
-        let next = state
+        let busy = p.state.values().any(|s| s.in_flight.is_some());
+        if stopping && !busy {
+            return;
+        }
+        let next = p
+            .state
             .values()
-            .filter(|s| s.dirty && !s.in_flight)
+            .filter(|s| s.dirty && s.in_flight.is_none())
             .filter_map(|s| s.next)
             .min();
         let msg = match (stopping, next) {
-            (true, _) if state.values().all(|s| !s.in_flight) => return,
             (true, _) => rx.recv_timeout(Duration::from_secs(30)).ok(),
             (false, None) => match rx.recv() {
                 Ok(m) => Some(m),
                 Err(_) => return,
             },
-            (false, Some(t)) => match rx.recv_timeout(t.saturating_duration_since(now)) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            },
+            (false, Some(t)) => {
+                match rx.recv_timeout(t.saturating_duration_since(Instant::now())) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
         };
         let mut want_push = false;
         match msg {
-            Some(PushMsg::Stop) => {
-                stopping = true;
-                continue;
+            Some(PushMsg::Stop) => stopping = true,
+            Some(PushMsg::Push) => {
+                want_push = true;
+                targets = load_targets(&p.repo);
             }
-            Some(PushMsg::Push) => want_push = true,
-            Some(PushMsg::Done(name, r)) => {
-                let st = state.entry(name.clone()).or_default();
-                st.in_flight = false;
-                let took = started_at
-                    .lock()
-                    .unwrap()
-                    .remove(&name)
-                    .map(|t| t.elapsed().as_millis() as u64)
-                    .unwrap_or(0);
-                match r {
-                    PushResult::Ok => {
-                        st.failures = 0;
-                        st.rejections = 0;
-                        st.next = None;
-                        (shared.log)(&format!("pushed to {name} ({took} ms)"));
-                        shared.event(Event::Pushed {
-                            remote: name.clone(),
-                            ms: took,
-                        });
-                        shared.update(|s| {
-                            let e = s.remotes.entry(name.clone()).or_default();
-                            e.pushing = false;
-                            e.retry = None;
-                            e.last_push_ms = Some(now_ms());
-                        });
-                    }
-                    PushResult::Rejected(e) if st.rejections < 3 => {
-                        st.rejections += 1;
-                        shared
-                            .update(|s| s.remotes.entry(name.clone()).or_default().pushing = false);
-                        (shared.log)(&format!(
-                            "push to {name} rejected ({e}); fetching and merging"
-                        ));
-                        let _ = main_tx.send(Msg::Rejected(name.clone()));
-                    }
-                    PushResult::Rejected(e)
-                    | PushResult::Failed(e)
-                    | PushResult::Unavailable(e) => {
-                        st.failures += 1;
-                        st.rejections = 0;
-                        st.dirty = true;
-                        let wait = backoff(base, st.failures);
-                        st.next = Some(Instant::now() + wait);
-                        (shared.log)(&format!(
-                            "push to {name} failed: {e}; retrying in {:.1} s",
-                            wait.as_secs_f64()
-                        ));
-                        shared.event(Event::PushFailed {
-                            remote: name.clone(),
-                            error: e.clone(),
-                            retry_in_ms: wait.as_millis() as u64,
-                        });
-                        let failures = st.failures;
-                        shared.update(|s| {
-                            let r = s.remotes.entry(name.clone()).or_default();
-                            r.pushing = false;
-                            r.retry = Some(Retry {
-                                reason: e,
-                                failures,
-                                next_attempt_ms: now_ms() + wait.as_millis() as u64,
-                            });
-                        });
-                    }
-                }
-                if stopping {
-                    continue;
-                }
-            }
+            Some(PushMsg::Done(name, r)) => p.done(name, r),
             None => {}
         }
         if stopping {
             continue;
         }
+        let Some(t) = &targets else {
+            continue;
+        };
         // Start what is due.
-        let Ok(remotes) = crate::ops::sync::remotes(&repo, &[]) else {
-            continue;
-        };
-        let Ok(branch) = crate::ops::sync::current_branch(&repo) else {
-            continue;
-        };
-        if repo.git.rev_parse("HEAD").ok().flatten().is_none() {
-            continue;
-        }
         let now = Instant::now();
-        for r in remotes.iter().filter(|r| !r.readonly) {
-            let st = state.entry(r.name.clone()).or_default();
-            if want_push {
-                st.dirty = true;
-            }
-            let due = st.next.is_none_or(|t| t <= now);
-            if st.dirty && !st.in_flight && due {
-                started_at.lock().unwrap().insert(r.name.clone(), now);
-                start(&r.name, r.local_path.clone(), st, &branch);
+        for (name, local) in &t.remotes {
+            let st = p.state.entry(name.clone()).or_default();
+            st.dirty |= want_push;
+            if st.dirty && st.in_flight.is_none() && st.next.is_none_or(|n| n <= now) {
+                p.start(name, local.clone(), &t.branch);
             }
         }
     }

@@ -122,20 +122,26 @@ impl Watcher {
         let heads = self.git_dir.join("refs/heads");
         let _ = std::fs::create_dir_all(heads.join("synced"));
         let _ = std::fs::create_dir_all(self.git_dir.join("refs/remotes"));
-        let mask = inotify::IN_CREATE
-            | inotify::IN_MOVED_TO
-            | inotify::IN_DELETE
-            | inotify::IN_CLOSE_WRITE
-            | inotify::IN_ONLYDIR;
         if let Ok(wd) = self
             .ino
             .add_watch(&self.git_dir, inotify::IN_MOVED_TO | inotify::IN_ONLYDIR)
         {
             self.git_wd = Some(wd);
         }
-        let mut stack = vec![heads, self.git_dir.join("refs/remotes")];
+        self.watch_ref_tree(heads);
+        self.watch_ref_tree(self.git_dir.join("refs/remotes"));
+    }
+
+    /// Watches a ref directory and every directory below it.
+    fn watch_ref_tree(&mut self, root: PathBuf) {
+        const REF_MASK: u32 = inotify::IN_CREATE
+            | inotify::IN_MOVED_TO
+            | inotify::IN_DELETE
+            | inotify::IN_CLOSE_WRITE
+            | inotify::IN_ONLYDIR;
+        let mut stack = vec![root];
         while let Some(d) = stack.pop() {
-            if let Ok(wd) = self.ino.add_watch(&d, mask) {
+            if let Ok(wd) = self.ino.add_watch(&d, REF_MASK) {
                 self.ref_dirs.insert(wd, d.clone());
             }
             if let Ok(rd) = std::fs::read_dir(&d) {
@@ -146,7 +152,6 @@ impl Watcher {
                 }
             }
         }
-        let _ = mask;
     }
 
     /// Blocks until the kernel has events, and turns them into a batch.
@@ -183,21 +188,7 @@ impl Watcher {
             }
             if ev.mask & IN_ISDIR != 0 && ev.mask & (IN_CREATE | IN_MOVED_TO) != 0 {
                 // A new remote or a new ref namespace: watch it, and look at what it holds.
-                let sub = dir.join(std::ffi::OsStr::from_bytes(&ev.name));
-                let mask = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_CLOSE_WRITE | IN_ONLYDIR;
-                let mut stack = vec![sub];
-                while let Some(d) = stack.pop() {
-                    if let Ok(wd) = self.ino.add_watch(&d, mask) {
-                        self.ref_dirs.insert(wd, d.clone());
-                    }
-                    if let Ok(rd) = std::fs::read_dir(&d) {
-                        for ent in rd.flatten() {
-                            if ent.file_type().is_ok_and(|t| t.is_dir()) {
-                                stack.push(ent.path());
-                            }
-                        }
-                    }
-                }
+                self.watch_ref_tree(dir.join(std::ffi::OsStr::from_bytes(&ev.name)));
             }
             batch.refs = true;
             return;

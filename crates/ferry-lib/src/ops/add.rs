@@ -57,8 +57,8 @@ pub struct AddOptions {
 struct Ingest {
     key: Key,
     bytes: u64,
-    /// For an unlocked file: its stat after ingest and whether it is executable.
-    unlocked: Option<(Stamp, bool)>,
+    /// For an unlocked file: its stat after ingest (for the inode cache).
+    unlocked: Option<Stamp>,
     /// A copy waiting in the temp dir to become the object (moved in for the whole batch at
     /// once, see [`crate::store::Store::ingest_temps`]).
     temp: Option<PathBuf>,
@@ -255,9 +255,7 @@ pub fn add(
 
     let listed = candidates(repo, &opts.paths)?;
     let config = repo.git.config_map()?;
-    let dotfiles = config
-        .get("annex.dotfiles")
-        .is_some_and(|v| matches!(v.as_str(), "true" | "yes" | "on" | "1"));
+    let dotfiles = crate::git::config_flag(&config, "annex.dotfiles", false);
     let large = LargeFiles::load(repo, &config, &listed)?;
 
     let mut to_stage: Vec<Vec<u8>> = Vec::new();
@@ -358,8 +356,8 @@ pub fn add(
     let mut present_keys: Vec<Key> = Vec::new();
     // (path, key) of every annex link made or restaged: their blobs go into the branch pack.
     let mut links: Vec<(Vec<u8>, Key)> = Vec::new();
-    // Unlocked files: (path, key, executable), and the work-tree stamps for the inode cache.
-    let mut pointers: Vec<(Vec<u8>, Key, bool)> = Vec::new();
+    // Unlocked files: (path, key), and the work-tree stamps for the inode cache.
+    let mut pointers: Vec<(Vec<u8>, Key)> = Vec::new();
     let mut stamps: Vec<(Stamp, Key)> = Vec::new();
     let mut annex_jobs: Vec<(Vec<u8>, u64)> = Vec::new();
     for p in plans {
@@ -451,9 +449,9 @@ pub fn add(
                     temp: _,
                 }) => {
                     match unlocked {
-                        Some((stamp, exec)) => {
+                        Some(stamp) => {
                             stamps.push((stamp, key.clone()));
-                            pointers.push((rel.clone(), key.clone(), exec));
+                            pointers.push((rel.clone(), key.clone()));
                         }
                         None => {
                             links.push((rel.clone(), key.clone()));
@@ -483,9 +481,9 @@ pub fn add(
     for ((rel, ing), r) in deferred.into_iter().zip(store.ingest_temps(&items)) {
         match r {
             Ok(_) => {
-                let (stamp, exec) = ing.unlocked.expect("unlocked ingest");
+                let stamp = ing.unlocked.expect("unlocked ingest");
                 stamps.push((stamp, ing.key.clone()));
-                pointers.push((rel.clone(), ing.key.clone(), exec));
+                pointers.push((rel.clone(), ing.key.clone()));
                 present_keys.push(ing.key.clone());
                 emit(
                     AddEvent::Annexed {
@@ -527,7 +525,7 @@ pub fn add(
         &mut links
             .iter()
             .map(|(p, k)| link_target(p, k))
-            .chain(pointers.iter().map(|(_, k, _)| pointer_for(k))),
+            .chain(pointers.iter().map(|(_, k)| pointer_for(k))),
     )?;
     stage(repo, &to_stage)?;
     if !pointers.is_empty() {
@@ -619,8 +617,7 @@ fn ingest_unlocked(
     thin: bool,
 ) -> Result<Ingest> {
     let abs = top.join(os(rel));
-    let (mut f, md, before) = open_regular(&abs)?;
-    let exec = md.mode() & 0o111 != 0;
+    let (mut f, _, before) = open_regular(&abs)?;
     let (key, n, tmp) = if thin {
         let (hex, n) = hash_file(backend, &mut f, size).ctx("reading", &abs)?;
         (backend.key(n, &hex, rel), n, None)
@@ -660,7 +657,7 @@ fn ingest_unlocked(
     Ok(Ingest {
         key,
         bytes: n,
-        unlocked: Some((Stamp::of(&after_md), exec)),
+        unlocked: Some(Stamp::of(&after_md)),
         temp,
     })
 }
@@ -670,8 +667,8 @@ fn ingest_unlocked(
 /// hashing again; the index gets the pointer and the file's stat data in one step.
 /// `annex.largefiles=anything` keeps the path annexed even if it changed in between (then the
 /// filter hashes the new content).
-fn stage_pointers(repo: &Repo, pointers: &[(Vec<u8>, Key, bool)]) -> Result<()> {
-    let paths: Vec<Vec<u8>> = pointers.iter().map(|(p, _, _)| p.clone()).collect();
+fn stage_pointers(repo: &Repo, pointers: &[(Vec<u8>, Key)]) -> Result<()> {
+    let paths: Vec<Vec<u8>> = pointers.iter().map(|(p, _)| p.clone()).collect();
     stage_with(repo, &paths, "anything")
 }
 

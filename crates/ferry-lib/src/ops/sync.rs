@@ -122,9 +122,7 @@ pub(crate) fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
             || (local_path.is_none() && !url.contains("://"));
         out.push(Remote {
             host: ssh.then(|| ssh_host(&url)),
-            ssh: url.starts_with("ssh://")
-                || url.starts_with("git+ssh://")
-                || (local_path.is_none() && !url.contains("://")),
+            ssh,
             readonly: cfg("annex-readonly")?.as_deref() == Some("true"),
             cost: cfg("annex-cost")?
                 .and_then(|c| c.parse().ok())
@@ -138,13 +136,25 @@ pub(crate) fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
 }
 
 pub(crate) fn current_branch(repo: &Repo) -> Result<String> {
-    repo.git
-        .run_opt(["symbolic-ref", "--quiet", "--short", "HEAD"])?
-        .ok_or_else(|| {
-            Error::Unsupported(
-                "HEAD is detached; check out a branch (git switch <branch>) before syncing".into(),
-            )
-        })
+    // `HEAD` names the branch in the usual case; git answers the rest (and detached HEAD).
+    let plain = std::fs::read_to_string(repo.git_dir.join("HEAD"))
+        .ok()
+        .and_then(|h| {
+            h.trim_end()
+                .strip_prefix("ref: refs/heads/")
+                .map(str::to_string)
+        });
+    let branch = match plain {
+        Some(b) => Some(b),
+        None => repo
+            .git
+            .run_opt(["symbolic-ref", "--quiet", "--short", "HEAD"])?,
+    };
+    branch.ok_or_else(|| {
+        Error::Unsupported(
+            "HEAD is detached; check out a branch (git switch <branch>) before syncing".into(),
+        )
+    })
 }
 
 /// `[user@]host[:port]` of an ssh URL (`ssh://user@host:port/path` or `user@host:path`).

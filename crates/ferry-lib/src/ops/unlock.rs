@@ -157,13 +157,7 @@ fn replace_with_copy(tmpdir: &Path, src: &Path, dest: &Path, mode: u32, link: bo
     }
     let mut input = std::fs::File::open(src).ctx("reading", src)?;
     std::io::copy(&mut input, tmp.as_file_mut()).ctx("copying", src)?;
-    tmp.as_file().sync_all().ctx("syncing", tmp.path())?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-        .ctx("setting mode of", tmp.path())?;
-    let (_, p) = tmp
-        .keep()
-        .map_err(|e| Error::io("keeping temp file", e.error))?;
-    move_into_place(&p, dest)
+    put_temp(tmp, dest, mode)
 }
 
 /// Replaces `dest` whole with `content`.
@@ -173,6 +167,11 @@ fn replace_with_bytes(tmpdir: &Path, dest: &Path, content: &[u8], mode: u32) -> 
         .tempfile_in(tmpdir)
         .ctx("creating temp file in", tmpdir)?;
     tmp.write_all(content).ctx("writing", tmp.path())?;
+    put_temp(tmp, dest, mode)
+}
+
+/// Makes a fully written temp file durable, gives it `mode`, and renames it over `dest`.
+fn put_temp(tmp: tempfile::NamedTempFile, dest: &Path, mode: u32) -> Result<()> {
     tmp.as_file().sync_all().ctx("syncing", tmp.path())?;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
         .ctx("setting mode of", tmp.path())?;
