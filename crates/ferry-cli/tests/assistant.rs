@@ -101,15 +101,27 @@ fn committed(env: &Env, dir: &Path, file: &str) -> bool {
 }
 
 /// A and B: B a clone of A, remotes both ways (A's "b", B's "origin"), synced once.
-fn pair(env: &Env) -> (PathBuf, PathBuf) {
+/// Repository "a" with `file` committed as an unlocked file.
+fn seeded(env: &Env, file: &str, content: &str) -> PathBuf {
     let a = env.ferry_repo("a");
-    write(&a, "seed.txt", "seed\n");
+    write(&a, file, content);
     env.ferry(&a, &["add", "--unlocked"]).assert_ok();
     env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
+    a
+}
+
+/// "b", a ferry clone of "a" (remote "origin"; no remote back yet).
+fn clone_b(env: &Env) -> PathBuf {
     env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
         .assert_ok();
     let b = env.path("b");
     env.ferry(&b, &["init", "b"]).assert_ok();
+    b
+}
+
+fn pair(env: &Env) -> (PathBuf, PathBuf) {
+    let a = seeded(env, "seed.txt", "seed\n");
+    let b = clone_b(env);
     env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
     env.ferry(&a, &["sync"]).assert_ok();
     env.ferry(&b, &["sync"]).assert_ok();
@@ -168,10 +180,7 @@ fn assistant_creates_the_repository_runs_detached_and_stops() {
 #[test]
 fn changes_made_while_stopped_are_committed_at_start() {
     let env = Env::new();
-    let a = env.ferry_repo("a");
-    write(&a, "old.txt", "old\n");
-    env.ferry(&a, &["add", "--unlocked"]).assert_ok();
-    env.git(&a, &["commit", "-qm", "old"]).assert_ok();
+    let a = seeded(&env, "old.txt", "old\n");
     write(&a, "new/deep/file.bin", "new\n");
     std::fs::remove_file(a.join("old.txt")).unwrap();
     let _d = Daemon::start(&env, &a);
@@ -341,14 +350,8 @@ fn killed_mid_burst_and_restarted_loses_nothing() {
 #[test]
 fn partitioned_clones_both_edit_a_file_and_end_with_both_versions() {
     let env = Env::new();
-    let a = env.ferry_repo("a");
-    write(&a, "doc.txt", "v0\n");
-    env.ferry(&a, &["add", "--unlocked"]).assert_ok();
-    env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
-    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
-        .assert_ok();
-    let b = env.path("b");
-    env.ferry(&b, &["init", "b"]).assert_ok();
+    let a = seeded(&env, "doc.txt", "v0\n");
+    let b = clone_b(&env);
     // The remotes are reached through links that the test removes to partition the clones
     // (as when a drive is unplugged) and puts back to heal them.
     let (la, lb) = (env.path("link-a"), env.path("link-b"));
@@ -422,16 +425,19 @@ fn partitioned_clones_both_edit_a_file_and_end_with_both_versions() {
 }
 
 #[test]
-fn change_hook_runs_after_a_commit_with_the_event_in_its_environment() {
+fn change_hook_runs_after_a_commit_and_a_push_with_the_event_in_its_environment() {
     let env = Env::new();
-    let a = env.ferry_repo("a");
+    let (a, _b) = pair(&env);
     let out = env.path("hook.out");
     env.git(
         &a,
         &[
             "config",
             "ferry.changehook",
-            &format!("echo \"$FERRY_EVENT $FERRY_COMMIT\" >> '{}'", out.display()),
+            &format!(
+                "echo \"$FERRY_EVENT $FERRY_COMMIT $FERRY_REMOTE\" >> '{}'",
+                out.display()
+            ),
         ],
     )
     .assert_ok();
@@ -439,11 +445,15 @@ fn change_hook_runs_after_a_commit_with_the_event_in_its_environment() {
     write(&a, "x.txt", "x\n");
     assert!(wait_until(WAIT, || committed(&env, &a, "x.txt")));
     let head = env.git(&a, &["rev-parse", "HEAD"]).stdout();
-    assert!(wait_until(WAIT, || {
-        std::fs::read_to_string(&out)
-            .unwrap_or_default()
-            .contains(&format!("commit {}", head.trim()))
-    }));
+    let head = head.trim();
+    assert!(
+        wait_until(WAIT, || {
+            let log = std::fs::read_to_string(&out).unwrap_or_default();
+            log.contains(&format!("commit {head} \n")) && log.contains(&format!("push {head} b\n"))
+        }),
+        "{}",
+        std::fs::read_to_string(&out).unwrap_or_default()
+    );
 }
 
 #[test]

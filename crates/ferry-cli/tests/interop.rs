@@ -160,14 +160,7 @@ fn ferry_reads_repositories_made_by_git_annex() {
         .assert_ok();
     env.git(&d, &["commit", "-qm", "x"]).assert_ok();
     let uuid = config(&env, &d, "annex.uuid");
-    let ours = env
-        .ferry(&d, &["whereis", "--json"])
-        .assert_ok()
-        .json_lines();
-    let theirs = env
-        .annex(&d, &["whereis", "--json"])
-        .assert_ok()
-        .json_lines();
+    let (ours, theirs) = whereis_both(&env, &d);
     assert_eq!(ours.len(), 3);
     for (o, t) in ours.iter().zip(&theirs) {
         assert_eq!(o["file"], t["file"]);
@@ -203,14 +196,7 @@ fn interleaved_adds_by_both_tools_agree() {
     write(&d, "by-annex-2", "a2");
     env.annex(&d, &["add", "--quiet", "by-annex-2"]).assert_ok();
     env.git(&d, &["commit", "-qm", "mixed"]).assert_ok();
-    let ours = env
-        .ferry(&d, &["whereis", "--json"])
-        .assert_ok()
-        .json_lines();
-    let theirs = env
-        .annex(&d, &["whereis", "--json"])
-        .assert_ok()
-        .json_lines();
+    let (ours, theirs) = whereis_both(&env, &d);
     assert_eq!(ours.len(), 4);
     let summary = |v: &Vec<serde_json::Value>| {
         let mut s: Vec<(String, String, String)> = v
@@ -229,4 +215,19 @@ fn interleaved_adds_by_both_tools_agree() {
     assert_eq!(summary(&ours), summary(&theirs));
     env.annex(&d, &["fsck", "--quiet"]).assert_ok();
     env.ferry(&d, &["fsck"]).assert_ok();
+}
+
+/// `whereis --json` of ferry and of git-annex in `d`.
+fn whereis_both(
+    env: &Env,
+    d: &std::path::Path,
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    (
+        env.ferry(d, &["whereis", "--json"])
+            .assert_ok()
+            .json_lines(),
+        env.annex(d, &["whereis", "--json"])
+            .assert_ok()
+            .json_lines(),
+    )
 }
