@@ -82,6 +82,13 @@ impl Drop for Daemon {
     }
 }
 
+/// Every daemon's log, for a failure message.
+fn logs(ds: &[&Daemon]) -> String {
+    ds.iter()
+        .map(|d| format!("--- {}\n{}", d.log.display(), d.log_text()))
+        .collect()
+}
+
 fn status(env: &Env, dir: &Path) -> serde_json::Value {
     let r = env.ferry(dir, &["status", "--json"]);
     serde_json::from_str(r.stdout().trim()).unwrap_or(serde_json::Value::Null)
@@ -224,15 +231,17 @@ fn changes_hop_along_a_chain_of_clones() {
     env.ferry(&c, &["init", "c"]).assert_ok();
     env.git(&b, &["remote", "add", "c", "../c"]).assert_ok();
     env.ferry(&b, &["sync"]).assert_ok();
-    let _da = Daemon::start(&env, &a);
-    let _db = Daemon::start(&env, &b);
-    let _dc = Daemon::start(&env, &c);
+    let da = Daemon::start(&env, &a);
+    let db = Daemon::start(&env, &b);
+    let dc = Daemon::start(&env, &c);
+    let all = [&da, &db, &dc];
 
     write(&a, "docs/new.txt", "from a\n");
     assert!(
         wait_until(WAIT, || std::fs::symlink_metadata(c.join("docs/new.txt"))
             .is_ok()),
-        "a new file in A reaches C through B"
+        "a new file in A reaches C through B; logs:\n{}",
+        logs(&all)
     );
     std::fs::rename(a.join("docs/new.txt"), a.join("docs/renamed.txt")).unwrap();
     assert!(
@@ -240,7 +249,8 @@ fn changes_hop_along_a_chain_of_clones() {
             c.join("docs/renamed.txt").symlink_metadata().is_ok()
                 && c.join("docs/new.txt").symlink_metadata().is_err()
         }),
-        "a rename propagates"
+        "a rename propagates; logs:\n{}",
+        logs(&all)
     );
     std::fs::remove_file(a.join("docs/renamed.txt")).unwrap();
     assert!(
@@ -248,14 +258,16 @@ fn changes_hop_along_a_chain_of_clones() {
             .join("docs/renamed.txt")
             .symlink_metadata()
             .is_err()),
-        "a deletion propagates"
+        "a deletion propagates; logs:\n{}",
+        logs(&all)
     );
     // Something made in C travels back to A the same way.
     write(&c, "from-c.txt", "c\n");
-    assert!(wait_until(WAIT, || a
-        .join("from-c.txt")
-        .symlink_metadata()
-        .is_ok()));
+    assert!(
+        wait_until(WAIT, || a.join("from-c.txt").symlink_metadata().is_ok()),
+        "a file made in C reaches A; logs:\n{}",
+        logs(&all)
+    );
     // And B's work tree did not pick up stray commits of the merges' own writes: every commit
     // on B's branch that is not a merge changed something.
     let log = env

@@ -313,9 +313,7 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     merge_all(repo, &branch, &mut report)?;
 
     // 4. Push to every remote that was fetched, at once.
-    let _ = repo
-        .git
-        .run(["branch", "-f", &format!("synced/{branch}"), &branch]);
+    advance_synced(repo, &branch);
     let push_to: Vec<usize> = (0..all.len())
         .filter(|&i| reports[i].pulled == Outcome::Ok && !all[i].readonly)
         .collect();
@@ -353,9 +351,7 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
                         break;
                     }
                     merge_all(repo, &branch, &mut report)?;
-                    let _ = repo
-                        .git
-                        .run(["branch", "-f", &format!("synced/{branch}"), &branch]);
+                    advance_synced(repo, &branch);
                     match push(net, &all[i].name, &branch) {
                         Ok(()) => {
                             ok = true;
@@ -427,6 +423,36 @@ pub(crate) fn push(
     Ok(())
 }
 
+/// Points the local `synced/<branch>` at `<branch>` (as git-annex does), but only when
+/// everything it holds is merged, and by compare-and-swap: other clones push into this ref at
+/// any moment, and a push that lands between the merge and this update must never be
+/// overwritten (it would be lost until the other clone changes again).
+fn advance_synced(repo: &Repo, branch: &str) {
+    let synced = format!("refs/heads/synced/{branch}");
+    let local = format!("refs/heads/{branch}");
+    let Ok(Some(head)) = repo.git.rev_parse(&local) else {
+        return;
+    };
+    let old = match repo.git.rev_parse(&synced) {
+        Ok(Some(old)) if old == head => return,
+        Ok(Some(_)) => {
+            // Its value if (and only if) the branch contains it: one git call for both.
+            match repo.git.run_str([
+                "for-each-ref",
+                "--format=%(objectname)",
+                &format!("--merged={local}"),
+                &synced,
+            ]) {
+                Ok(v) if !v.is_empty() => v,
+                _ => return, // not merged yet: the next merge takes it
+            }
+        }
+        Ok(None) => String::new(), // create, only if still absent
+        Err(_) => return,
+    };
+    let _ = repo.git.run(["update-ref", &synced, &head, &old]);
+}
+
 /// Takes the per-repository sync lock (the daemon and a manual `ferry sync` may overlap),
 /// undoes a merge left by a killed sync, and refuses to work over a merge started by hand.
 pub(crate) fn sync_lock(repo: &Repo) -> Result<crate::lock::Lock> {
@@ -450,9 +476,7 @@ pub fn merge_incoming(repo: &Repo) -> Result<SyncReport> {
     let _lock = sync_lock(repo)?;
     let mut report = SyncReport::default();
     merge_all(repo, &branch, &mut report)?;
-    let _ = repo
-        .git
-        .run(["branch", "-f", &format!("synced/{branch}"), &branch]);
+    advance_synced(repo, &branch);
     Ok(report)
 }
 
@@ -832,6 +856,47 @@ fn resolve_conflicts(repo: &Repo) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_synced_ref_never_moves_over_an_unmerged_push() {
+        let d = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .current_dir(d.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let (repo, _) = Repo::init(d.path(), None, "test", &Default::default()).unwrap();
+        git(&["commit", "-q", "--allow-empty", "-m", "one"]);
+        let one = git(&["rev-parse", "HEAD"]);
+        git(&["commit", "-q", "--allow-empty", "-m", "two"]);
+        let two = git(&["rev-parse", "HEAD"]);
+        let synced = || git(&["rev-parse", "refs/heads/synced/main"]);
+
+        // Absent: created at the branch.
+        advance_synced(&repo, "main");
+        assert_eq!(synced(), two);
+        // Behind the branch (merged): moved up.
+        git(&["update-ref", "refs/heads/synced/main", &one]);
+        advance_synced(&repo, "main");
+        assert_eq!(synced(), two);
+        // A push that is not merged yet (another clone's commit): left alone.
+        let theirs = git(&[
+            "commit-tree",
+            "-p",
+            &one,
+            "-m",
+            "theirs",
+            &format!("{one}^{{tree}}"),
+        ]);
+        git(&["update-ref", "refs/heads/synced/main", &theirs]);
+        advance_synced(&repo, "main");
+        assert_eq!(synced(), theirs);
+    }
 
     #[test]
     fn variant_names_match_git_annex() {
