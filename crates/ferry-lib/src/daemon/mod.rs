@@ -194,55 +194,10 @@ impl Daemon {
         Stopper(self.tx.clone())
     }
 
-    fn settings(&self) -> Result<Settings> {
-        let repo = &self.repo;
-        let config = repo.git.config_map()?;
-        let get = |k: &str| config.get(k).map(String::as_str);
-        let flag = |k: &str, d: bool| crate::git::config_flag(&config, k, d);
-        let secs = |k: &str, d: f64| {
-            Duration::from_secs_f64(
-                get(k)
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .filter(|v| *v > 0.0)
-                    .unwrap_or(d),
-            )
-        };
-        let backend = match get("annex.backend") {
-            Some(b) => crate::hash::Backend::from_variety(b).ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "unsupported annex.backend {b:?}; ferry supports SHA256E, SHA256, SHA512E and SHA512"
-                ))
-            })?,
-            None => crate::hash::Backend::Sha256E,
-        };
-        // The assistant adds unlocked files (editable in place), as git-annex's does.
-        let unlocked = flag("annex.addunlocked", true) && crate::repo::filter_configured(repo)?;
-        let desc = repo.description(repo.uuid())?.unwrap_or_default();
-        Ok(Settings {
-            add: AddOptions {
-                paths: Vec::new(),
-                jobs: std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
-                backend,
-                force: None,
-                unlocked,
-                thin: flag("annex.thin", false),
-                deletions: true,
-            },
-            retry_base: secs("ferry.retrydelay", 1.0),
-            rescan_interval: secs("ferry.rescaninterval", 60.0),
-            hook: get("ferry.changehook")
-                .filter(|h| !h.is_empty())
-                .map(str::to_string),
-            message: format!("git-annex in {desc}"),
-        })
-    }
-
     /// Runs until stopped. Changes pending at a stop are committed first.
     pub fn run(self) -> Result<()> {
         let log = self.opts.log.clone();
-        let settings = self.settings()?;
+        let settings = settings(&self.repo)?;
         let repo = self.repo.clone();
         let top = repo.work_tree()?.to_path_buf();
         let shared = Arc::new(Shared {
@@ -328,6 +283,7 @@ impl Daemon {
 
         let mut pending: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut merge_wanted = false;
+        let mut config_changed = false;
         let mut rejected: BTreeSet<String> = BTreeSet::new();
         let mut stop = false;
         loop {
@@ -353,6 +309,7 @@ impl Daemon {
                     pending.extend(b.paths);
                     rescan |= b.rescan;
                     merge_wanted |= b.refs;
+                    config_changed |= b.config;
                 }
                 Msg::Rejected(r) => {
                     rejected.insert(r);
@@ -393,6 +350,22 @@ impl Daemon {
                 pending.clear();
                 pending.insert(Vec::new());
             }
+            if std::mem::take(&mut config_changed) {
+                match self::settings(&main.repo) {
+                    Ok(s) => main.settings = s,
+                    Err(e) => log(&format!("reading the changed git config failed: {e}")),
+                }
+            }
+            // A running check-attr may keep what it read: a changed .gitattributes needs a new one.
+            if rescan
+                || pending
+                    .iter()
+                    .any(|p| p.rsplit(|&b| b == b'/').next() == Some(b".gitattributes"))
+            {
+                if let Some(a) = &main.settings.add.attrs {
+                    a.reset();
+                }
+            }
             let mut changed = false;
             if !pending.is_empty() {
                 let paths: Vec<Vec<u8>> = std::mem::take(&mut pending).into_iter().collect();
@@ -422,6 +395,53 @@ impl Daemon {
         log("stopped");
         Ok(())
     }
+}
+
+/// The daemon's settings, from git config (read again when `.git/config` changes).
+fn settings(repo: &Repo) -> Result<Settings> {
+    let config = repo.git.config_map()?;
+    let get = |k: &str| config.get(k).map(String::as_str);
+    let flag = |k: &str, d: bool| crate::git::config_flag(&config, k, d);
+    let secs = |k: &str, d: f64| {
+        Duration::from_secs_f64(
+            get(k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| *v > 0.0)
+                .unwrap_or(d),
+        )
+    };
+    let backend = match get("annex.backend") {
+            Some(b) => crate::hash::Backend::from_variety(b).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "unsupported annex.backend {b:?}; ferry supports SHA256E, SHA256, SHA512E and SHA512"
+                ))
+            })?,
+            None => crate::hash::Backend::Sha256E,
+        };
+    // The assistant adds unlocked files (editable in place), as git-annex's does.
+    let unlocked = flag("annex.addunlocked", true) && crate::repo::filter_configured(repo)?;
+    let desc = repo.description(repo.uuid())?.unwrap_or_default();
+    Ok(Settings {
+        add: AddOptions {
+            paths: Vec::new(),
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            backend,
+            force: None,
+            unlocked,
+            thin: flag("annex.thin", false),
+            deletions: true,
+            config: Some(Arc::new(config.clone())),
+            attrs: Some(crate::ops::add::AttrServer::default()),
+        },
+        retry_base: secs("ferry.retrydelay", 1.0),
+        rescan_interval: secs("ferry.rescaninterval", 60.0),
+        hook: get("ferry.changehook")
+            .filter(|h| !h.is_empty())
+            .map(str::to_string),
+        message: format!("git-annex in {desc}"),
+    })
 }
 
 fn watch_limit_message() -> String {
