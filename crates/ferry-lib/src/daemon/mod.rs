@@ -357,14 +357,17 @@ impl Daemon {
                 }
             }
             // A running check-attr may keep what it read: a changed .gitattributes needs a new one.
-            if rescan
-                || pending
-                    .iter()
-                    .any(|p| p.rsplit(|&b| b == b'/').next() == Some(b".gitattributes"))
+            let attrs_changed = pending
+                .iter()
+                .any(|p| p.rsplit(|&b| b == b'/').next() == Some(b".gitattributes"));
+            if let Some(a) = main
+                .settings
+                .add
+                .attrs
+                .as_ref()
+                .filter(|_| rescan || attrs_changed)
             {
-                if let Some(a) = &main.settings.add.attrs {
-                    a.reset();
-                }
+                a.reset();
             }
             let mut changed = false;
             if !pending.is_empty() {
