@@ -571,25 +571,61 @@ pub fn add(
         );
     }
 
-    // Log the content first (with the link blobs in the same pack), then stage: a crash in
-    // between leaves untracked annex links, which the next add stages.
-    set_presence(
-        repo,
-        repo.uuid(),
-        &present_keys,
-        Presence::Present,
-        &mut links
-            .iter()
-            .map(|(p, k)| link_target(p, k))
-            .chain(pointers.iter().map(|(_, k)| pointer_for(k))),
-    )?;
-    stage(repo, &to_stage)?;
-    if !pointers.is_empty() {
-        InodeCache::load(&annex_dir).record(&stamps)?;
-        stage_pointers(repo, &pointers)?;
+    let mut blobs = links
+        .iter()
+        .map(|(p, k)| link_target(p, k))
+        .chain(pointers.iter().map(|(_, k)| pointer_for(k)));
+    let stage_all = || -> Result<()> {
+        stage(repo, &to_stage)?;
+        if !pointers.is_empty() {
+            InodeCache::load(&annex_dir).record(&stamps)?;
+            stage_pointers(repo, &pointers)?;
+        }
+        Ok(())
+    };
+    if present_keys.len() > JOURNAL_MAX {
+        // Log the content first (with the link blobs in the same pack), then stage: a crash
+        // in between leaves untracked annex links, which the next add stages.
+        set_presence(
+            repo,
+            repo.uuid(),
+            &present_keys,
+            Presence::Present,
+            &mut blobs,
+        )?;
+        stage_all()?;
+    } else {
+        // A few keys (the daemon's usual case): their logs go into the journal first, which
+        // survives a crash and is read by git-annex too; then the branch commit and the
+        // staging run at the same time.
+        let lock = repo.branch.lock_journal()?;
+        for (path, content) in
+            presence_changes(repo, repo.uuid(), &present_keys, Presence::Present)?
+        {
+            repo.branch.write(&lock, &path, &content)?;
+        }
+        let (branch, staged) = std::thread::scope(|s| {
+            // The thread owns the lock and lets it go as soon as the branch is committed: the
+            // clean filter that staging runs may need it (a file changed since it was hashed).
+            let branch = s.spawn(move || {
+                let r =
+                    repo.branch
+                        .commit_changes(&lock, &Default::default(), &mut blobs, "update");
+                drop(lock);
+                r
+            });
+            let staged = stage_all();
+            (branch.join(), staged)
+        });
+        staged?;
+        branch.map_err(|_| Error::Protocol("the branch commit panicked".into()))??;
     }
     Ok(summary)
 }
+
+/// Up to this many keys, an add records them through the journal and commits the branch while
+/// staging; more go straight into one branch commit (thousands of journal files cost more).
+const JOURNAL_MAX: usize = 64;
 
 /// Opens a work-tree file for ingesting (never following a symlink) and stamps it.
 fn open_regular(abs: &Path) -> Result<(std::fs::File, std::fs::Metadata, StatStamp)> {
@@ -890,10 +926,24 @@ pub fn set_presence(
     if keys.is_empty() && blobs.peek().is_none() {
         return Ok(());
     }
+    let lock = repo.branch.lock_journal()?;
+    let changes = presence_changes(repo, uuid, keys, status)?;
+    repo.branch
+        .commit_changes(&lock, &changes, &mut blobs, "update")?;
+    Ok(())
+}
+
+/// The location logs that change when `uuid` gets `status` for `keys`: branch path → new
+/// content (logs already saying so are left out).
+fn presence_changes(
+    repo: &Repo,
+    uuid: &str,
+    keys: &[Key],
+    status: Presence,
+) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut keys = keys.to_vec();
     keys.sort();
     keys.dedup();
-    let lock = repo.branch.lock_journal()?;
     let paths: Vec<Vec<u8>> = keys.iter().map(location_log_path).collect();
     let logs = repo.branch.read_many(&paths)?;
     let now = repo.branch.now();
@@ -906,7 +956,5 @@ pub fn set_presence(
         log.set(uuid, status, now);
         changes.insert(path, log.render());
     }
-    repo.branch
-        .commit_changes(&lock, &changes, &mut blobs, "update")?;
-    Ok(())
+    Ok(changes)
 }
