@@ -310,7 +310,7 @@ pub fn add(
     };
 
     let listed = candidates(repo, &opts.paths)?;
-    let config = opts.config.as_deref().unwrap_or(&repo.config);
+    let config = opts.config.as_deref().unwrap_or(repo.config());
     let dotfiles = crate::git::config_flag(config, "annex.dotfiles", false);
     let large = LargeFiles::load(repo, config, &listed, opts.attrs.as_ref())?;
 
