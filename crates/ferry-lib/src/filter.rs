@@ -405,8 +405,11 @@ impl Filter<'_> {
     }
 
     fn finish(&mut self) -> Result<()> {
+        if self.present.is_empty() && self.lost.is_empty() {
+            return Ok(()); // nothing to record (and no need to read config for the uuid)
+        }
         let uuid = self.repo.uuid().to_string();
-        if uuid.is_empty() && !(self.present.is_empty() && self.lost.is_empty()) {
+        if uuid.is_empty() {
             return Err(Error::NotInitialized(self.top.clone()));
         }
         crate::ops::add::set_presence(

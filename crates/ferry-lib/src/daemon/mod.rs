@@ -351,8 +351,12 @@ impl Daemon {
                 pending.insert(Vec::new());
             }
             if std::mem::take(&mut config_changed) {
+                let _ = main.push_tx.send(PushMsg::Reload);
                 match self::settings(&main.repo) {
-                    Ok(s) => main.settings = s,
+                    Ok(s) => {
+                        log("git config changed: settings and remotes read again");
+                        main.settings = s;
+                    }
                     Err(e) => log(&format!("reading the changed git config failed: {e}")),
                 }
             }
@@ -472,7 +476,7 @@ fn spawn_watcher(mut w: watcher::Watcher, tx: Sender<Msg>, shared: Arc<Shared>) 
                             s.watcher.watched_dirs = dirs;
                             s.watcher.limited = w.limited;
                         }
-                        if (b.paths.is_empty() && !b.rescan && !b.refs)
+                        if (b.paths.is_empty() && !b.rescan && !b.refs && !b.config)
                             || tx.send(Msg::Batch(b)).is_ok()
                         {
                             continue;
@@ -803,6 +807,8 @@ impl MainLoop {
 
 enum PushMsg {
     Push,
+    /// git config changed: read the remotes again at the next push.
+    Reload,
     Done(String, PushResult),
     Stop,
 }
@@ -831,8 +837,8 @@ fn backoff(base: Duration, failures: u32) -> Duration {
     (base * f).min(RETRY_CAP)
 }
 
-/// Where to push: the remotes (name, local path) and the branch, read from git when a push is
-/// asked for (not on every completion or timer).
+/// Where to push: the remotes (name, local path), read from git config at the first push and
+/// after config changes, and the branch, read at every push.
 struct Targets {
     remotes: Vec<(String, Option<std::path::PathBuf>)>,
     branch: String,
@@ -1015,8 +1021,14 @@ fn pusher(
             Some(PushMsg::Stop) => stopping = true,
             Some(PushMsg::Push) => {
                 want_push = true;
-                targets = load_targets(&p.repo);
+                // The remotes come from git config, read again only after it changed; the
+                // branch is read each time (HEAD is one small file).
+                match (&mut targets, crate::ops::sync::current_branch(&p.repo)) {
+                    (Some(t), Ok(branch)) => t.branch = branch,
+                    _ => targets = load_targets(&p.repo),
+                }
             }
+            Some(PushMsg::Reload) => targets = None,
             Some(PushMsg::Done(name, r)) => p.done(name, r),
             None => {}
         }
