@@ -561,3 +561,39 @@ fn settings_changed_while_running_take_effect() {
         d.log_text()
     );
 }
+
+#[test]
+fn a_missing_remote_is_pushed_to_as_soon_as_it_is_back() {
+    // The retry delay is ten minutes: only noticing the path come back can deliver in time.
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    env.git(&a, &["config", "ferry.retrydelay", "600"])
+        .assert_ok();
+    let d = Daemon::start(&env, &a);
+    let away = env.path("b-unplugged");
+    std::fs::rename(&b, &away).unwrap();
+    write(&a, "while-away.txt", "x\n");
+    assert!(
+        wait_until(WAIT, || !status(&env, &a)["remotes"]["b"]["retry"]
+            .is_null()),
+        "the push fails while b is away; log:\n{}",
+        d.log_text()
+    );
+    std::fs::rename(&away, &b).unwrap();
+    let back = std::time::Instant::now();
+    assert!(
+        wait_until(WAIT, || {
+            let head = env.git(&a, &["rev-parse", "HEAD"]).stdout();
+            env.git(&b, &["rev-parse", "refs/heads/synced/main"])
+                .stdout()
+                == head
+        }),
+        "b gets the push once it is back; log:\n{}",
+        d.log_text()
+    );
+    assert!(
+        back.elapsed() < Duration::from_secs(30),
+        "pushed {:?} after b came back, long before the 10-minute retry",
+        back.elapsed()
+    );
+}

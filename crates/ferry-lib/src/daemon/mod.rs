@@ -815,7 +815,8 @@ enum PushMsg {
 
 enum PushResult {
     Ok,
-    Unavailable(String),
+    /// A local remote whose path is not there: the message and the path.
+    Unavailable(String, std::path::PathBuf),
     Rejected(String),
     Failed(String),
 }
@@ -828,7 +829,14 @@ struct PushState {
     failures: u32,
     rejections: u32,
     next: Option<Instant>,
+    /// The local path of a remote that was not there at the last attempt (a drive not
+    /// plugged in): looked at every [`MISSING_POLL`], and pushed to as soon as it is back.
+    missing: Option<std::path::PathBuf>,
 }
+
+/// How often the path of a missing local remote is looked at (one `stat`; inotify would not
+/// see a drive being mounted).
+const MISSING_POLL: Duration = Duration::from_secs(1);
 
 const RETRY_CAP: Duration = Duration::from_secs(30 * 60);
 
@@ -886,10 +894,10 @@ impl Pusher {
             .name(format!("push {name}"))
             .spawn(move || {
                 let r = match local {
-                    Some(p) if !p.exists() => PushResult::Unavailable(format!(
-                        "{} is not there (not mounted?)",
-                        p.display()
-                    )),
+                    Some(p) if !p.exists() => PushResult::Unavailable(
+                        format!("{} is not there (not mounted?)", p.display()),
+                        p,
+                    ),
                     _ => match crate::ops::sync::push(&net, &name, &branch) {
                         Ok(()) => PushResult::Ok,
                         Err(e) if e.contains("non-fast-forward") || e.contains("fetch first") => {
@@ -938,7 +946,11 @@ impl Pusher {
                 let _ = self.main_tx.send(Msg::Rejected(name));
                 return;
             }
-            PushResult::Rejected(e) | PushResult::Failed(e) | PushResult::Unavailable(e) => e,
+            PushResult::Unavailable(e, path) => {
+                st.missing = Some(path);
+                e
+            }
+            PushResult::Rejected(e) | PushResult::Failed(e) => e,
         };
         st.failures += 1;
         st.rejections = 0;
@@ -946,8 +958,13 @@ impl Pusher {
         let wait = backoff(self.base, st.failures);
         st.next = Some(Instant::now() + wait);
         let failures = st.failures;
+        let back = if st.missing.is_some() {
+            ", or as soon as it is back"
+        } else {
+            ""
+        };
         (shared.log)(&format!(
-            "push to {name} failed: {failure}; retrying in {:.1} s",
+            "push to {name} failed: {failure}; retrying in {:.1} s{back}",
             wait.as_secs_f64()
         ));
         shared.event(Event::PushFailed {
@@ -996,11 +1013,26 @@ fn pusher(
         if stopping && !busy {
             return;
         }
-        let next = p
+        // A missing remote that is back is due now, whatever its backoff says.
+        let now = Instant::now();
+        for st in p.state.values_mut() {
+            if st.missing.as_ref().is_some_and(|m| m.exists()) {
+                st.missing = None;
+                st.next = Some(now);
+            }
+        }
+        let waiting = p
             .state
             .values()
-            .filter(|s| s.dirty && s.in_flight.is_none())
+            .filter(|s| s.dirty && s.in_flight.is_none());
+        let next = waiting
+            .clone()
             .filter_map(|s| s.next)
+            .chain(
+                waiting
+                    .filter(|s| s.missing.is_some())
+                    .map(|_| now + MISSING_POLL),
+            )
             .min();
         let msg = match (stopping, next) {
             (true, _) => rx.recv_timeout(Duration::from_secs(30)).ok(),
