@@ -495,3 +495,63 @@ fn sync_bad_states_explain_themselves_and_an_empty_clone_takes_the_remote() {
         "the user's merge is not touched"
     );
 }
+
+/// Someone else's push lands on the hub between our fetch and our push: the push is refused,
+/// and sync fetches, merges and pushes again, ending with success and both changes everywhere.
+#[test]
+fn a_push_refused_because_the_hub_moved_is_merged_and_retried() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "seed", "s");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
+        .assert_ok();
+    let hub = env.path("hub.git");
+    env.git(&a, &["remote", "add", "hub", "../hub.git"])
+        .assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "hub.git", "c"])
+        .assert_ok();
+    let c = env.path("c");
+    env.git(&c, &["checkout", "-q", "-B", "main", "origin/synced/main"])
+        .assert_ok();
+    env.ferry(&c, &["init", "c"]).assert_ok();
+    // C's change waits on the hub under a side name...
+    write(&c, "from-c", "c\n");
+    env.ferry(&c, &["add"]).assert_ok();
+    env.git(&c, &["commit", "-qm", "from c"]).assert_ok();
+    env.git(&c, &["push", "-q", "origin", "HEAD:refs/heads/pending"])
+        .assert_ok();
+    // ...and a hook moves it into synced/main at the moment A's push arrives (once).
+    let hook = hub.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\ncat >/dev/null\n[ -e moved ] && exit 0\ntouch moved\nenv -u GIT_QUARANTINE_PATH git update-ref refs/heads/synced/main refs/heads/pending\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write(&a, "from-a", "a\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    let r = env.ferry(&a, &["sync", "--json"]);
+    r.assert_ok();
+    assert!(
+        hub.join("moved").exists(),
+        "the hook ran: the race happened\n{}\n{}",
+        r.stdout(),
+        r.stderr()
+    );
+    // The hub's synced/main holds both changes, and A's tree has C's file.
+    let files = env
+        .git(
+            &hub,
+            &["ls-tree", "-r", "--name-only", "refs/heads/synced/main"],
+        )
+        .stdout();
+    assert!(
+        files.contains("from-a") && files.contains("from-c"),
+        "{files}\n{}",
+        r.stdout()
+    );
+    assert!(a.join("from-c").symlink_metadata().is_ok());
+}
