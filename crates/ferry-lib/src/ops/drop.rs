@@ -1,1 +1,311 @@
-//! placeholder
+//! `drop`: remove content here or from a remote, only when enough *other* copies are proven
+//! to exist right now (numcopies), of which at least mincopies are locked or trusted.
+//!
+//! Proof, as git-annex does it: a trusted repository in the location log counts without a
+//! check; an untrusted or dead one never counts; here counts by taking a shared lock on our
+//! own content; a remote counts when its content lock can be taken (for a local remote: a
+//! shared fcntl lock on its `<keyFile>.lck`, held until the drop is done, so the copy cannot
+//! vanish meanwhile). A remote that cannot be reached does not count. The content being
+//! dropped is itself locked exclusively first, so two repositories dropping at the same time
+//! each see the other's copy as unprovable and at least one copy survives.
+
+use crate::annexed::annexed_files;
+use crate::error::Result;
+use crate::key::Key;
+use crate::lock::LockKind;
+use crate::logs::{LocationLog, Presence, Timestamp, UuidLog};
+use crate::ops::content::{ContentOptions, Events, FileOutcome, Summary, find_remote};
+use crate::remote::{ContentLock, Remote, TransferError, Unusable};
+use crate::repo::Repo;
+use crate::transfer::{lock_content, log_presence, remove_object};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    Trusted,
+    SemiTrusted,
+    Untrusted,
+    Dead,
+}
+
+/// Trust levels from `trust.log`, overridden by `remote.<name>.annex-trustlevel`.
+pub fn trust_levels(repo: &Repo) -> Result<HashMap<String, Trust>> {
+    let log = UuidLog::parse(&repo.branch.read(b"trust.log")?.unwrap_or_default());
+    let mut out: HashMap<String, Trust> = log
+        .current()
+        .into_iter()
+        .map(|(u, e)| {
+            let t = match e.value.as_str() {
+                "1" | "" => Trust::Trusted,
+                "0" => Trust::Untrusted,
+                "X" => Trust::Dead,
+                _ => Trust::SemiTrusted,
+            };
+            (u.to_string(), t)
+        })
+        .collect();
+    for (uuid, name) in repo.remote_names()? {
+        if let Some(v) = repo.config.get(&format!("remote.{name}.annex-trustlevel")) {
+            let t = match v.as_str() {
+                "trusted" => Trust::Trusted,
+                "untrusted" => Trust::Untrusted,
+                "dead" => Trust::Dead,
+                _ => Trust::SemiTrusted,
+            };
+            out.insert(uuid, t);
+        }
+    }
+    Ok(out)
+}
+
+/// mincopies: `mincopies.log`, else `annex.mincopies`, else 1.
+pub fn mincopies(repo: &Repo) -> Result<u32> {
+    if let Some(n) = repo
+        .branch
+        .read(b"mincopies.log")?
+        .and_then(|c| crate::logs::parse_numcopies(&c))
+    {
+        return Ok(n);
+    }
+    Ok(repo
+        .git
+        .config("annex.mincopies")?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1))
+}
+
+/// Sets `numcopies.log` or `mincopies.log` (git-annex's `TS N` format, one line) and commits.
+pub fn set_copies_log(repo: &Repo, file: &str, n: u32) -> Result<()> {
+    let path = file.as_bytes();
+    let lock = repo.branch.lock_journal()?;
+    let old = repo.branch.read(path)?.unwrap_or_default();
+    let prev = String::from_utf8_lossy(&old)
+        .lines()
+        .filter_map(|l| Timestamp::parse(l.split(' ').next()?))
+        .max();
+    let ts = Timestamp::next_after(repo.branch.now(), prev);
+    repo.branch
+        .write(&lock, path, format!("{ts} {n}\n").as_bytes())?;
+    repo.branch.commit(Some(&lock), "update")?;
+    Ok(())
+}
+
+/// Copies proven to exist, with the locks that keep them there until dropped.
+struct Proof {
+    count: u32,
+    /// Locked or trusted copies (what mincopies counts).
+    strong: u32,
+    _locks: Vec<Box<dyn ContentLock>>,
+    _here: Option<crate::lock::Lock>,
+    /// Why other copies in the log did not count.
+    notes: Vec<String>,
+}
+
+fn prove_copies(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    key: &Key,
+    excluding: &str,
+) -> Result<Proof> {
+    let log = LocationLog::parse(
+        &repo
+            .branch
+            .read(&crate::branch::location_log_path(key))?
+            .unwrap_or_default(),
+    );
+    let trust = trust_levels(repo)?;
+    let descs = repo.uuid_descriptions()?;
+    let mut p = Proof {
+        count: 0,
+        strong: 0,
+        _locks: Vec::new(),
+        _here: None,
+        notes: Vec::new(),
+    };
+    let mut holders = log.present();
+    // Here may hold it even if the log lags (e.g. just received): check it directly.
+    if excluding != repo.uuid() && !holders.iter().any(|u| u == repo.uuid()) {
+        holders.push(repo.uuid().to_string());
+    }
+    for uuid in holders {
+        if uuid == excluding {
+            continue;
+        }
+        let name = remotes
+            .iter()
+            .find(|r| r.uuid() == uuid)
+            .map(|r| r.name().to_string())
+            .unwrap_or_else(|| match descs.get(&uuid) {
+                Some(d) if !d.is_empty() => format!("{uuid} ({d})"),
+                _ => uuid.clone(),
+            });
+        match trust.get(&uuid).copied().unwrap_or(Trust::SemiTrusted) {
+            Trust::Dead => continue,
+            Trust::Untrusted => {
+                p.notes.push(format!("{name} is untrusted"));
+                continue;
+            }
+            Trust::Trusted => {
+                p.count += 1;
+                p.strong += 1;
+                continue;
+            }
+            Trust::SemiTrusted => {}
+        }
+        if uuid == repo.uuid() {
+            if let Some(l) = lock_content(&repo.store(), key, LockKind::Shared)? {
+                p._here = Some(l);
+                p.count += 1;
+                p.strong += 1;
+            }
+            continue;
+        }
+        let Some(r) = remotes.iter().find(|r| r.uuid() == uuid) else {
+            p.notes.push(format!(
+                "{name} is not a remote here, so its copy cannot be checked"
+            ));
+            continue;
+        };
+        if let Err(e) = r.check_available() {
+            p.notes.push(e.to_string());
+            continue;
+        }
+        match r.lock_content(key) {
+            Ok(Some(l)) => {
+                p._locks.push(l);
+                p.count += 1;
+                p.strong += 1;
+            }
+            Ok(None) => p.notes.push(format!(
+                "{name} does not have it now (or is dropping it), though the location log says so"
+            )),
+            Err(e) => p.notes.push(format!("{name}: {e}")),
+        }
+    }
+    Ok(p)
+}
+
+fn check_safe(repo: &Repo, p: &Proof) -> Result<()> {
+    let need = repo.numcopies()?;
+    let min = mincopies(repo)?;
+    if p.count >= need.max(1) && p.strong >= min.max(1) {
+        return Ok(());
+    }
+    let mut msg = format!(
+        "unsafe to drop: {} other cop{} verified, numcopies is {need}{}",
+        p.count,
+        if p.count == 1 { "y" } else { "ies" },
+        if min > 1 {
+            format!(", mincopies {min}")
+        } else {
+            String::new()
+        }
+    );
+    if !p.notes.is_empty() {
+        msg.push_str(&format!(" ({})", p.notes.join("; ")));
+    }
+    msg.push_str(". Copy it to another repository first (ferry copy --to REMOTE), or make a remote that has it reachable");
+    Err(TransferError::Other(msg).into())
+}
+
+/// Drops `key` here if that is safe. `Ok(false)` when the content was not here.
+pub fn drop_here(repo: &Repo, remotes: &[Box<dyn Remote>], key: &Key) -> Result<bool> {
+    let store = repo.store();
+    if store.find(key).is_none() {
+        return Ok(false);
+    }
+    let Some(excl) = lock_content(&store, key, LockKind::Exclusive)? else {
+        if store.find(key).is_none() {
+            return Ok(false);
+        }
+        return Err(TransferError::Other(
+            "the content is locked by another process (a drop elsewhere is counting on this copy, or a transfer is reading it); try again later".into(),
+        )
+        .into());
+    };
+    let proof = prove_copies(repo, remotes, key, repo.uuid())?;
+    check_safe(repo, &proof)?;
+    if !repo.is_bare() {
+        crate::ops::unlock::depopulate(repo, key)?;
+    }
+    remove_object(&store, key, &excl)?;
+    std::mem::drop(excl);
+    log_presence(repo, key, repo.uuid(), Presence::Absent)?;
+    std::mem::drop(proof);
+    Ok(true)
+}
+
+/// Drops `key` from `remote` if that is safe. `Ok(false)` when the remote did not have it.
+pub fn drop_from(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    remote: &dyn Remote,
+    key: &Key,
+) -> Result<bool> {
+    remote.check_available()?;
+    if !remote.check_present(key)? {
+        log_presence(repo, key, remote.uuid(), Presence::Absent)?;
+        return Ok(false);
+    }
+    let proof = prove_copies(repo, remotes, key, remote.uuid())?;
+    check_safe(repo, &proof)?;
+    remote.remove(key)?;
+    log_presence(repo, key, remote.uuid(), Presence::Absent)?;
+    std::mem::drop(proof);
+    Ok(true)
+}
+
+/// `drop [--from REMOTE]` over every annexed file under `pathspecs`.
+pub fn drop(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    unusable: &[Unusable],
+    pathspecs: &[Vec<u8>],
+    from: Option<&str>,
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Result<Summary> {
+    let remote = from
+        .map(|n| find_remote(remotes, unusable, n))
+        .transpose()?;
+    let files = annexed_files(&repo.git, pathspecs)?;
+    let mut summary = Summary::default();
+    let mut seen = std::collections::HashSet::new();
+    for f in &files {
+        if opts.cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let r = match remote {
+            Some(r) => drop_from(repo, remotes, r, &f.key),
+            None => drop_here(repo, remotes, &f.key),
+        };
+        let first = seen.insert(f.key.clone());
+        let o = match r {
+            Ok(false) if !first => continue,
+            Ok(false) => continue,
+            Ok(true) => FileOutcome {
+                path: f.path.clone(),
+                key: f.key.to_string(),
+                success: true,
+                note: remote.map(|r| format!("from {}", r.name())),
+                ..Default::default()
+            },
+            Err(e) => FileOutcome {
+                path: f.path.clone(),
+                key: f.key.to_string(),
+                success: false,
+                error: Some(e.to_string()),
+                ..Default::default()
+            },
+        };
+        if o.success {
+            summary.ok += 1;
+        } else {
+            summary.failed += 1;
+        }
+        events.done(&o);
+    }
+    crate::ops::content::finish_bookkeeping(repo, remotes)?;
+    Ok(summary)
+}

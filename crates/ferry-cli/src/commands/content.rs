@@ -1,0 +1,246 @@
+//! `get`, `copy`, `move`, `drop`: moving content between this repository and its remotes.
+
+use crate::ui;
+use ferry_lib::annexed::AnnexedFile;
+use ferry_lib::ops::content::{Action, ContentOptions, Events, FileOutcome, transfer};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+/// Files at least this big get a progress bar on a terminal.
+const BAR_MIN: u64 = 8 << 20;
+
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// Files or directories (default: the current directory)
+    paths: Vec<PathBuf>,
+    /// Get the content from this remote only
+    #[arg(long)]
+    from: Option<String>,
+    /// Parallel transfers
+    #[arg(short = 'J', long = "jobs", default_value_t = 1)]
+    jobs: usize,
+    /// One JSON object per file on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("dir").required(true).args(["to", "from"])))]
+pub struct CopyArgs {
+    /// Files or directories (default: the current directory)
+    paths: Vec<PathBuf>,
+    /// Send content that is here to this remote
+    #[arg(long)]
+    to: Option<String>,
+    /// Get content from this remote
+    #[arg(long)]
+    from: Option<String>,
+    /// Parallel transfers
+    #[arg(short = 'J', long = "jobs", default_value_t = 1)]
+    jobs: usize,
+    /// One JSON object per file on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct DropArgs {
+    /// Files or directories (default: the current directory)
+    paths: Vec<PathBuf>,
+    /// Drop the content from this remote instead of from here
+    #[arg(long)]
+    from: Option<String>,
+    /// One JSON object per file on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+struct Printer {
+    command: &'static str,
+    json: bool,
+    multi: Option<MultiProgress>,
+    bars: Mutex<HashMap<Vec<u8>, ProgressBar>>,
+}
+
+impl Printer {
+    fn new(command: &'static str, json: bool) -> Printer {
+        Printer {
+            command,
+            json,
+            multi: (!json && ui::stderr_is_tty()).then(MultiProgress::new),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Events for Printer {
+    fn started(&self, f: &AnnexedFile, what: &str) {
+        let (Some(multi), Some(size)) = (&self.multi, f.key.size) else {
+            return;
+        };
+        if size < BAR_MIN {
+            return;
+        }
+        let bar = multi.add(ProgressBar::new(size));
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} {bar:30} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar.set_message(format!("{} {} ({what})", self.command, ui::show(&f.path)));
+        self.bars.lock().unwrap().insert(f.path.clone(), bar);
+    }
+
+    fn progress(&self, f: &AnnexedFile, done: u64) {
+        if let Some(b) = self.bars.lock().unwrap().get(&f.path) {
+            b.set_position(done);
+        }
+    }
+
+    fn done(&self, o: &FileOutcome) {
+        if let Some(b) = self.bars.lock().unwrap().remove(&o.path) {
+            b.finish_and_clear();
+        }
+        let file = ui::show(&o.path);
+        if self.json {
+            let mut v = serde_json::to_value(o).unwrap_or_default();
+            v["command"] = self.command.into();
+            v["file"] = file.into();
+            println!("{v}");
+            return;
+        }
+        let note = o
+            .note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        let line = if o.success {
+            format!("{} {file}{note} ok", self.command)
+        } else {
+            format!("{} {file}{note} failed", self.command)
+        };
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(&line);
+            }
+            None => println!("{line}"),
+        }
+        if let Some(e) = &o.error {
+            eprintln!("ferry: error: {file}: {e}");
+        }
+    }
+}
+
+fn run_action(
+    command: &'static str,
+    paths: &[PathBuf],
+    action: Action,
+    jobs: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let repo = ui::open_repo()?;
+    let (paths, missing) = ui::resolve_paths(&repo, paths)?;
+    let (remotes, unusable) = ferry_lib::remote::configured(&repo)?;
+    let cancel = AtomicBool::new(false);
+    let printer = Printer::new(command, json);
+    let opts = ContentOptions {
+        jobs: jobs.max(1),
+        cancel: &cancel,
+    };
+    let s = transfer(&repo, &remotes, &unusable, &paths, &action, &opts, &printer)?;
+    if s.failed > 0 && !json {
+        eprintln!("{command}: {} file(s) failed", s.failed);
+    }
+    Ok(if s.failed > 0 || missing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
+    run_action(
+        "get",
+        &a.paths,
+        Action::Get { from: a.from },
+        a.jobs,
+        a.json,
+    )
+}
+
+pub fn copy(a: CopyArgs, moving: bool) -> anyhow::Result<ExitCode> {
+    let action = match (a.to, a.from, moving) {
+        (Some(to), _, false) => Action::CopyTo(to),
+        (Some(to), _, true) => Action::MoveTo(to),
+        (None, Some(from), false) => Action::Get { from: Some(from) },
+        (None, Some(from), true) => Action::MoveFrom(from),
+        (None, None, _) => anyhow::bail!("say where: --to REMOTE or --from REMOTE"),
+    };
+    let command = if moving { "move" } else { "copy" };
+    run_action(command, &a.paths, action, a.jobs, a.json)
+}
+
+pub fn drop(a: DropArgs) -> anyhow::Result<ExitCode> {
+    let repo = ui::open_repo()?;
+    let (paths, missing) = ui::resolve_paths(&repo, &a.paths)?;
+    let (remotes, unusable) = ferry_lib::remote::configured(&repo)?;
+    let cancel = AtomicBool::new(false);
+    let printer = Printer::new("drop", a.json);
+    let opts = ContentOptions {
+        jobs: 1,
+        cancel: &cancel,
+    };
+    let s = ferry_lib::ops::drop::drop(
+        &repo,
+        &remotes,
+        &unusable,
+        &paths,
+        a.from.as_deref(),
+        &opts,
+        &printer,
+    )?;
+    if s.failed > 0 && !a.json {
+        eprintln!("drop: {} file(s) not dropped", s.failed);
+    }
+    Ok(if s.failed > 0 || missing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[derive(clap::Args)]
+pub struct CopiesArgs {
+    /// The new value (shows the current one when left out)
+    n: Option<u32>,
+}
+
+/// `numcopies` / `mincopies`.
+pub fn copies(a: CopiesArgs, min: bool) -> anyhow::Result<ExitCode> {
+    let repo = ui::open_repo()?;
+    let (file, name) = if min {
+        ("mincopies.log", "mincopies")
+    } else {
+        ("numcopies.log", "numcopies")
+    };
+    match a.n {
+        None => {
+            let n = if min {
+                ferry_lib::ops::drop::mincopies(&repo)?
+            } else {
+                repo.numcopies()?
+            };
+            println!("{n}");
+        }
+        Some(0) => anyhow::bail!("{name} must be at least 1"),
+        Some(n) => {
+            ferry_lib::ops::drop::set_copies_log(&repo, file, n)?;
+            println!("{name} {n} ok");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
