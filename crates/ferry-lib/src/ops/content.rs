@@ -134,8 +134,17 @@ pub fn transfer(
             Action::Get { .. } => get_one(repo, remotes, unusable, named, f, opts, events),
             Action::CopyTo(_) => put_one(repo, named.unwrap(), f, opts, events),
             Action::MoveTo(_) => put_one(repo, named.unwrap(), f, opts, events).and_then(|o| {
-                let Some(mut o) = o else { return Ok(None) };
-                crate::ops::drop::drop_here(repo, remotes, &f.key)?;
+                // Already there or just sent: either way the copy here goes, if that is safe.
+                if !crate::ops::drop::drop_here(repo, remotes, &f.key)? {
+                    return Ok(o);
+                }
+                let mut o = o.unwrap_or_else(|| FileOutcome {
+                    path: f.path.clone(),
+                    key: f.key.to_string(),
+                    success: true,
+                    note: Some(format!("already in {}", named.unwrap().name())),
+                    ..Default::default()
+                });
                 o.note = Some(format!("{}, dropped here", o.note.unwrap_or_default()));
                 Ok(Some(o))
             }),

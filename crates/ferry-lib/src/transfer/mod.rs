@@ -268,17 +268,25 @@ impl TransferGuard {
         let mut lck_name = std::ffi::OsString::from("lck.");
         lck_name.push(&kc);
         let lck = dir.join(lck_name);
+        // The lock file stays open while waiting (one open, many attempts).
+        let mut lf = crate::lock::open_for_lock(&lck)?;
         let lock = loop {
-            if let Some(l) = try_lock(&lck, LockKind::Exclusive)? {
-                // A finishing holder deletes the lock file; ours must still be the one there.
-                let same = match (l.file().metadata(), fs::symlink_metadata(&lck)) {
-                    (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-                    _ => false,
-                };
-                if same {
-                    break l;
+            match crate::lock::try_lock_file(lf, &lck, LockKind::Exclusive)? {
+                Ok(l) => {
+                    // A finishing holder deletes the lock file; ours must still be the one
+                    // there, else try again with the new one.
+                    let same = match (l.file().metadata(), fs::symlink_metadata(&lck)) {
+                        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                        _ => false,
+                    };
+                    if same {
+                        break l;
+                    }
+                    drop(l);
+                    lf = crate::lock::open_for_lock(&lck)?;
+                    continue;
                 }
-                continue;
+                Err(f) => lf = f,
             }
             if !wait || cancel.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok(None);
