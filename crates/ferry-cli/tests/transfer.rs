@@ -487,13 +487,13 @@ fn transfer_info_file_and_lock_are_seen_by_git_annex() {
         .spawn()
         .unwrap();
     let pid = child.id() as libc::pid_t;
-    // Pause ferry in the middle of the transfer.
-    assert!(wait_until(Duration::from_secs(60), || {
-        std::fs::metadata(&tmp).is_ok_and(|m| m.len() > 0)
-    }));
+    // Pause ferry as soon as its transfer is registered (info file written, lock held).
+    assert!(wait_until(Duration::from_secs(60), || info.exists()));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let paused_mid_transfer = std::fs::metadata(&tmp).is_ok_and(|m| m.len() < 150_000_000);
+    let paused_mid_transfer = info.exists()
+        && std::fs::metadata(&tmp).map_or(0, |m| m.len()) < 150_000_000
+        && !has_key(&b, &key);
     if paused_mid_transfer {
         // git-annex's format: "<started>s[ <bytes>]\n<file>\n".
         let s = std::fs::read_to_string(&info).unwrap();
@@ -598,4 +598,62 @@ fn move_and_parallel_copies() {
     let r = env.ferry(&b, &["copy", "--to", "nowhere"]);
     r.assert_fails();
     assert!(r.stderr().contains("no remote named"), "{}", r.stderr());
+}
+
+/// Whether a non-bare repository's store holds `key` (either hash layout).
+fn has_key(d: &Path, key: &str) -> bool {
+    let objects = d.join(".git/annex/objects");
+    let Ok(l1) = std::fs::read_dir(&objects) else {
+        return false;
+    };
+    l1.flatten().any(|a| {
+        std::fs::read_dir(a.path())
+            .is_ok_and(|l2| l2.flatten().any(|b| b.path().join(key).join(key).is_file()))
+    })
+}
+
+#[test]
+fn sync_content_floods_every_reachable_remote() {
+    let env = Env::new();
+    let a = ferry_origin(&env, &[("fa.txt", b"from a\n")]);
+    let b = ferry_clone(&env, "a", "b");
+    let c = ferry_clone(&env, "a", "c");
+    write(&b, "fb.txt", "from b\n");
+    env.ferry(&b, &["add", "fb.txt"]).assert_ok();
+    env.git(&b, &["commit", "-qm", "b"]).assert_ok();
+    write(&c, "fc.txt", "from c\n");
+    env.ferry(&c, &["add", "fc.txt"]).assert_ok();
+    env.git(&c, &["commit", "-qm", "c"]).assert_ok();
+    env.git(&b, &["remote", "add", "c", "../c"]).assert_ok();
+    // A remote that is not there is skipped, not fatal for the content part.
+    env.git(&b, &["remote", "add", "gone", "../gone"])
+        .assert_ok();
+    let r = env.ferry(&b, &["sync", "--content", "-J", "2"]);
+    let out = r.stdout();
+    assert!(out.contains("get fa.txt (from origin) ok"), "{out}");
+    assert!(out.contains("get fc.txt (from c) ok"), "{out}");
+    assert!(out.contains("copy fb.txt (to origin) ok"), "{out}");
+    let keys: Vec<String> = ["fa.txt", "fb.txt", "fc.txt"]
+        .iter()
+        .map(|f| link_key(&b.join(f)))
+        .collect();
+    for (name, d) in [("a", &a), ("b", &b), ("c", &c)] {
+        for k in &keys {
+            assert!(has_key(d, k), "{name} lacks {k}\n{out}");
+        }
+    }
+    // The location logs say so too, as git-annex reads them in b (pushed to a and c).
+    let all = sorted(vec![uuid(&env, &a), uuid(&env, &b), uuid(&env, &c)]);
+    for f in ["fa.txt", "fb.txt", "fc.txt"] {
+        assert_eq!(annex_whereis(&env, &b, f), all, "{f}");
+    }
+    env.annex(&b, &["fsck", "--fast"]).assert_ok();
+    // A second run has nothing to move.
+    let r = env.ferry(&b, &["sync", "--content", "--json"]);
+    let moved: Vec<_> = r
+        .json_lines()
+        .into_iter()
+        .filter(|l| l["command"] == "get" || l["command"] == "copy")
+        .collect();
+    assert!(moved.is_empty(), "{moved:?}");
 }

@@ -60,6 +60,7 @@ pub struct DropArgs {
 }
 
 struct Printer {
+    /// "sync" prints "get"/"copy" per file, by direction.
     command: &'static str,
     json: bool,
     multi: Option<MultiProgress>,
@@ -106,9 +107,14 @@ impl Events for Printer {
             b.finish_and_clear();
         }
         let file = ui::show(&o.path);
+        let command = match (self.command, o.note.as_deref()) {
+            ("sync", Some(n)) if n.starts_with("to ") => "copy",
+            ("sync", _) => "get",
+            (c, _) => c,
+        };
         if self.json {
             let mut v = serde_json::to_value(o).unwrap_or_default();
-            v["command"] = self.command.into();
+            v["command"] = command.into();
             v["file"] = file.into();
             println!("{v}");
             return;
@@ -119,9 +125,9 @@ impl Events for Printer {
             .map(|n| format!(" ({n})"))
             .unwrap_or_default();
         let line = if o.success {
-            format!("{} {file}{note} ok", self.command)
+            format!("{command} {file}{note} ok")
         } else {
-            format!("{} {file}{note} failed", self.command)
+            format!("{command} {file}{note} failed")
         };
         match &self.multi {
             Some(m) => {
@@ -243,4 +249,22 @@ pub fn copies(a: CopiesArgs, min: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The content part of `sync --content`: returns (all ok, files transferred).
+pub fn sync_content(
+    repo: &ferry_lib::Repo,
+    only: &[String],
+    jobs: usize,
+    json: bool,
+) -> anyhow::Result<(bool, usize)> {
+    let (remotes, _unusable) = ferry_lib::remote::configured(repo)?;
+    let cancel = AtomicBool::new(false);
+    let printer = Printer::new("sync", json);
+    let opts = ContentOptions {
+        jobs: jobs.max(1),
+        cancel: &cancel,
+    };
+    let s = ferry_lib::ops::content::sync_content(repo, &remotes, only, &opts, &printer)?;
+    Ok((s.failed == 0, s.ok))
 }

@@ -191,19 +191,9 @@ pub fn transfer(
         drop(s);
         events.done(&o);
     };
-    let next = AtomicUsize::new(0);
-    let workers = opts.jobs.max(1).min(files.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(f) = files.get(i) else { break };
-                    if let Some(o) = run_one(f) {
-                        report(o);
-                    }
-                }
-            });
+    run_pool(&files, opts.jobs, |f| {
+        if let Some(o) = run_one(f) {
+            report(o);
         }
     });
     finish_bookkeeping(repo, remotes)?;
@@ -443,4 +433,115 @@ pub fn upload(
         bytes: done.saturating_sub(stored.resumed_from),
         error: None,
     })
+}
+
+/// Runs `f` on every item, on up to `jobs` threads.
+fn run_pool<T: Sync>(items: &[T], jobs: usize, f: impl Fn(&T) + Sync) {
+    let next = AtomicUsize::new(0);
+    let workers = jobs.max(1).min(items.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    f(item);
+                }
+            });
+        }
+    });
+}
+
+/// `sync --content` in "flood" mode: every annexed file's content is fetched from a remote
+/// that has it (when it is not here), then sent to every reachable remote that lacks it, so
+/// afterwards each reachable local remote has everything. Remotes that cannot be reached and
+/// content that no reachable remote has are skipped quietly (the git-level sync reports
+/// unreachable remotes). `only` limits the remotes (default: all with `annex-sync` not false).
+pub fn sync_content(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    only: &[String],
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Result<Summary> {
+    let chosen: Vec<&dyn Remote> = remotes
+        .iter()
+        .filter(|r| {
+            if only.is_empty() {
+                repo.config
+                    .get(&format!("remote.{}.annex-sync", r.name()))
+                    .map(String::as_str)
+                    != Some("false")
+            } else {
+                only.iter().any(|n| n == r.name())
+            }
+        })
+        .filter(|r| r.check_available().is_ok())
+        .map(|r| r.as_ref())
+        .collect();
+    let files = annexed_files(&repo.git, &[])?;
+    let summary = Mutex::new(Summary::default());
+    let report = |o: FileOutcome| {
+        let mut s = summary.lock().unwrap();
+        if o.success {
+            s.ok += 1;
+        } else {
+            s.failed += 1;
+        }
+        drop(s);
+        events.done(&o);
+    };
+    let failed = |f: &AnnexedFile, e: crate::Error| FileOutcome {
+        path: f.path.clone(),
+        key: f.key.to_string(),
+        success: false,
+        error: Some(e.to_string()),
+        ..Default::default()
+    };
+    // One entry per key: the same content under two names moves once.
+    let mut seen = HashSet::new();
+    let files: Vec<AnnexedFile> = files
+        .into_iter()
+        .filter(|f| seen.insert(f.key.clone()))
+        .collect();
+
+    // 1. Get what is missing here from the cheapest reachable remote that has it.
+    let store = repo.store();
+    run_pool(&files, opts.jobs, |f| {
+        if opts.cancel.load(Ordering::Relaxed) || store.find(&f.key).is_some() {
+            return;
+        }
+        let holders: HashSet<String> = match location_log(repo, &f.key) {
+            Ok(l) => l.present().into_iter().collect(),
+            Err(e) => return report(failed(f, e)),
+        };
+        let mut errors = Vec::new();
+        for r in chosen.iter().filter(|r| holders.contains(r.uuid())) {
+            match download(repo, *r, f, opts, events) {
+                Ok(o) => return report(o),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if !errors.is_empty() {
+            report(failed(f, TransferError::Other(errors.join("; ")).into()));
+        }
+    });
+
+    // 2. Send everything here to every reachable remote that lacks it.
+    let pairs: Vec<(&AnnexedFile, &dyn Remote)> = files
+        .iter()
+        .flat_map(|f| chosen.iter().map(move |r| (f, *r)))
+        .collect();
+    run_pool(&pairs, opts.jobs, |(f, r)| {
+        if opts.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        match put_one(repo, *r, f, opts, events) {
+            Ok(Some(o)) => report(o),
+            Ok(None) => {}
+            Err(e) => report(failed(f, e)),
+        }
+    });
+    finish_bookkeeping(repo, remotes)?;
+    Ok(summary.into_inner().unwrap())
 }

@@ -555,6 +555,13 @@ mod tests {
         )
         .unwrap();
         assert!(again.is_none());
+        // Progress is written at most every INFO_INTERVAL, with the bytes done.
+        let mut g = g;
+        g.update(10);
+        assert_eq!(fs::read(&info).unwrap(), b"1000s\ndir/f.bin\n");
+        g.last_write -= INFO_INTERVAL;
+        g.update(20);
+        assert_eq!(fs::read(&info).unwrap(), b"1000s 20\ndir/f.bin\n");
         g.finish(false);
         assert!(!info.exists());
         let failed = d
