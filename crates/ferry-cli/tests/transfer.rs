@@ -364,6 +364,11 @@ fn numcopies_two_is_honoured() {
         env.annex(&b, &["numcopies"]).stdout().contains('2'),
         "git-annex does not see numcopies 2"
     );
+    env.ferry(&b, &["mincopies", "2"]).assert_ok();
+    assert!(
+        env.annex(&b, &["mincopies"]).stdout().contains('2'),
+        "git-annex does not see mincopies 2"
+    );
     let r = env.ferry(&b, &["drop", "f.txt"]);
     r.assert_fails();
     assert!(r.stderr().contains("numcopies is 2"), "{}", r.stderr());

@@ -116,6 +116,9 @@ impl Events for Printer {
             let mut v = serde_json::to_value(o).unwrap_or_default();
             v["command"] = command.into();
             v["file"] = file.into();
+            // git-annex's --json names: the input path and a list of error messages.
+            v["input"] = serde_json::json!([v["file"].clone()]);
+            v["error-messages"] = serde_json::json!(o.error.iter().collect::<Vec<_>>());
             println!("{v}");
             return;
         }
