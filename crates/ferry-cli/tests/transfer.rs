@@ -449,6 +449,10 @@ fn a_running_transfer_is_not_started_twice() {
     let o1 = g1.wait_with_output().unwrap();
     let o2 = g2.wait_with_output().unwrap();
     assert!(o1.status.success() && o2.status.success());
+    for o in [&o1, &o2] {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("already running"), "{err}");
+    }
     let bytes: u64 = [o1, o2]
         .iter()
         .flat_map(|o| {

@@ -96,6 +96,20 @@ impl Events for Printer {
         self.bars.lock().unwrap().insert(f.path.clone(), bar);
     }
 
+    fn waiting(&self, f: &AnnexedFile) {
+        let line = format!(
+            "{} {}: the same transfer is already running (another ferry or git-annex); waiting for it",
+            self.command,
+            ui::show(&f.path)
+        );
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(&line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn progress(&self, f: &AnnexedFile, done: u64) {
         if let Some(b) = self.bars.lock().unwrap().get(&f.path) {
             b.set_position(done);

@@ -72,6 +72,8 @@ pub struct FileOutcome {
 
 /// Where results and progress go. Called from worker threads.
 pub trait Events: Sync {
+    /// The same transfer is already running (ferry elsewhere, or git-annex): waiting for it.
+    fn waiting(&self, _file: &AnnexedFile) {}
     /// A transfer started (`what` is e.g. "from origin").
     fn started(&self, _file: &AnnexedFile, _what: &str) {}
     /// Bytes of the key in place at the receiving end (resumed bytes included).
@@ -309,16 +311,25 @@ pub fn download(
 ) -> Result<FileOutcome> {
     remote.check_available()?;
     let store = repo.store();
-    let guard = TransferGuard::begin(
-        &repo.annex_dir(),
-        Direction::Download,
-        remote.uuid(),
-        &f.key,
-        &f.path,
-        repo.branch.now(),
-        true,
-        opts.cancel,
-    )?;
+    let begin = |wait| {
+        TransferGuard::begin(
+            &repo.annex_dir(),
+            Direction::Download,
+            remote.uuid(),
+            &f.key,
+            &f.path,
+            repo.branch.now(),
+            wait,
+            opts.cancel,
+        )
+    };
+    let guard = match begin(false)? {
+        Some(g) => Some(g),
+        None => {
+            events.waiting(f);
+            begin(true)?
+        }
+    };
     let Some(mut guard) = guard else {
         return Err(TransferError::Cancelled(f.key.to_string()).into());
     };
@@ -396,16 +407,25 @@ pub fn upload(
     let obj = store
         .find(&f.key)
         .ok_or_else(|| TransferError::Other("content vanished".into()))?;
-    let guard = TransferGuard::begin(
-        &repo.annex_dir(),
-        Direction::Upload,
-        remote.uuid(),
-        &f.key,
-        &f.path,
-        repo.branch.now(),
-        true,
-        opts.cancel,
-    )?;
+    let begin = |wait| {
+        TransferGuard::begin(
+            &repo.annex_dir(),
+            Direction::Upload,
+            remote.uuid(),
+            &f.key,
+            &f.path,
+            repo.branch.now(),
+            wait,
+            opts.cancel,
+        )
+    };
+    let guard = match begin(false)? {
+        Some(g) => Some(g),
+        None => {
+            events.waiting(f);
+            begin(true)?
+        }
+    };
     let Some(mut guard) = guard else {
         return Err(TransferError::Cancelled(f.key.to_string()).into());
     };

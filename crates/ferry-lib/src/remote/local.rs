@@ -25,8 +25,9 @@ pub struct LocalRemote {
     fixed_clock: Option<u64>,
     /// The remote repository, opened on first need (store/remove write to its branch).
     repo: Mutex<Option<Arc<Repo>>>,
-    /// Set once the path was found to be the repository with `uuid`.
-    verified: Mutex<bool>,
+    /// (dev, inode, mtime) of the config file that was found to name `uuid`: checked again
+    /// only when that file changes (another repository, or a drive swapped at the same path).
+    verified: Mutex<Option<(u64, u64, i64)>>,
 }
 
 struct LocalLock(#[allow(dead_code)] Lock);
@@ -41,7 +42,7 @@ impl LocalRemote {
             cost,
             fixed_clock,
             repo: Mutex::new(None),
-            verified: Mutex::new(false),
+            verified: Mutex::new(None),
         }
     }
 
@@ -113,10 +114,14 @@ impl Remote for LocalRemote {
     }
 
     fn check_available(&self) -> Result<()> {
-        if *self.verified.lock().unwrap() {
+        use std::os::unix::fs::MetadataExt;
+        let (annex, config, _) = self.layout()?;
+        let stamp = std::fs::metadata(&config)
+            .map(|m| (m.dev(), m.ino(), m.mtime()))
+            .map_err(|e| self.unavailable(format!("{}: {e}", config.display())))?;
+        if *self.verified.lock().unwrap() == Some(stamp) {
             return Ok(());
         }
-        let (annex, config, _) = self.layout()?;
         let out = std::process::Command::new("git")
             .args(["config", "--file"])
             .arg(&config)
@@ -143,7 +148,7 @@ impl Remote for LocalRemote {
         if !annex.is_dir() {
             return Err(self.unavailable(format!("{} has no annex directory", annex.display())));
         }
-        *self.verified.lock().unwrap() = true;
+        *self.verified.lock().unwrap() = Some(stamp);
         Ok(())
     }
 

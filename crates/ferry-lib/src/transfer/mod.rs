@@ -130,7 +130,13 @@ pub fn receive_into(
             hasher: hasher.as_mut(),
             written: 0,
         };
-        fill(attempt_offset, &mut sink, progress)?;
+        if let Err(e) = fill(attempt_offset, &mut sink, progress) {
+            // Keep a partial file for a resume; an empty one is only clutter.
+            if attempt_offset + sink.written == 0 {
+                let _ = fs::remove_file(&tmp);
+            }
+            return Err(e);
+        }
         let transferred = sink.written;
         file.sync_all().ctx("syncing", &tmp)?;
         let total = attempt_offset + transferred;
