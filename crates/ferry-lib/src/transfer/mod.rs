@@ -40,19 +40,77 @@ pub struct Received {
     pub ingested: Ingested,
 }
 
+/// Where received bytes are hashed: in the writing thread, or (for big content) on a second
+/// thread fed through a small bounded queue, so hashing overlaps with reading and writing.
+enum HashPipe {
+    None,
+    Inline(Hasher),
+    Thread {
+        tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+        handle: std::thread::JoinHandle<Hasher>,
+    },
+}
+
+/// Content at least this big is hashed on a second thread.
+const THREAD_HASH_MIN: u64 = 8 << 20;
+
+impl HashPipe {
+    fn new(hasher: Option<Hasher>, remaining: u64) -> HashPipe {
+        match hasher {
+            None => HashPipe::None,
+            Some(h) if remaining < THREAD_HASH_MIN => HashPipe::Inline(h),
+            Some(mut h) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+                let handle = std::thread::spawn(move || {
+                    for chunk in rx {
+                        h.update(&chunk);
+                    }
+                    h
+                });
+                HashPipe::Thread { tx, handle }
+            }
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            HashPipe::None => {}
+            HashPipe::Inline(h) => h.update(data),
+            // The hashing thread only ends when the sender is dropped, so a send cannot fail
+            // unless it panicked; `finish` reports that.
+            HashPipe::Thread { tx, .. } => {
+                let _ = tx.send(data.to_vec());
+            }
+        }
+    }
+
+    /// The hex digest, or `None` for content that cannot be hashed.
+    fn finish(self) -> Result<Option<String>> {
+        Ok(match self {
+            HashPipe::None => None,
+            HashPipe::Inline(h) => Some(h.finish_hex()),
+            HashPipe::Thread { tx, handle } => {
+                drop(tx);
+                let h = handle
+                    .join()
+                    .map_err(|_| TransferError::Other("the hashing thread failed".into()))?;
+                Some(h.finish_hex())
+            }
+        })
+    }
+}
+
 /// Writes into the temp file and feeds the hasher with exactly what was written.
 struct HashingSink<'a> {
     file: &'a File,
-    hasher: Option<&'a mut Hasher>,
+    hasher: &'a mut HashPipe,
     written: u64,
 }
 
 impl Write for HashingSink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = (&*self.file).write(buf)?;
-        if let Some(h) = self.hasher.as_deref_mut() {
-            h.update(&buf[..n]);
-        }
+        self.hasher.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
     }
@@ -125,9 +183,11 @@ pub fn receive_into(
             .seek(SeekFrom::Start(attempt_offset))
             .ctx("seeking in", &tmp)?;
         progress.start_at(attempt_offset);
+        let remaining = key.size.unwrap_or(u64::MAX).saturating_sub(attempt_offset);
+        let mut pipe = HashPipe::new(hasher, remaining);
         let mut sink = HashingSink {
             file,
-            hasher: hasher.as_mut(),
+            hasher: &mut pipe,
             written: 0,
         };
         if let Err(e) = fill(attempt_offset, &mut sink, progress) {
@@ -140,10 +200,10 @@ pub fn receive_into(
         let transferred = sink.written;
         file.sync_all().ctx("syncing", &tmp)?;
         let total = attempt_offset + transferred;
-        let bad = match (key.size, hasher) {
+        let digest = pipe.finish()?;
+        let bad = match (key.size, digest) {
             (Some(s), _) if s != total => Some(format!("got {total} bytes, expected {s}")),
-            (_, Some(h)) => {
-                let hex = h.finish_hex();
+            (_, Some(hex)) => {
                 let want = key.name.split(|&c| c == b'.').next().unwrap_or(&[]);
                 (hex.as_bytes() != want).then(|| "checksum does not match the key".to_string())
             }
@@ -512,6 +572,23 @@ mod tests {
         fs::write(&tmp, vec![1u8; 10_000]).unwrap();
         let r = receive(&s, &key, &data).unwrap();
         assert_eq!(r.resumed_from, 0);
+        assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
+    }
+
+    #[test]
+    fn big_content_is_hashed_on_a_second_thread_and_still_verified() {
+        let (_d, s) = store();
+        let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 241) as u8).collect();
+        let key = key_for(&data);
+        let mut bad = data.clone();
+        bad[5 << 20] ^= 1;
+        let e = receive(&s, &key, &bad).unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        assert!(s.find(&key).is_none());
+        let tmp = s.tmp_dir().unwrap().join(key_component(&key).unwrap());
+        fs::write(&tmp, &data[..(3 << 20)]).unwrap();
+        let r = receive(&s, &key, &data).unwrap();
+        assert_eq!(r.resumed_from, 3 << 20);
         assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
     }
 
