@@ -477,7 +477,7 @@ fn a_running_transfer_is_not_started_twice() {
 }
 
 #[test]
-fn transfer_info_file_and_lock_are_seen_by_git_annex() {
+fn git_annex_sees_a_running_get_and_a_killed_get_resumes() {
     let env = Env::new();
     let content: Vec<u8> = (0..150_000_000u32).map(|i| (i % 251) as u8).collect();
     let a = ferry_origin(&env, &[("big.bin", &content)]);
@@ -525,12 +525,27 @@ fn transfer_info_file_and_lock_are_seen_by_git_annex() {
         let theirs = r.stdout() + &r.stderr();
         assert!(theirs.contains("transfer already in progress"), "{theirs}");
     }
-    unsafe { libc::kill(pid, libc::SIGCONT) };
-    assert!(child.wait().unwrap().success());
     assert!(
         paused_mid_transfer,
         "ferry finished before it could be paused"
     );
+    // Let it copy some bytes, then kill it outright: the partial file stays.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(wait_until(Duration::from_secs(60), || {
+        std::fs::metadata(&tmp).is_ok_and(|m| m.len() >= 1 << 20)
+    }));
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    child.wait().unwrap();
+    let partial = std::fs::metadata(&tmp).unwrap().len();
+    assert!(partial < 150_000_000, "killed too late");
+    assert!(!has_key(&b, &key));
+    // The next get resumes where the killed one stopped, despite its stale info file.
+    let r = env.ferry(&b, &["get", "--json", "big.bin"]);
+    r.assert_ok();
+    let l = &r.json_lines()[0];
+    let resumed = l["resumed_from"].as_u64().unwrap();
+    assert!(resumed >= 1 << 20 && resumed <= partial, "{l}");
+    assert_eq!(l["bytes"].as_u64().unwrap(), 150_000_000 - resumed);
     assert!(!info.exists());
     env.annex(&b, &["fsck", "big.bin"]).assert_ok();
 }
