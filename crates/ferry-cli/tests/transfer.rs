@@ -529,13 +529,36 @@ fn git_annex_sees_a_running_get_and_a_killed_get_resumes() {
         paused_mid_transfer,
         "ferry finished before it could be paused"
     );
-    // Let it copy some bytes, then kill it outright: the partial file stays.
+    // Let it copy some bytes, then interrupt it (^C): it stops cleanly, keeps the partial
+    // file, removes its info and lock files and records the failure, as git-annex does.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert!(wait_until(Duration::from_secs(60), || {
         std::fs::metadata(&tmp).is_ok_and(|m| m.len() >= 1 << 20)
     }));
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let first = std::fs::metadata(&tmp).unwrap().len();
+    assert!(first < 150_000_000, "interrupted too late");
+    assert!(!info.exists());
+    assert!(!info.with_file_name(format!("lck.{key}")).exists());
+    let failed = b
+        .join(".git/annex/transfer/failed/download")
+        .join(uuid(&env, &a))
+        .join(&key);
+    assert!(failed.exists());
+    // Again, and this time kill it outright: the partial file and a stale info file stay.
+    let mut child = env
+        .cmd(&b, ferry_bin(), &["get".as_ref(), "big.bin".as_ref()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(60), || {
+        std::fs::metadata(&tmp).is_ok_and(|m| m.len() >= first + (1 << 20))
+    }));
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
     child.wait().unwrap();
+    assert!(info.exists(), "a killed transfer leaves its info file");
     let partial = std::fs::metadata(&tmp).unwrap().len();
     assert!(partial < 150_000_000, "killed too late");
     assert!(!has_key(&b, &key));
@@ -547,6 +570,7 @@ fn git_annex_sees_a_running_get_and_a_killed_get_resumes() {
     assert!(resumed >= 1 << 20 && resumed <= partial, "{l}");
     assert_eq!(l["bytes"].as_u64().unwrap(), 150_000_000 - resumed);
     assert!(!info.exists());
+    assert!(!failed.exists(), "a success clears the failure record");
     env.annex(&b, &["fsck", "big.bin"]).assert_ok();
 }
 

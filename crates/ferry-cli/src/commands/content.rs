@@ -10,6 +10,41 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
+/// Set by SIGINT/SIGTERM: running transfers stop at their next chunk (partial files are kept
+/// for a resume, the transfer is recorded as failed) and no new ones start. A second signal
+/// kills the process as usual.
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // Storing to an atomic is async-signal-safe.
+    CANCEL.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn cancel_on_interrupt() -> &'static AtomicBool {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic; SA_RESETHAND restores the default
+        // action, so a second signal ends the process.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_interrupt as *const () as usize;
+            sa.sa_flags = libc::SA_RESETHAND;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    &CANCEL
+}
+
+/// Exit status for an interrupted command, after saying how to go on.
+fn interrupted(command: &str) -> Option<ExitCode> {
+    CANCEL.load(std::sync::atomic::Ordering::Relaxed).then(|| {
+        eprintln!(
+            "ferry: {command} interrupted; partial transfers are kept, run it again to resume"
+        );
+        ExitCode::from(130)
+    })
+}
+
 /// Files at least this big get a progress bar on a terminal.
 const BAR_MIN: u64 = 8 << 20;
 
@@ -168,13 +203,15 @@ fn run_action(
     let repo = ui::open_repo()?;
     let (paths, missing) = ui::resolve_paths(&repo, paths)?;
     let (remotes, unusable) = ferry_lib::remote::configured(&repo)?;
-    let cancel = AtomicBool::new(false);
     let printer = Printer::new(command, json);
     let opts = ContentOptions {
         jobs: jobs.max(1),
-        cancel: &cancel,
+        cancel: cancel_on_interrupt(),
     };
     let s = transfer(&repo, &remotes, &unusable, &paths, &action, &opts, &printer)?;
+    if let Some(code) = interrupted(command) {
+        return Ok(code);
+    }
     if s.failed > 0 && !json {
         eprintln!("{command}: {} file(s) failed", s.failed);
     }
@@ -211,11 +248,10 @@ pub fn drop(a: DropArgs) -> anyhow::Result<ExitCode> {
     let repo = ui::open_repo()?;
     let (paths, missing) = ui::resolve_paths(&repo, &a.paths)?;
     let (remotes, unusable) = ferry_lib::remote::configured(&repo)?;
-    let cancel = AtomicBool::new(false);
     let printer = Printer::new("drop", a.json);
     let opts = ContentOptions {
         jobs: 1,
-        cancel: &cancel,
+        cancel: cancel_on_interrupt(),
     };
     let s = ferry_lib::ops::drop::drop(
         &repo,
@@ -276,11 +312,10 @@ pub fn sync_content(
     json: bool,
 ) -> anyhow::Result<(bool, usize)> {
     let (remotes, _unusable) = ferry_lib::remote::configured(repo)?;
-    let cancel = AtomicBool::new(false);
     let printer = Printer::new("sync", json);
     let opts = ContentOptions {
         jobs: jobs.max(1),
-        cancel: &cancel,
+        cancel: cancel_on_interrupt(),
     };
     let s = ferry_lib::ops::content::sync_content(repo, &remotes, only, &opts, &printer)?;
     Ok((s.failed == 0, s.ok))
