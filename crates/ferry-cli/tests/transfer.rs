@@ -515,6 +515,15 @@ fn git_annex_sees_a_running_get_and_a_killed_get_resumes() {
         );
         assert_eq!(lines.next(), Some("big.bin"));
         assert!(s.ends_with('\n'));
+        // git-annex parses the info file: it lists the transfer as in progress.
+        let r = env.annex(&b, &["info", "--json", "--fast"]);
+        let v: serde_json::Value = serde_json::from_str(r.stdout().trim()).unwrap();
+        let running = v["transfers in progress"].as_array().unwrap();
+        assert_eq!(running.len(), 1, "{v}");
+        assert_eq!(running[0]["file"], "big.bin");
+        assert_eq!(running[0]["key"], key.as_str());
+        assert_eq!(running[0]["transfer"], "download");
+        assert_eq!(running[0]["remote"], uuid(&env, &a).as_str());
         // git-annex sees the transfer running and does not start it again.
         let r = env.annex(&b, &["get", "--json", "big.bin"]);
         assert!(
