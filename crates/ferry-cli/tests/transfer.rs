@@ -651,6 +651,17 @@ fn move_and_parallel_copies() {
     assert_eq!(std::fs::read(b.join("d/f1.txt")).unwrap(), b"file 1\n");
     assert!(std::fs::metadata(a.join("d/f1.txt")).is_err());
     assert_eq!(annex_whereis(&env, &b, "d/f1.txt"), vec![uuid(&env, &b)]);
+    // A read-only remote is never written to.
+    env.git(&b, &["config", "remote.origin.annex-readonly", "true"])
+        .assert_ok();
+    let r = env.ferry(&b, &["copy", "--to", "origin", "d/f0.txt"]);
+    r.assert_fails();
+    assert!(r.stderr().contains("read-only"), "{}", r.stderr());
+    let r = env.ferry(&b, &["drop", "--from", "origin", "d/f2.txt"]);
+    r.assert_fails();
+    assert!(a.join("d/f2.txt").exists());
+    env.git(&b, &["config", "--unset", "remote.origin.annex-readonly"])
+        .assert_ok();
     // A remote that does not exist is a clear error.
     let r = env.ferry(&b, &["copy", "--to", "nowhere"]);
     r.assert_fails();

@@ -127,6 +127,11 @@ pub fn transfer(
         | Action::MoveFrom(n) => Some(find_remote(remotes, unusable, n)?),
         Action::Get { from: None } => None,
     };
+    if let (Some(r), Action::CopyTo(_) | Action::MoveTo(_) | Action::MoveFrom(_)) = (named, action)
+        && r.readonly()
+    {
+        return Err(readonly_error(r));
+    }
     let files = annexed_files(&repo.git, pathspecs)?;
     let run_one = |f: &AnnexedFile| -> Option<FileOutcome> {
         if opts.cancel.load(Ordering::Relaxed) {
@@ -200,6 +205,15 @@ pub fn transfer(
     });
     finish_bookkeeping(repo, remotes)?;
     Ok(summary.into_inner().unwrap())
+}
+
+pub(crate) fn readonly_error(r: &dyn Remote) -> crate::Error {
+    TransferError::Other(format!(
+        "remote {} is read-only (remote.{}.annex-readonly=true): content is never stored to or removed from it",
+        r.name(),
+        r.name()
+    ))
+    .into()
 }
 
 /// Commits the location logs written during a command, here and in the remotes.
@@ -499,6 +513,7 @@ pub fn sync_content(
         .filter(|r| r.check_available().is_ok())
         .map(|r| r.as_ref())
         .collect();
+    let writable: Vec<&dyn Remote> = chosen.iter().copied().filter(|r| !r.readonly()).collect();
     let files = annexed_files(&repo.git, &[])?;
     let summary = Mutex::new(Summary::default());
     let report = |o: FileOutcome| {
@@ -550,7 +565,7 @@ pub fn sync_content(
     // 2. Send everything here to every reachable remote that lacks it.
     let pairs: Vec<(&AnnexedFile, &dyn Remote)> = files
         .iter()
-        .flat_map(|f| chosen.iter().map(move |r| (f, *r)))
+        .flat_map(|f| writable.iter().map(move |r| (f, *r)))
         .collect();
     run_pool(&pairs, opts.jobs, |(f, r)| {
         if opts.cancel.load(Ordering::Relaxed) {

@@ -269,6 +269,11 @@ pub fn drop(
     let remote = from
         .map(|n| find_remote(remotes, unusable, n))
         .transpose()?;
+    if let Some(r) = remote
+        && r.readonly()
+    {
+        return Err(crate::ops::content::readonly_error(r));
+    }
     let files = annexed_files(&repo.git, pathspecs)?;
     let mut summary = Summary::default();
     let mut seen = std::collections::HashSet::new();

@@ -22,6 +22,7 @@ pub struct LocalRemote {
     uuid: String,
     path: PathBuf,
     cost: f64,
+    readonly: bool,
     fixed_clock: Option<u64>,
     /// The remote repository, opened on first need (store/remove write to its branch).
     repo: Mutex<Option<Arc<Repo>>>,
@@ -40,10 +41,26 @@ impl LocalRemote {
             uuid: uuid.to_string(),
             path: path.to_path_buf(),
             cost,
+            readonly: false,
             fixed_clock,
             repo: Mutex::new(None),
             verified: Mutex::new(None),
         }
+    }
+
+    pub fn set_readonly(&mut self, readonly: bool) {
+        self.readonly = readonly;
+    }
+
+    fn refuse_if_readonly(&self) -> Result<()> {
+        if self.readonly {
+            return Err(TransferError::Other(format!(
+                "remote {} is read-only (remote.{}.annex-readonly); content is not stored to or removed from it",
+                self.name, self.name
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -113,6 +130,10 @@ impl Remote for LocalRemote {
         self.cost
     }
 
+    fn readonly(&self) -> bool {
+        self.readonly
+    }
+
     fn check_available(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let (annex, config, _) = self.layout()?;
@@ -157,6 +178,7 @@ impl Remote for LocalRemote {
     }
 
     fn store(&self, key: &Key, src: &Path, progress: &mut Progress) -> Result<Stored> {
+        self.refuse_if_readonly()?;
         let repo = self.open_repo()?;
         let store = repo.store();
         let r = receive_into(&store, key, progress, &mut |off, sink, p| {
@@ -192,6 +214,7 @@ impl Remote for LocalRemote {
     }
 
     fn remove(&self, key: &Key) -> Result<()> {
+        self.refuse_if_readonly()?;
         let repo = self.open_repo()?;
         let store = repo.store();
         if store.find(key).is_none() {

@@ -107,6 +107,10 @@ pub trait Remote: Send + Sync {
     fn uuid(&self) -> &str;
     /// Lower is preferred (git-annex: local 100, ssh 200).
     fn cost(&self) -> f64;
+    /// Content is never stored to or removed from a read-only remote (`annex-readonly`).
+    fn readonly(&self) -> bool {
+        false
+    }
     /// Whether the remote can be reached now; the error says why not.
     fn check_available(&self) -> Result<()>;
     /// Whether the remote has the content now (a real check, not the location log).
@@ -190,13 +194,9 @@ pub fn configured(repo: &crate::repo::Repo) -> Result<(Remotes, Vec<Unusable>)> 
         let cost = get("annex-cost")
             .and_then(|c| c.parse().ok())
             .unwrap_or(100.0);
-        usable.push(Box::new(local::LocalRemote::new(
-            name,
-            &uuid,
-            &path,
-            cost,
-            repo.branch.fixed_clock(),
-        )));
+        let mut r = local::LocalRemote::new(name, &uuid, &path, cost, repo.branch.fixed_clock());
+        r.set_readonly(get("annex-readonly").as_deref() == Some("true"));
+        usable.push(Box::new(r));
     }
     usable.sort_by(|a, b| a.cost().total_cmp(&b.cost()).then(a.name().cmp(b.name())));
     Ok((usable, unusable))
