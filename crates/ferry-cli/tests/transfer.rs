@@ -651,6 +651,21 @@ fn move_and_parallel_copies() {
     assert_eq!(std::fs::read(b.join("d/f1.txt")).unwrap(), b"file 1\n");
     assert!(std::fs::metadata(a.join("d/f1.txt")).is_err());
     assert_eq!(annex_whereis(&env, &b, "d/f1.txt"), vec![uuid(&env, &b)]);
+    // Not enough room (annex.diskreserve): refused before anything is written.
+    env.ferry(&b, &["drop", "d/f3.txt"]).assert_ok();
+    env.git(&b, &["config", "annex.diskreserve", "100000 terabytes"])
+        .assert_ok();
+    let r = env.ferry(&b, &["get", "d/f3.txt"]);
+    r.assert_fails();
+    assert!(
+        r.stderr().contains("not enough free space"),
+        "{}",
+        r.stderr()
+    );
+    assert!(tmp_files(&b).is_empty());
+    env.git(&b, &["config", "--unset", "annex.diskreserve"])
+        .assert_ok();
+    env.ferry(&b, &["get", "d/f3.txt"]).assert_ok();
     // A read-only remote is never written to.
     env.git(&b, &["config", "remote.origin.annex-readonly", "true"])
         .assert_ok();

@@ -325,6 +325,11 @@ pub fn download(
 ) -> Result<FileOutcome> {
     remote.check_available()?;
     let store = repo.store();
+    let partial = crate::remote::key_component(&f.key)
+        .ok()
+        .and_then(|kc| std::fs::metadata(repo.annex_dir().join("tmp").join(kc)).ok())
+        .map_or(0, |m| m.len());
+    crate::transfer::check_free_space(repo, &f.key, partial)?;
     let begin = |wait| {
         TransferGuard::begin(
             &repo.annex_dir(),

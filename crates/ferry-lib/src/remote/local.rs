@@ -181,6 +181,9 @@ impl Remote for LocalRemote {
         self.refuse_if_readonly()?;
         let repo = self.open_repo()?;
         let store = repo.store();
+        if store.find(key).is_none() {
+            crate::transfer::check_free_space(&repo, key, 0)?;
+        }
         let r = receive_into(&store, key, progress, &mut |off, sink, p| {
             copy_from_file(src, off, sink, p)
         })?;

@@ -517,6 +517,63 @@ pub fn log_presence(
     repo.branch.write(&lock, &path, &log.render())
 }
 
+/// Parses a size as git-annex's `annex.diskreserve` accepts it: `100 megabytes`, `1GB`,
+/// `512MiB`, `2000000` (bytes). Decimal units are powers of 1000, `*iB` of 1024.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let mult: f64 = match unit.trim_end_matches('s') {
+        "" | "b" | "byte" => 1.0,
+        "k" | "kb" | "kilobyte" => 1e3,
+        "m" | "mb" | "megabyte" => 1e6,
+        "g" | "gb" | "gigabyte" => 1e9,
+        "t" | "tb" | "terabyte" => 1e12,
+        "kib" | "kibibyte" => 1024.0,
+        "mib" | "mebibyte" => 1024.0 * 1024.0,
+        "gib" | "gibibyte" => 1024.0 * 1024.0 * 1024.0,
+        "tib" | "tebibyte" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((n * mult) as u64)
+}
+
+/// Refuses to receive `key` into `repo` when that would leave less than `annex.diskreserve`
+/// (default 100 MB, as git-annex) free on its file system. `have` bytes are already there.
+pub fn check_free_space(repo: &crate::repo::Repo, key: &Key, have: u64) -> Result<()> {
+    let Some(size) = key.size else {
+        return Ok(());
+    };
+    let reserve = repo
+        .config
+        .get("annex.diskreserve")
+        .and_then(|v| parse_size(v))
+        .unwrap_or(100_000_000);
+    let dir = repo.annex_dir();
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: statvfs fills the plain-data struct for a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(()); // cannot tell: let the write itself fail if it must
+    }
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    let need = size.saturating_sub(have);
+    if free < need.saturating_add(reserve) {
+        return Err(TransferError::Other(format!(
+            "not enough free space in {}: {need} bytes needed, {free} free, and annex.diskreserve keeps {reserve} free; free some space or lower annex.diskreserve",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,6 +647,16 @@ mod tests {
         let r = receive(&s, &key, &data).unwrap();
         assert_eq!(r.resumed_from, 3 << 20);
         assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
+    }
+
+    #[test]
+    fn sizes_parse_like_git_annex() {
+        assert_eq!(parse_size("100 megabytes"), Some(100_000_000));
+        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2000"), Some(2000));
+        assert_eq!(parse_size("1.5 kb"), Some(1500));
+        assert_eq!(parse_size("lots"), None);
     }
 
     #[test]
