@@ -40,6 +40,7 @@ pub fn options() -> RepoOptions {
             .and_then(|v| v.parse().ok()),
         plain_env: std::env::var_os("GIT_DIR").is_none()
             && std::env::var_os("GIT_WORK_TREE").is_none(),
+        lazy_config: false,
     }
 }
 

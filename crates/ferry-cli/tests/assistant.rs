@@ -511,3 +511,53 @@ fn kernel_queue_overflow_is_answered_by_a_full_rescan() {
     let events = std::fs::read_to_string(a.join(".git/annex/ferry/daemon/events.jsonl")).unwrap();
     assert!(events.contains("\"event\":\"rescan\""), "{events}");
 }
+
+#[test]
+fn settings_changed_while_running_take_effect() {
+    // The daemon keeps its settings, its remotes and a check-attr process between commits:
+    // each must follow a change made while it runs.
+    let env = Env::new();
+    let a = seeded(&env, "seed.txt", "seed\n");
+    let d = Daemon::start(&env, &a);
+
+    // A first file starts the daemon's check-attr; a .gitattributes written after it decides
+    // where the next file goes.
+    write(&a, "first.small", "annexed: no attribute yet\n");
+    assert!(wait_until(WAIT, || committed(&env, &a, "first.small")));
+    write(&a, ".gitattributes", "*.small annex.largefiles=nothing\n");
+    assert!(wait_until(WAIT, || committed(&env, &a, ".gitattributes")));
+    write(&a, "notes.small", "kept in git\n");
+    write(&a, "big.dat", "annexed\n");
+    assert!(
+        wait_until(WAIT, || committed(&env, &a, "notes.small")
+            && committed(&env, &a, "big.dat")),
+        "log:\n{}",
+        d.log_text()
+    );
+    let blob = env
+        .git(&a, &["cat-file", "-p", "HEAD:notes.small"])
+        .stdout();
+    assert_eq!(
+        blob, "kept in git\n",
+        "the new attribute put the file in git"
+    );
+    let pointer = env.git(&a, &["cat-file", "-p", "HEAD:big.dat"]).stdout();
+    assert!(
+        pointer.starts_with("/annex/objects/"),
+        "still annexed: {pointer}"
+    );
+
+    // A remote added now receives the next change.
+    let b = clone_b(&env);
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    write(&a, "after-remote.txt", "x\n");
+    assert!(
+        wait_until(WAIT, || {
+            let head = env.git(&a, &["rev-parse", "HEAD"]).stdout();
+            let pushed = env.git(&b, &["rev-parse", "refs/heads/synced/main"]);
+            committed(&env, &a, "after-remote.txt") && pushed.ok() && pushed.stdout() == head
+        }),
+        "the new remote gets the push; log:\n{}",
+        d.log_text()
+    );
+}

@@ -39,14 +39,35 @@ pub fn pointer_for(key: &Key) -> Vec<u8> {
     p
 }
 
-struct Filter<'a> {
-    repo: &'a Repo,
-    top: PathBuf,
-    inodes: InodeCache,
+struct Settings {
     backend: Backend,
     thin: bool,
     dotfiles: bool,
     largefiles_config: Option<Expr>,
+}
+
+impl Settings {
+    fn load(repo: &Repo) -> Result<Settings> {
+        let cfg = |k: &str| repo.config().get(k).map(String::as_str);
+        let flag = |k: &str| crate::git::config_flag(repo.config(), k, false);
+        Ok(Settings {
+            backend: cfg("annex.backend")
+                .and_then(Backend::from_variety)
+                .unwrap_or(Backend::Sha256E),
+            thin: flag("annex.thin"),
+            dotfiles: flag("annex.dotfiles"),
+            largefiles_config: cfg("annex.largefiles").map(Expr::parse).transpose()?,
+        })
+    }
+}
+
+struct Filter<'a> {
+    repo: &'a Repo,
+    top: PathBuf,
+    inodes: InodeCache,
+    /// From git config, read when a decision first needs it: a filter that only answers from
+    /// the inode cache (git re-checking files it just staged) never reads config at all.
+    settings: Option<Settings>,
     /// Read lazily: `None` until needed, then `Some(the branch's expression, if any)`.
     largefiles_branch: Option<Option<Expr>>,
     check_attr: Option<CheckAttr>,
@@ -83,20 +104,13 @@ pub fn run(repo: &Repo, input: impl Read, output: impl Write) -> Result<()> {
     w.flush().map_err(io)?;
 
     let annex_dir = repo.annex_dir();
-    // Settings come from the config snapshot taken when the repository was opened (one
-    // `git config --list`); the branch's config.log is read only when a decision needs it.
-    let cfg = |k: &str| repo.config.get(k).map(String::as_str);
-    let flag = |k: &str| crate::git::config_flag(&repo.config, k, false);
+    // Settings come from one `git config --list` when first needed; the branch's config.log
+    // is read only when a decision needs it.
     let mut f = Filter {
         repo,
         top: repo.work_tree()?.to_path_buf(),
         inodes: InodeCache::load(&annex_dir),
-        backend: cfg("annex.backend")
-            .and_then(Backend::from_variety)
-            .unwrap_or(Backend::Sha256E),
-        thin: flag("annex.thin"),
-        dotfiles: flag("annex.dotfiles"),
-        largefiles_config: cfg("annex.largefiles").map(Expr::parse).transpose()?,
+        settings: None,
         largefiles_branch: None,
         check_attr: None,
         annexed_paths: None,
@@ -110,6 +124,13 @@ pub fn run(repo: &Repo, input: impl Read, output: impl Write) -> Result<()> {
 }
 
 impl Filter<'_> {
+    fn settings(&mut self) -> Result<&Settings> {
+        if self.settings.is_none() {
+            self.settings = Some(Settings::load(self.repo)?);
+        }
+        Ok(self.settings.as_ref().unwrap())
+    }
+
     fn serve(&mut self, r: &mut impl Read, w: &mut impl Write) -> Result<()> {
         let io = |e: std::io::Error| Error::io("talking to git (filter protocol)", e);
         loop {
@@ -239,10 +260,11 @@ impl Filter<'_> {
         if self.is_annexed_path(path)? {
             return Ok(true);
         }
-        if is_dotfile(path) && !self.dotfiles {
+        let settings = self.settings()?;
+        if is_dotfile(path) && !settings.dotfiles {
             return Ok(false);
         }
-        if let Some(e) = &self.largefiles_config {
+        if let Some(e) = &settings.largefiles_config {
             return Ok(e.matches(path, size));
         }
         if self.check_attr.is_none() {
@@ -298,8 +320,12 @@ impl Filter<'_> {
                 Received::File(p) => Output::File(p.clone(), false),
             });
         }
+        let (backend, thin) = {
+            let s = self.settings()?;
+            (s.backend, s.thin)
+        };
         let tmp = &self.materialize(rec)?;
-        let mut h = Hasher::new(self.backend);
+        let mut h = Hasher::new(backend);
         let mut file = std::fs::File::open(tmp).ctx("reading", tmp)?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -309,11 +335,11 @@ impl Filter<'_> {
             }
             h.update(&buf[..n]);
         }
-        let key = self.backend.key(size, &h.finish_hex(), path);
+        let key = backend.key(size, &h.finish_hex(), path);
         let store = self.repo.store();
         let after = Stamp::of_path(&work);
         let stable = before.is_some() && before == after && after.map(|s| s.size) == Some(size);
-        if self.thin && stable {
+        if thin && stable {
             // Thin: the work-tree file itself becomes the object (a hard link, no copy).
             let st = crate::hash::StatStamp::of(
                 &std::fs::symlink_metadata(&work).ctx("reading", &work)?,
@@ -379,7 +405,13 @@ impl Filter<'_> {
     }
 
     fn finish(&mut self) -> Result<()> {
+        if self.present.is_empty() && self.lost.is_empty() {
+            return Ok(()); // nothing to record (and no need to read config for the uuid)
+        }
         let uuid = self.repo.uuid().to_string();
+        if uuid.is_empty() {
+            return Err(Error::NotInitialized(self.top.clone()));
+        }
         crate::ops::add::set_presence(
             self.repo,
             &uuid,

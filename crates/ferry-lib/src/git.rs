@@ -184,6 +184,26 @@ impl Git {
         Ok(self.run_str(&args)?.lines().map(str::to_string).collect())
     }
 
+    /// [`Git::refs_not_merged_into`] with the commit each ref names: (ref, commit id).
+    pub fn refs_not_merged_into_ids(
+        &self,
+        target: &str,
+        patterns: &[String],
+    ) -> Result<Vec<(String, String)>> {
+        let mut args = vec![
+            "for-each-ref".to_string(),
+            "--format=%(refname) %(objectname)".into(),
+            format!("--no-merged={target}"),
+        ];
+        args.extend(patterns.iter().cloned());
+        Ok(self
+            .run_str(&args)?
+            .lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .map(|(r, id)| (r.to_string(), id.to_string()))
+            .collect())
+    }
+
     pub fn config_bool(&self, name: &str, default: bool) -> Result<bool> {
         Ok(
             match self.run_opt(["config", "--type=bool", "--get", name])? {

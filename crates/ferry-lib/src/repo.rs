@@ -13,10 +13,11 @@ pub struct Repo {
     pub git_dir: PathBuf,
     pub git: Git,
     pub branch: Branch,
-    uuid: Option<String>,
-    /// git config as it was when the repository was opened (`git config --list`, keys as git
-    /// prints them). Long-lived users (the daemon) read config afresh where it may change.
-    pub config: std::collections::HashMap<String, String>,
+    uuid: std::sync::OnceLock<Option<String>>,
+    /// git config as it was when the repository was opened, or when first asked for with
+    /// [`RepoOptions::lazy_config`] (`git config --list`, keys as git prints them). Long-lived
+    /// users (the daemon) read config afresh where it may change.
+    config: std::sync::OnceLock<std::collections::HashMap<String, String>>,
 }
 
 /// Options that the caller (the CLI) resolves from its environment.
@@ -30,6 +31,9 @@ pub struct RepoOptions {
     /// No `GIT_DIR` / `GIT_WORK_TREE` in the environment: a directory with a `.git` directory
     /// in it is the top of its work tree (saves asking git).
     pub plain_env: bool,
+    /// Read git config only when something asks for it (the filter process, which git starts
+    /// for every command that cleans a file, often needs none).
+    pub lazy_config: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -76,14 +80,16 @@ impl Repo {
     fn assemble(top: Option<PathBuf>, git_dir: PathBuf, opts: &RepoOptions) -> Result<Repo> {
         let git = Git::new(top.clone().unwrap_or_else(|| git_dir.clone())).with_git_dir(&git_dir);
         let branch = Branch::new(git.clone(), git_dir.join("annex"), opts.fixed_clock);
-        let config = git.config_map()?;
-        let uuid = config.get("annex.uuid").filter(|u| !u.is_empty()).cloned();
+        let config = std::sync::OnceLock::new();
+        if !opts.lazy_config {
+            let _ = config.set(git.config_map()?);
+        }
         Ok(Repo {
             top,
             git_dir,
             git,
             branch,
-            uuid,
+            uuid: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -91,12 +97,12 @@ impl Repo {
     /// Like [`Repo::discover`], but the repository must already be initialised.
     pub fn open(dir: &Path, opts: &RepoOptions) -> Result<Repo> {
         let r = Repo::discover(dir, opts)?;
-        if r.uuid.is_none() {
+        if r.uuid().is_empty() {
             return Err(Error::NotInitialized(
                 r.top.clone().unwrap_or_else(|| r.git_dir.clone()),
             ));
         }
-        if let Some(v) = r.config.get("annex.version")
+        if let Some(v) = r.config().get("annex.version")
             && !matches!(v.as_str(), "8" | "9" | "10")
         {
             return Err(Error::BadVersion(r.git_dir.clone(), v.clone()));
@@ -123,7 +129,7 @@ impl Repo {
             .ctx("creating", &repo.annex_dir())?;
         repo.learn_local_remote_uuids()?;
         repo.configure_filter(opts)?;
-        if let Some(uuid) = repo.uuid.clone() {
+        if let Some(uuid) = Some(repo.uuid().to_string()).filter(|u| !u.is_empty()) {
             repo.branch.ensure_exists()?;
             if let Some(desc) = description {
                 repo.describe(&uuid, desc)?;
@@ -138,7 +144,7 @@ impl Repo {
             repo.git.run(["config", "annex.version", "10"])?;
         }
         repo.git.run(["config", "annex.uuid", &uuid])?;
-        repo.uuid = Some(uuid.clone());
+        repo.uuid = std::sync::OnceLock::from(Some(uuid.clone()));
         repo.describe(&uuid, description.unwrap_or(default_description))?;
         Ok((repo, InitOutcome::Created))
     }
@@ -266,7 +272,25 @@ impl Repo {
     }
 
     pub fn uuid(&self) -> &str {
-        self.uuid.as_deref().unwrap_or("")
+        self.uuid
+            .get_or_init(|| {
+                self.config()
+                    .get("annex.uuid")
+                    .filter(|u| !u.is_empty())
+                    .cloned()
+            })
+            .as_deref()
+            .unwrap_or("")
+    }
+
+    /// git config (see the field); read now if it was left for later.
+    pub fn config(&self) -> &std::collections::HashMap<String, String> {
+        self.config.get_or_init(|| {
+            self.git.config_map().unwrap_or_else(|e| {
+                eprintln!("ferry: reading git config failed: {e}");
+                Default::default()
+            })
+        })
     }
 
     pub fn is_bare(&self) -> bool {

@@ -248,10 +248,14 @@ impl Store {
     /// [`Store::ingest_temp`] for many temp files at once, with two `syncfs` calls for the
     /// whole batch instead of two `fsync`s per file: the first makes every temp file's content
     /// durable before any of them appears under its object name, the second makes the renames
-    /// durable. One result per item, in order.
+    /// durable. One result per item, in order. A few files are flushed one by one instead:
+    /// `syncfs` also waits for every other writer's dirty data on that file system.
     pub fn ingest_temps(&self, items: &[(PathBuf, Key)]) -> Vec<Result<Ingested>> {
-        if items.is_empty() {
-            return Vec::new();
+        if items.len() <= 4 {
+            return items
+                .iter()
+                .map(|(tmp, key)| self.ingest_temp(tmp, key))
+                .collect();
         }
         let synced = self.syncfs();
         let out = items

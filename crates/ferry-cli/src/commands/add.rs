@@ -44,7 +44,7 @@ pub fn parse_backend(name: &str) -> anyhow::Result<Backend> {
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let repo = ui::open_repo()?;
     let (paths, missing) = ui::resolve_paths(&repo, &a.paths)?;
-    let backend = match a.backend.or(repo.git.config("annex.backend")?) {
+    let backend = match a.backend.or(repo.config().get("annex.backend").cloned()) {
         Some(b) => parse_backend(&b)?,
         None => Backend::Sha256E,
     };
@@ -52,9 +52,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         paths,
         jobs: a.jobs.unwrap_or_else(ui::default_jobs),
         backend,
-        unlocked: a.unlocked || repo.git.config_bool("annex.addunlocked", false)?,
-        thin: repo.git.config_bool("annex.thin", false)?,
+        unlocked: a.unlocked
+            || ferry_lib::git::config_flag(repo.config(), "annex.addunlocked", false),
+        thin: ferry_lib::git::config_flag(repo.config(), "annex.thin", false),
         deletions: false,
+        config: None,
+        attrs: None,
         force: if a.force_large {
             Some(true)
         } else if a.force_small {

@@ -194,55 +194,10 @@ impl Daemon {
         Stopper(self.tx.clone())
     }
 
-    fn settings(&self) -> Result<Settings> {
-        let repo = &self.repo;
-        let config = repo.git.config_map()?;
-        let get = |k: &str| config.get(k).map(String::as_str);
-        let flag = |k: &str, d: bool| crate::git::config_flag(&config, k, d);
-        let secs = |k: &str, d: f64| {
-            Duration::from_secs_f64(
-                get(k)
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .filter(|v| *v > 0.0)
-                    .unwrap_or(d),
-            )
-        };
-        let backend = match get("annex.backend") {
-            Some(b) => crate::hash::Backend::from_variety(b).ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "unsupported annex.backend {b:?}; ferry supports SHA256E, SHA256, SHA512E and SHA512"
-                ))
-            })?,
-            None => crate::hash::Backend::Sha256E,
-        };
-        // The assistant adds unlocked files (editable in place), as git-annex's does.
-        let unlocked = flag("annex.addunlocked", true) && crate::repo::filter_configured(repo)?;
-        let desc = repo.description(repo.uuid())?.unwrap_or_default();
-        Ok(Settings {
-            add: AddOptions {
-                paths: Vec::new(),
-                jobs: std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2),
-                backend,
-                force: None,
-                unlocked,
-                thin: flag("annex.thin", false),
-                deletions: true,
-            },
-            retry_base: secs("ferry.retrydelay", 1.0),
-            rescan_interval: secs("ferry.rescaninterval", 60.0),
-            hook: get("ferry.changehook")
-                .filter(|h| !h.is_empty())
-                .map(str::to_string),
-            message: format!("git-annex in {desc}"),
-        })
-    }
-
     /// Runs until stopped. Changes pending at a stop are committed first.
     pub fn run(self) -> Result<()> {
         let log = self.opts.log.clone();
-        let settings = self.settings()?;
+        let settings = settings(&self.repo)?;
         let repo = self.repo.clone();
         let top = repo.work_tree()?.to_path_buf();
         let shared = Arc::new(Shared {
@@ -328,6 +283,7 @@ impl Daemon {
 
         let mut pending: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut merge_wanted = false;
+        let mut config_changed = false;
         let mut rejected: BTreeSet<String> = BTreeSet::new();
         let mut stop = false;
         loop {
@@ -353,6 +309,7 @@ impl Daemon {
                     pending.extend(b.paths);
                     rescan |= b.rescan;
                     merge_wanted |= b.refs;
+                    config_changed |= b.config;
                 }
                 Msg::Rejected(r) => {
                     rejected.insert(r);
@@ -393,6 +350,29 @@ impl Daemon {
                 pending.clear();
                 pending.insert(Vec::new());
             }
+            if std::mem::take(&mut config_changed) {
+                let _ = main.push_tx.send(PushMsg::Reload);
+                match self::settings(&main.repo) {
+                    Ok(s) => {
+                        log("git config changed: settings and remotes read again");
+                        main.settings = s;
+                    }
+                    Err(e) => log(&format!("reading the changed git config failed: {e}")),
+                }
+            }
+            // A running check-attr may keep what it read: a changed .gitattributes needs a new one.
+            let attrs_changed = pending
+                .iter()
+                .any(|p| p.rsplit(|&b| b == b'/').next() == Some(b".gitattributes"));
+            if let Some(a) = main
+                .settings
+                .add
+                .attrs
+                .as_ref()
+                .filter(|_| rescan || attrs_changed)
+            {
+                a.reset();
+            }
             let mut changed = false;
             if !pending.is_empty() {
                 let paths: Vec<Vec<u8>> = std::mem::take(&mut pending).into_iter().collect();
@@ -424,6 +404,53 @@ impl Daemon {
     }
 }
 
+/// The daemon's settings, from git config (read again when `.git/config` changes).
+fn settings(repo: &Repo) -> Result<Settings> {
+    let config = repo.git.config_map()?;
+    let get = |k: &str| config.get(k).map(String::as_str);
+    let flag = |k: &str, d: bool| crate::git::config_flag(&config, k, d);
+    let secs = |k: &str, d: f64| {
+        Duration::from_secs_f64(
+            get(k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| *v > 0.0)
+                .unwrap_or(d),
+        )
+    };
+    let backend = match get("annex.backend") {
+            Some(b) => crate::hash::Backend::from_variety(b).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "unsupported annex.backend {b:?}; ferry supports SHA256E, SHA256, SHA512E and SHA512"
+                ))
+            })?,
+            None => crate::hash::Backend::Sha256E,
+        };
+    // The assistant adds unlocked files (editable in place), as git-annex's does.
+    let unlocked = flag("annex.addunlocked", true) && crate::repo::filter_configured(repo)?;
+    let desc = repo.description(repo.uuid())?.unwrap_or_default();
+    Ok(Settings {
+        add: AddOptions {
+            paths: Vec::new(),
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            backend,
+            force: None,
+            unlocked,
+            thin: flag("annex.thin", false),
+            deletions: true,
+            config: Some(Arc::new(config.clone())),
+            attrs: Some(crate::ops::add::AttrServer::default()),
+        },
+        retry_base: secs("ferry.retrydelay", 1.0),
+        rescan_interval: secs("ferry.rescaninterval", 60.0),
+        hook: get("ferry.changehook")
+            .filter(|h| !h.is_empty())
+            .map(str::to_string),
+        message: format!("git-annex in {desc}"),
+    })
+}
+
 fn watch_limit_message() -> String {
     "the inotify watch limit (fs.inotify.max_user_watches) is reached: some directories are not \
      watched and are scanned periodically instead; raise it with \
@@ -449,7 +476,7 @@ fn spawn_watcher(mut w: watcher::Watcher, tx: Sender<Msg>, shared: Arc<Shared>) 
                             s.watcher.watched_dirs = dirs;
                             s.watcher.limited = w.limited;
                         }
-                        if (b.paths.is_empty() && !b.rescan && !b.refs)
+                        if (b.paths.is_empty() && !b.rescan && !b.refs && !b.config)
                             || tx.send(Msg::Batch(b)).is_ok()
                         {
                             continue;
@@ -780,6 +807,8 @@ impl MainLoop {
 
 enum PushMsg {
     Push,
+    /// git config changed: read the remotes again at the next push.
+    Reload,
     Done(String, PushResult),
     Stop,
 }
@@ -808,8 +837,8 @@ fn backoff(base: Duration, failures: u32) -> Duration {
     (base * f).min(RETRY_CAP)
 }
 
-/// Where to push: the remotes (name, local path) and the branch, read from git when a push is
-/// asked for (not on every completion or timer).
+/// Where to push: the remotes (name, local path), read from git config at the first push and
+/// after config changes, and the branch, read at every push.
 struct Targets {
     remotes: Vec<(String, Option<std::path::PathBuf>)>,
     branch: String,
@@ -992,8 +1021,14 @@ fn pusher(
             Some(PushMsg::Stop) => stopping = true,
             Some(PushMsg::Push) => {
                 want_push = true;
-                targets = load_targets(&p.repo);
+                // The remotes come from git config, read again only after it changed; the
+                // branch is read each time (HEAD is one small file).
+                match (&mut targets, crate::ops::sync::current_branch(&p.repo)) {
+                    (Some(t), Ok(branch)) => t.branch = branch,
+                    _ => targets = load_targets(&p.repo),
+                }
             }
+            Some(PushMsg::Reload) => targets = None,
             Some(PushMsg::Done(name, r)) => p.done(name, r),
             None => {}
         }

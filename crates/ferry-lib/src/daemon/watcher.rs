@@ -26,6 +26,8 @@ pub struct Batch {
     pub rescan: bool,
     /// A ref that others push into (or that fetch updates) changed.
     pub refs: bool,
+    /// `.git/config` was rewritten.
+    pub config: bool,
 }
 
 pub struct Watcher {
@@ -173,8 +175,10 @@ impl Watcher {
             return;
         }
         if Some(ev.wd) == self.git_wd {
-            if ev.name == b"packed-refs" {
-                batch.refs = true;
+            match &ev.name[..] {
+                b"packed-refs" => batch.refs = true,
+                b"config" => batch.config = true,
+                _ => {}
             }
             return;
         }
@@ -189,6 +193,10 @@ impl Watcher {
             if ev.mask & IN_ISDIR != 0 && ev.mask & (IN_CREATE | IN_MOVED_TO) != 0 {
                 // A new remote or a new ref namespace: watch it, and look at what it holds.
                 self.watch_ref_tree(dir.join(std::ffi::OsStr::from_bytes(&ev.name)));
+            } else if dir == self.git_dir.join("refs/heads") {
+                // This repository's own branches (its commits and merges): nothing to merge.
+                // What others push arrives under `synced/`.
+                return;
             }
             batch.refs = true;
             return;
@@ -289,6 +297,44 @@ mod tests {
         assert!(w.next_batch().unwrap().paths.is_empty());
         drop(f);
         collect(&mut w, &[b"slow"]);
+    }
+
+    /// Reads batches until one matches `want`, or fails after 5 s.
+    fn batch_until(w: &mut Watcher, want: impl Fn(&Batch) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no such batch");
+            let r = inotify::poll_readable(&[w.raw_fd()], Some(std::time::Duration::from_secs(5)));
+            if r[0] && want(&w.next_batch().unwrap()) {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn pushes_config_and_own_branches_are_told_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let git = d.path().join(".git");
+        std::fs::create_dir_all(git.join("refs/heads")).unwrap();
+        let mut w = Watcher::new(d.path(), &git).unwrap();
+        w.watch_refs();
+        // git writes a ref as <name>.lock, then renames it.
+        let put = |rel: &str| {
+            let p = git.join(rel);
+            std::fs::write(p.with_extension("lock"), b"0\n").unwrap();
+            std::fs::rename(p.with_extension("lock"), &p).unwrap();
+        };
+        // This repository's own commit: no merge wanted. Then a push into synced/: wanted.
+        put("refs/heads/main");
+        put("refs/heads/synced/main");
+        batch_until(&mut w, |b| b.refs);
+        // Only the push counts: a batch with just the own branch says nothing of refs.
+        put("refs/heads/main");
+        put("config");
+        batch_until(&mut w, |b| {
+            assert!(!b.refs, "an own branch moving is not a push");
+            b.config
+        });
     }
 
     #[test]

@@ -51,7 +51,52 @@ pub struct AddOptions {
     pub thin: bool,
     /// Also stage the removal of tracked files that are gone (the daemon's `git add -A`).
     pub deletions: bool,
+    /// Settings to use instead of the snapshot taken when the repository was opened (the
+    /// daemon's, reloaded when `.git/config` changes).
+    pub config: Option<std::sync::Arc<std::collections::HashMap<String, String>>>,
+    /// A long-running `git check-attr` for small batches (the daemon's); started on first use.
+    pub attrs: Option<AttrServer>,
 }
+
+/// A `git check-attr --stdin annex.largefiles` kept running between adds: saves a process per
+/// commit. Whoever owns it calls [`AttrServer::reset`] when a `.gitattributes` changes (a
+/// running check-attr may keep what it read).
+#[derive(Clone, Default)]
+pub struct AttrServer(std::sync::Arc<std::sync::Mutex<Option<crate::git::CheckAttr>>>);
+
+impl AttrServer {
+    pub fn reset(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// `annex.largefiles` for each path, asked one by one.
+    fn query(&self, repo: &Repo, paths: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            if guard.is_none() {
+                *guard = Some(crate::git::CheckAttr::start(&repo.git, "annex.largefiles")?);
+            }
+            match guard.as_mut().unwrap().get(p) {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    *guard = None; // died: a fresh one next time
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for AttrServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttrServer")
+    }
+}
+
+/// Up to this many paths go through a running [`AttrServer`]; more are asked in one batch.
+const ATTR_SERVER_MAX: usize = 64;
 
 /// What ingesting one file produced.
 struct Ingest {
@@ -127,6 +172,7 @@ impl LargeFiles {
         repo: &Repo,
         config: &std::collections::HashMap<String, String>,
         paths: &[Vec<u8>],
+        server: Option<&AttrServer>,
     ) -> Result<LargeFiles> {
         let config = config
             .get("annex.largefiles")
@@ -139,7 +185,26 @@ impl LargeFiles {
             .map(|s| Expr::parse(&s))
             .transpose()?;
         let mut from_attrs = std::collections::HashMap::new();
-        if config.is_none() && !paths.is_empty() {
+        // Few distinct expressions, many paths: parse each expression once.
+        let mut cache: std::collections::HashMap<Vec<u8>, Expr> = std::collections::HashMap::new();
+        let mut record = |path: &[u8], value: &[u8]| -> Result<()> {
+            if !cache.contains_key(value) {
+                cache.insert(
+                    value.to_vec(),
+                    Expr::parse(&String::from_utf8_lossy(value))?,
+                );
+            }
+            from_attrs.insert(path.to_vec(), cache[value].clone());
+            Ok(())
+        };
+        if let Some(server) = server.filter(|_| config.is_none() && paths.len() <= ATTR_SERVER_MAX)
+        {
+            for (p, v) in paths.iter().zip(server.query(repo, paths)?) {
+                if let Some(v) = v {
+                    record(p, &v)?;
+                }
+            }
+        } else if config.is_none() && !paths.is_empty() {
             let mut input = Vec::new();
             for p in paths {
                 input.extend_from_slice(p);
@@ -149,21 +214,12 @@ impl LargeFiles {
                 .git
                 .run_with_input(["check-attr", "-z", "--stdin", "annex.largefiles"], &input)?;
             let fields: Vec<&[u8]> = out.split(|&b| b == 0).collect();
-            // Few distinct expressions, many paths: parse each expression once.
-            let mut cache: std::collections::HashMap<Vec<u8>, Expr> =
-                std::collections::HashMap::new();
             for rec in fields.chunks(3) {
                 if let [path, _attr, value] = rec {
                     if *value == b"unspecified" || *value == b"unset" || value.is_empty() {
                         continue;
                     }
-                    if !cache.contains_key(*value) {
-                        cache.insert(
-                            value.to_vec(),
-                            Expr::parse(&String::from_utf8_lossy(value))?,
-                        );
-                    }
-                    from_attrs.insert(path.to_vec(), cache[*value].clone());
+                    record(path, value)?;
                 }
             }
         }
@@ -254,9 +310,9 @@ pub fn add(
     };
 
     let listed = candidates(repo, &opts.paths)?;
-    let config = repo.git.config_map()?;
-    let dotfiles = crate::git::config_flag(&config, "annex.dotfiles", false);
-    let large = LargeFiles::load(repo, &config, &listed)?;
+    let config = opts.config.as_deref().unwrap_or(repo.config());
+    let dotfiles = crate::git::config_flag(config, "annex.dotfiles", false);
+    let large = LargeFiles::load(repo, config, &listed, opts.attrs.as_ref())?;
 
     let mut to_stage: Vec<Vec<u8>> = Vec::new();
     // Classify by lstat: never follow a symlink.
@@ -515,25 +571,61 @@ pub fn add(
         );
     }
 
-    // Log the content first (with the link blobs in the same pack), then stage: a crash in
-    // between leaves untracked annex links, which the next add stages.
-    set_presence(
-        repo,
-        repo.uuid(),
-        &present_keys,
-        Presence::Present,
-        &mut links
-            .iter()
-            .map(|(p, k)| link_target(p, k))
-            .chain(pointers.iter().map(|(_, k)| pointer_for(k))),
-    )?;
-    stage(repo, &to_stage)?;
-    if !pointers.is_empty() {
-        InodeCache::load(&annex_dir).record(&stamps)?;
-        stage_pointers(repo, &pointers)?;
+    let mut blobs = links
+        .iter()
+        .map(|(p, k)| link_target(p, k))
+        .chain(pointers.iter().map(|(_, k)| pointer_for(k)));
+    let stage_all = || -> Result<()> {
+        stage(repo, &to_stage)?;
+        if !pointers.is_empty() {
+            InodeCache::load(&annex_dir).record(&stamps)?;
+            stage_pointers(repo, &pointers)?;
+        }
+        Ok(())
+    };
+    if present_keys.len() > JOURNAL_MAX {
+        // Log the content first (with the link blobs in the same pack), then stage: a crash
+        // in between leaves untracked annex links, which the next add stages.
+        set_presence(
+            repo,
+            repo.uuid(),
+            &present_keys,
+            Presence::Present,
+            &mut blobs,
+        )?;
+        stage_all()?;
+    } else {
+        // A few keys (the daemon's usual case): their logs go into the journal first, which
+        // survives a crash and is read by git-annex too; then the branch commit and the
+        // staging run at the same time.
+        let lock = repo.branch.lock_journal()?;
+        for (path, content) in
+            presence_changes(repo, repo.uuid(), &present_keys, Presence::Present)?
+        {
+            repo.branch.write(&lock, &path, &content)?;
+        }
+        let (branch, staged) = std::thread::scope(|s| {
+            // The thread owns the lock and lets it go as soon as the branch is committed: the
+            // clean filter that staging runs may need it (a file changed since it was hashed).
+            let branch = s.spawn(move || {
+                let r =
+                    repo.branch
+                        .commit_changes(&lock, &Default::default(), &mut blobs, "update");
+                drop(lock);
+                r
+            });
+            let staged = stage_all();
+            (branch.join(), staged)
+        });
+        staged?;
+        branch.map_err(|_| Error::Protocol("the branch commit panicked".into()))??;
     }
     Ok(summary)
 }
+
+/// Up to this many keys, an add records them through the journal and commits the branch while
+/// staging; more go straight into one branch commit (thousands of journal files cost more).
+const JOURNAL_MAX: usize = 64;
 
 /// Opens a work-tree file for ingesting (never following a symlink) and stamps it.
 fn open_regular(abs: &Path) -> Result<(std::fs::File, std::fs::Metadata, StatStamp)> {
@@ -834,10 +926,24 @@ pub fn set_presence(
     if keys.is_empty() && blobs.peek().is_none() {
         return Ok(());
     }
+    let lock = repo.branch.lock_journal()?;
+    let changes = presence_changes(repo, uuid, keys, status)?;
+    repo.branch
+        .commit_changes(&lock, &changes, &mut blobs, "update")?;
+    Ok(())
+}
+
+/// The location logs that change when `uuid` gets `status` for `keys`: branch path → new
+/// content (logs already saying so are left out).
+fn presence_changes(
+    repo: &Repo,
+    uuid: &str,
+    keys: &[Key],
+    status: Presence,
+) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut keys = keys.to_vec();
     keys.sort();
     keys.dedup();
-    let lock = repo.branch.lock_journal()?;
     let paths: Vec<Vec<u8>> = keys.iter().map(location_log_path).collect();
     let logs = repo.branch.read_many(&paths)?;
     let now = repo.branch.now();
@@ -850,7 +956,5 @@ pub fn set_presence(
         log.set(uuid, status, now);
         changes.insert(path, log.render());
     }
-    repo.branch
-        .commit_changes(&lock, &changes, &mut blobs, "update")?;
-    Ok(())
+    Ok(changes)
 }

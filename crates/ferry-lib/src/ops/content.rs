@@ -507,7 +507,7 @@ pub fn sync_content(
         .iter()
         .filter(|r| {
             if only.is_empty() {
-                repo.config
+                repo.config()
                     .get(&format!("remote.{}.annex-sync", r.name()))
                     .map(String::as_str)
                     != Some("false")

@@ -46,7 +46,10 @@ pub fn trust_levels(repo: &Repo) -> Result<HashMap<String, Trust>> {
         })
         .collect();
     for (uuid, name) in repo.remote_names()? {
-        if let Some(v) = repo.config.get(&format!("remote.{name}.annex-trustlevel")) {
+        if let Some(v) = repo
+            .config()
+            .get(&format!("remote.{name}.annex-trustlevel"))
+        {
             let t = match v.as_str() {
                 "trusted" => Trust::Trusted,
                 "untrusted" => Trust::Untrusted,

@@ -509,7 +509,7 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
         format!("refs/remotes/*/synced/{branch}"),
     ];
     let candidates = match repo.git.rev_parse("HEAD")? {
-        Some(_) => repo.git.refs_not_merged_into("HEAD", &patterns)?,
+        Some(_) => repo.git.refs_not_merged_into_ids("HEAD", &patterns)?,
         None => {
             // Nothing committed here yet: take the first of theirs, then merge the rest.
             let all = repo.git.run_str([
@@ -523,15 +523,12 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
                 return Ok(());
             };
             repo.git.run(["checkout", "-q", "-B", branch, first])?;
-            repo.git.refs_not_merged_into("HEAD", &patterns)?
+            repo.git.refs_not_merged_into_ids("HEAD", &patterns)?
         }
     };
     let mut seen = std::collections::HashSet::new();
-    for c in candidates {
+    for (c, sha) in candidates {
         // Several refs often name one commit; and an earlier merge may already contain it.
-        let Some(sha) = repo.git.rev_parse(&format!("{c}^{{commit}}"))? else {
-            continue;
-        };
         if !seen.insert(sha.clone()) {
             continue;
         }

@@ -103,9 +103,9 @@ impl LocalRemote {
             return Ok(r.clone());
         }
         let opts = RepoOptions {
-            filter_command: None,
             fixed_clock: self.fixed_clock,
             plain_env: true,
+            ..Default::default()
         };
         let abs = self
             .path

@@ -549,7 +549,7 @@ pub fn check_free_space(repo: &crate::repo::Repo, key: &Key, have: u64) -> Resul
         return Ok(());
     };
     let reserve = repo
-        .config
+        .config()
         .get("annex.diskreserve")
         .and_then(|v| parse_size(v))
         .unwrap_or(100_000_000);
