@@ -479,9 +479,20 @@ fn a_running_transfer_is_not_started_twice() {
 #[test]
 fn git_annex_sees_a_running_get_and_a_killed_get_resumes() {
     let env = Env::new();
-    let content: Vec<u8> = (0..150_000_000u32).map(|i| (i % 251) as u8).collect();
-    let a = ferry_origin(&env, &[("big.bin", &content)]);
-    drop(content);
+    // Written in chunks: a 150 MB buffer in this (shared) test process would show up in the
+    // peak RSS of children other tests fork meanwhile.
+    let a = env.ferry_repo("a");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(a.join("big.bin")).unwrap());
+        let chunk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        for _ in 0..150 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    env.ferry(&a, &["add", "big.bin"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "big"]).assert_ok();
     let b = ferry_clone(&env, "a", "b");
     let key = link_key(&b.join("big.bin"));
     let info = b
