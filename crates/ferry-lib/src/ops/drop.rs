@@ -317,3 +317,132 @@ pub fn drop(
     crate::ops::content::finish_bookkeeping(repo, remotes)?;
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{Backend, hash_file};
+    use crate::remote::Progress;
+    use crate::remote::memory::MemoryRemote;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    const M: &str = "11111111-2222-4333-8444-555555555555";
+    const N: &str = "66666666-2222-4333-8444-555555555555";
+
+    /// A repository holding `data` (in the store and in its location log), and memory remotes
+    /// that hold it too (and are logged as holding it).
+    fn setup(
+        data: &[u8],
+    ) -> (
+        tempfile::TempDir,
+        Repo,
+        Key,
+        Arc<MemoryRemote>,
+        Arc<MemoryRemote>,
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, _) = Repo::init(d.path(), None, "test", &Default::default()).unwrap();
+        let (hex, n) = hash_file(Backend::Sha256E, &mut &data[..], 0).unwrap();
+        let key = Backend::Sha256E.key(n, &hex, b"f.txt");
+        let cancel = AtomicBool::new(false);
+        let mut cb = |_| {};
+        let mut p = Progress::new(&key, &cancel, &mut cb);
+        crate::transfer::receive_into(&repo.store(), &key, &mut p, &mut |off, sink, p| {
+            sink.write_all(&data[off as usize..])
+                .map_err(|e| crate::Error::io("test", e))?;
+            p.advance(data.len() as u64 - off)
+        })
+        .unwrap();
+        log_presence(&repo, &key, repo.uuid(), Presence::Present).unwrap();
+        let (m, n) = (
+            Arc::new(MemoryRemote::new("m", M)),
+            Arc::new(MemoryRemote::new("n", N)),
+        );
+        for r in [&m, &n] {
+            r.insert(&key, data);
+            log_presence(&repo, &key, r.uuid(), Presence::Present).unwrap();
+        }
+        (d, repo, key, m, n)
+    }
+
+    #[test]
+    fn a_drop_counts_only_copies_it_can_lock_now() {
+        let (_d, repo, key, m, n) = setup(b"content\n");
+        let remotes: Vec<Box<dyn Remote>> = vec![Box::new(m.clone()), Box::new(n.clone())];
+        // Both remotes unreachable: nothing is proven, nothing is dropped.
+        *m.unavailable.lock().unwrap() = Some("unplugged".into());
+        *n.unavailable.lock().unwrap() = Some("unplugged".into());
+        let e = drop_here(&repo, &remotes, &key).unwrap_err().to_string();
+        assert!(
+            e.contains("unsafe to drop") && e.contains("unplugged"),
+            "{e}"
+        );
+        assert!(repo.store().find(&key).is_some());
+        // The log says m has it, but it does not: still not proven.
+        *m.unavailable.lock().unwrap() = None;
+        m.objects.lock().unwrap().clear();
+        let e = drop_here(&repo, &remotes, &key).unwrap_err().to_string();
+        assert!(e.contains("does not have it now"), "{e}");
+        // n reachable and holding it: the drop goes ahead and the log says so.
+        *n.unavailable.lock().unwrap() = None;
+        assert!(drop_here(&repo, &remotes, &key).unwrap());
+        assert!(repo.store().find(&key).is_none());
+        let log = LocationLog::parse(
+            &repo
+                .branch
+                .read(&crate::branch::location_log_path(&key))
+                .unwrap()
+                .unwrap(),
+        );
+        assert_eq!(log.status_of(repo.uuid()), Some(Presence::Absent));
+    }
+
+    #[test]
+    fn numcopies_and_trust_decide_what_counts() {
+        let (_d, repo, key, m, n) = setup(b"more content\n");
+        let remotes: Vec<Box<dyn Remote>> = vec![Box::new(m.clone()), Box::new(n.clone())];
+        set_copies_log(&repo, "numcopies.log", 3).unwrap();
+        let e = drop_here(&repo, &remotes, &key).unwrap_err().to_string();
+        assert!(e.contains("2 other copies verified, numcopies is 3"), "{e}");
+        // A trusted repository counts without being reachable.
+        let lock = repo.branch.lock_journal().unwrap();
+        let mut t = UuidLog::default();
+        t.set(
+            "77777777-2222-4333-8444-555555555555",
+            "1",
+            repo.branch.now(),
+        );
+        t.set(N, "0", repo.branch.now());
+        repo.branch.write(&lock, b"trust.log", &t.render()).unwrap();
+        std::mem::drop(lock);
+        log_presence(
+            &repo,
+            &key,
+            "77777777-2222-4333-8444-555555555555",
+            Presence::Present,
+        )
+        .unwrap();
+        // Untrusted n no longer counts: m + the trusted one = 2 < 3.
+        let e = drop_here(&repo, &remotes, &key).unwrap_err().to_string();
+        assert!(e.contains("n is untrusted"), "{e}");
+        set_copies_log(&repo, "numcopies.log", 2).unwrap();
+        assert!(drop_here(&repo, &remotes, &key).unwrap());
+    }
+
+    #[test]
+    fn a_remote_copy_locked_by_a_drop_elsewhere_cannot_be_removed() {
+        let (_d, repo, key, m, n) = setup(b"locked\n");
+        let remotes: Vec<Box<dyn Remote>> = vec![Box::new(m.clone()), Box::new(n.clone())];
+        // Someone is counting on m's copy right now.
+        let held = m.lock_content(&key).unwrap().unwrap();
+        let e = drop_from(&repo, &remotes, m.as_ref(), &key)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("locked"), "{e}");
+        assert!(m.check_present(&key).unwrap());
+        std::mem::drop(held);
+        assert!(drop_from(&repo, &remotes, m.as_ref(), &key).unwrap());
+        assert!(!m.check_present(&key).unwrap());
+    }
+}

@@ -143,6 +143,49 @@ pub trait Remote: Send + Sync {
 /// Remotes usable for content, cheapest first.
 pub type Remotes = Vec<Box<dyn Remote>>;
 
+/// A shared remote is a remote (the daemon hands one to several workers).
+impl<T: Remote + ?Sized> Remote for std::sync::Arc<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn uuid(&self) -> &str {
+        (**self).uuid()
+    }
+    fn cost(&self) -> f64 {
+        (**self).cost()
+    }
+    fn readonly(&self) -> bool {
+        (**self).readonly()
+    }
+    fn check_available(&self) -> Result<()> {
+        (**self).check_available()
+    }
+    fn check_present(&self, key: &Key) -> Result<bool> {
+        (**self).check_present(key)
+    }
+    fn store(&self, key: &Key, src: &Path, progress: &mut Progress) -> Result<Stored> {
+        (**self).store(key, src, progress)
+    }
+    fn retrieve(
+        &self,
+        key: &Key,
+        offset: u64,
+        sink: &mut dyn Write,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        (**self).retrieve(key, offset, sink, progress)
+    }
+    fn remove(&self, key: &Key) -> Result<()> {
+        (**self).remove(key)
+    }
+    fn lock_content(&self, key: &Key) -> Result<Option<Box<dyn ContentLock>>> {
+        (**self).lock_content(key)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
+    }
+}
+
 /// A configured git remote that ferry cannot move content with (yet), and why.
 #[derive(Clone, Debug)]
 pub struct Unusable {
