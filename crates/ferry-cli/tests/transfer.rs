@@ -677,6 +677,18 @@ fn move_and_parallel_copies() {
     env.git(&b, &["config", "--unset", "annex.diskreserve"])
         .assert_ok();
     env.ferry(&b, &["get", "d/f3.txt"]).assert_ok();
+    // A move that would leave too few copies sends the content but keeps the source copy.
+    env.ferry(&b, &["numcopies", "2"]).assert_ok();
+    let r = env.ferry(&b, &["move", "--from", "origin", "d/f4.txt"]);
+    r.assert_fails();
+    assert!(
+        r.stderr()
+            .contains("the content is here now, but the copy in origin was kept"),
+        "{}",
+        r.stderr()
+    );
+    assert!(a.join("d/f4.txt").exists() && b.join("d/f4.txt").exists());
+    env.ferry(&b, &["numcopies", "1"]).assert_ok();
     // A read-only remote is never written to.
     env.git(&b, &["config", "remote.origin.annex-readonly", "true"])
         .assert_ok();

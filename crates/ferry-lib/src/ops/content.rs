@@ -142,7 +142,13 @@ pub fn transfer(
             Action::CopyTo(_) => put_one(repo, named.unwrap(), f, opts, events),
             Action::MoveTo(_) => put_one(repo, named.unwrap(), f, opts, events).and_then(|o| {
                 // Already there or just sent: either way the copy here goes, if that is safe.
-                if !crate::ops::drop::drop_here(repo, remotes, &f.key)? {
+                let dropped = crate::ops::drop::drop_here(repo, remotes, &f.key).map_err(|e| {
+                    TransferError::Other(format!(
+                        "the content is in {} now, but the copy here was kept: {e}",
+                        named.unwrap().name()
+                    ))
+                })?;
+                if !dropped {
                     return Ok(o);
                 }
                 let mut o = o.unwrap_or_else(|| FileOutcome {
@@ -161,7 +167,12 @@ pub fn transfer(
                     if repo.store().find(&f.key).is_none() || !r.check_present(&f.key)? {
                         return Ok(o);
                     }
-                    crate::ops::drop::drop_from(repo, remotes, r, &f.key)?;
+                    crate::ops::drop::drop_from(repo, remotes, r, &f.key).map_err(|e| {
+                        TransferError::Other(format!(
+                            "the content is here now, but the copy in {} was kept: {e}",
+                            r.name()
+                        ))
+                    })?;
                     let mut o = o.unwrap_or_else(|| FileOutcome {
                         path: f.path.clone(),
                         key: f.key.to_string(),
