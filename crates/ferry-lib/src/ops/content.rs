@@ -133,6 +133,11 @@ pub fn transfer(
         return Err(readonly_error(r));
     }
     let files = annexed_files(&repo.git, pathspecs)?;
+    let policy = match action {
+        Action::MoveTo(_) | Action::MoveFrom(_) => Some(crate::ops::drop::DropPolicy::load(repo)?),
+        _ => None,
+    };
+    let policy = policy.as_ref();
     let run_one = |f: &AnnexedFile| -> Option<FileOutcome> {
         if opts.cancel.load(Ordering::Relaxed) {
             return None;
@@ -142,7 +147,8 @@ pub fn transfer(
             Action::CopyTo(_) => put_one(repo, named.unwrap(), f, opts, events),
             Action::MoveTo(_) => put_one(repo, named.unwrap(), f, opts, events).and_then(|o| {
                 // Already there or just sent: either way the copy here goes, if that is safe.
-                let dropped = crate::ops::drop::drop_here(repo, remotes, &f.key).map_err(|e| {
+                let dropped = crate::ops::drop::drop_here(repo, remotes, policy.unwrap(), &f.key)
+                    .map_err(|e| {
                     TransferError::Other(format!(
                         "the content is in {} now, but the copy here was kept: {e}",
                         named.unwrap().name()
@@ -167,12 +173,13 @@ pub fn transfer(
                     if repo.store().find(&f.key).is_none() || !r.check_present(&f.key)? {
                         return Ok(o);
                     }
-                    crate::ops::drop::drop_from(repo, remotes, r, &f.key).map_err(|e| {
-                        TransferError::Other(format!(
-                            "the content is here now, but the copy in {} was kept: {e}",
-                            r.name()
-                        ))
-                    })?;
+                    crate::ops::drop::drop_from(repo, remotes, policy.unwrap(), r, &f.key)
+                        .map_err(|e| {
+                            TransferError::Other(format!(
+                                "the content is here now, but the copy in {} was kept: {e}",
+                                r.name()
+                            ))
+                        })?;
                     let mut o = o.unwrap_or_else(|| FileOutcome {
                         path: f.path.clone(),
                         key: f.key.to_string(),

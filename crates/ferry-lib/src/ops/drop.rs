@@ -94,6 +94,26 @@ pub fn set_copies_log(repo: &Repo, file: &str, n: u32) -> Result<()> {
     Ok(())
 }
 
+/// What decides whether a drop is safe: numcopies, mincopies, trust levels (and descriptions,
+/// for messages). Loaded once per command, not per file.
+pub struct DropPolicy {
+    pub numcopies: u32,
+    pub mincopies: u32,
+    pub trust: HashMap<String, Trust>,
+    descs: std::collections::BTreeMap<String, String>,
+}
+
+impl DropPolicy {
+    pub fn load(repo: &Repo) -> Result<DropPolicy> {
+        Ok(DropPolicy {
+            numcopies: repo.numcopies()?,
+            mincopies: mincopies(repo)?,
+            trust: trust_levels(repo)?,
+            descs: repo.uuid_descriptions()?,
+        })
+    }
+}
+
 /// Copies proven to exist, with the locks that keep them there until dropped.
 struct Proof {
     count: u32,
@@ -108,6 +128,7 @@ struct Proof {
 fn prove_copies(
     repo: &Repo,
     remotes: &[Box<dyn Remote>],
+    policy: &DropPolicy,
     key: &Key,
     excluding: &str,
 ) -> Result<Proof> {
@@ -117,8 +138,7 @@ fn prove_copies(
             .read(&crate::branch::location_log_path(key))?
             .unwrap_or_default(),
     );
-    let trust = trust_levels(repo)?;
-    let descs = repo.uuid_descriptions()?;
+    let (trust, descs) = (&policy.trust, &policy.descs);
     let mut p = Proof {
         count: 0,
         strong: 0,
@@ -189,9 +209,8 @@ fn prove_copies(
     Ok(p)
 }
 
-fn check_safe(repo: &Repo, p: &Proof) -> Result<()> {
-    let need = repo.numcopies()?;
-    let min = mincopies(repo)?;
+fn check_safe(policy: &DropPolicy, p: &Proof) -> Result<()> {
+    let (need, min) = (policy.numcopies, policy.mincopies);
     if p.count >= need.max(1) && p.strong >= min.max(1) {
         return Ok(());
     }
@@ -213,7 +232,12 @@ fn check_safe(repo: &Repo, p: &Proof) -> Result<()> {
 }
 
 /// Drops `key` here if that is safe. `Ok(false)` when the content was not here.
-pub fn drop_here(repo: &Repo, remotes: &[Box<dyn Remote>], key: &Key) -> Result<bool> {
+pub fn drop_here(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    policy: &DropPolicy,
+    key: &Key,
+) -> Result<bool> {
     let store = repo.store();
     if store.find(key).is_none() {
         return Ok(false);
@@ -227,8 +251,8 @@ pub fn drop_here(repo: &Repo, remotes: &[Box<dyn Remote>], key: &Key) -> Result<
         )
         .into());
     };
-    let proof = prove_copies(repo, remotes, key, repo.uuid())?;
-    check_safe(repo, &proof)?;
+    let proof = prove_copies(repo, remotes, policy, key, repo.uuid())?;
+    check_safe(policy, &proof)?;
     if !repo.is_bare() {
         crate::ops::unlock::depopulate(repo, key)?;
     }
@@ -243,6 +267,7 @@ pub fn drop_here(repo: &Repo, remotes: &[Box<dyn Remote>], key: &Key) -> Result<
 pub fn drop_from(
     repo: &Repo,
     remotes: &[Box<dyn Remote>],
+    policy: &DropPolicy,
     remote: &dyn Remote,
     key: &Key,
 ) -> Result<bool> {
@@ -251,8 +276,8 @@ pub fn drop_from(
         log_presence(repo, key, remote.uuid(), Presence::Absent)?;
         return Ok(false);
     }
-    let proof = prove_copies(repo, remotes, key, remote.uuid())?;
-    check_safe(repo, &proof)?;
+    let proof = prove_copies(repo, remotes, policy, key, remote.uuid())?;
+    check_safe(policy, &proof)?;
     remote.remove(key)?;
     log_presence(repo, key, remote.uuid(), Presence::Absent)?;
     std::mem::drop(proof);
@@ -278,6 +303,7 @@ pub fn drop(
         return Err(crate::ops::content::readonly_error(r));
     }
     let files = annexed_files(&repo.git, pathspecs)?;
+    let policy = DropPolicy::load(repo)?;
     let mut summary = Summary::default();
     let mut seen = std::collections::HashSet::new();
     for f in &files {
@@ -285,8 +311,8 @@ pub fn drop(
             break;
         }
         let r = match remote {
-            Some(r) => drop_from(repo, remotes, r, &f.key),
-            None => drop_here(repo, remotes, &f.key),
+            Some(r) => drop_from(repo, remotes, &policy, r, &f.key),
+            None => drop_here(repo, remotes, &policy, &f.key),
         };
         let first = seen.insert(f.key.clone());
         let o = match r {
@@ -373,7 +399,9 @@ mod tests {
         // Both remotes unreachable: nothing is proven, nothing is dropped.
         *m.unavailable.lock().unwrap() = Some("unplugged".into());
         *n.unavailable.lock().unwrap() = Some("unplugged".into());
-        let e = drop_here(&repo, &remotes, &key).unwrap_err().to_string();
+        let e = drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("unsafe to drop") && e.contains("unplugged"),
             "{e}"
@@ -382,11 +410,13 @@ mod tests {
         // The log says m has it, but it does not: still not proven.
         *m.unavailable.lock().unwrap() = None;
         m.objects.lock().unwrap().clear();
-        let e = drop_here(&repo, &remotes, &key).unwrap_err().to_string();
+        let e = drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not have it now"), "{e}");
         // n reachable and holding it: the drop goes ahead and the log says so.
         *n.unavailable.lock().unwrap() = None;
-        assert!(drop_here(&repo, &remotes, &key).unwrap());
+        assert!(drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key).unwrap());
         assert!(repo.store().find(&key).is_none());
         let log = LocationLog::parse(
             &repo
@@ -403,7 +433,9 @@ mod tests {
         let (_d, repo, key, m, n) = setup(b"more content\n");
         let remotes: Vec<Box<dyn Remote>> = vec![Box::new(m.clone()), Box::new(n.clone())];
         set_copies_log(&repo, "numcopies.log", 3).unwrap();
-        let e = drop_here(&repo, &remotes, &key).unwrap_err().to_string();
+        let e = drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2 other copies verified, numcopies is 3"), "{e}");
         // A trusted repository counts without being reachable.
         let lock = repo.branch.lock_journal().unwrap();
@@ -424,10 +456,12 @@ mod tests {
         )
         .unwrap();
         // Untrusted n no longer counts: m + the trusted one = 2 < 3.
-        let e = drop_here(&repo, &remotes, &key).unwrap_err().to_string();
+        let e = drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("n is untrusted"), "{e}");
         set_copies_log(&repo, "numcopies.log", 2).unwrap();
-        assert!(drop_here(&repo, &remotes, &key).unwrap());
+        assert!(drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key).unwrap());
     }
 
     #[test]
@@ -436,13 +470,28 @@ mod tests {
         let remotes: Vec<Box<dyn Remote>> = vec![Box::new(m.clone()), Box::new(n.clone())];
         // Someone is counting on m's copy right now.
         let held = m.lock_content(&key).unwrap().unwrap();
-        let e = drop_from(&repo, &remotes, m.as_ref(), &key)
-            .unwrap_err()
-            .to_string();
+        let e = drop_from(
+            &repo,
+            &remotes,
+            &DropPolicy::load(&repo).unwrap(),
+            m.as_ref(),
+            &key,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("locked"), "{e}");
         assert!(m.check_present(&key).unwrap());
         std::mem::drop(held);
-        assert!(drop_from(&repo, &remotes, m.as_ref(), &key).unwrap());
+        assert!(
+            drop_from(
+                &repo,
+                &remotes,
+                &DropPolicy::load(&repo).unwrap(),
+                m.as_ref(),
+                &key
+            )
+            .unwrap()
+        );
         assert!(!m.check_present(&key).unwrap());
     }
 }
