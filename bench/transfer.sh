@@ -84,7 +84,7 @@ echo "| cp (no fsync) | $mc | $(mbps "$mc") | $(ratio "$mc" "$mf")x |"
 cd "$WORK"
 mkdir small && cd small && git init -q && "$FERRY" init small >/dev/null
 for i in $(seq "$NSMALL"); do head -c 1024 /dev/urandom >"f$i"; done
-"$FERRY" add . >/dev/null && git commit -q -m small
+"$FERRY" add . >/dev/null 2>&1 && git commit -q -m small
 cd "$WORK"
 git clone -q small sf && (cd sf && "$FERRY" init sf >/dev/null)
 git clone -q small sa && (cd sa && git annex init -q sa)
