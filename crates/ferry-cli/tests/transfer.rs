@@ -634,9 +634,11 @@ fn keys_with_slashes_and_dots_never_escape_the_store() {
 #[test]
 fn move_and_parallel_copies() {
     let env = Env::new();
-    let files: Vec<(String, Vec<u8>)> = (0..6)
+    let mut files: Vec<(String, Vec<u8>)> = (0..6)
         .map(|i| (format!("d/f{i}.txt"), format!("file {i}\n").into_bytes()))
         .collect();
+    // Same content as f5: one key, one transfer.
+    files.push(("d/same-as-f5.txt".into(), b"file 5\n".to_vec()));
     let refs: Vec<(&str, &[u8])> = files
         .iter()
         .map(|(n, c)| (n.as_str(), c.as_slice()))
@@ -648,7 +650,8 @@ fn move_and_parallel_copies() {
         &["copy", "--from", "origin", "-J", "3", "--json"],
     );
     r.assert_ok();
-    assert_eq!(r.json_lines().len(), 6);
+    assert_eq!(r.json_lines().len(), 6, "{}", r.stdout());
+    assert!(!r.stderr().contains("waiting"), "{}", r.stderr());
     for (n, c) in &files {
         assert_eq!(&std::fs::read(b.join(n)).unwrap(), c);
     }

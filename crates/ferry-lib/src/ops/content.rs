@@ -132,7 +132,13 @@ pub fn transfer(
     {
         return Err(readonly_error(r));
     }
-    let files = annexed_files(&repo.git, pathspecs)?;
+    // One transfer per key: other files with the same content are served by it (unlocked
+    // ones are populated for the key), so parallel workers never wait on each other.
+    let mut seen = HashSet::new();
+    let files: Vec<AnnexedFile> = annexed_files(&repo.git, pathspecs)?
+        .into_iter()
+        .filter(|f| seen.insert(f.key.clone()))
+        .collect();
     let policy = match action {
         Action::MoveTo(_) | Action::MoveFrom(_) => Some(crate::ops::drop::DropPolicy::load(repo)?),
         _ => None,
