@@ -44,6 +44,18 @@ enum Command {
     Fsck(commands::fsck::Args),
     /// Print the key a file's content would get, without adding it
     Calckey(commands::calckey::Args),
+    /// Get the content of annexed files from a remote that has it
+    Get(commands::content::GetArgs),
+    /// Copy content to (--to) or from (--from) a remote
+    Copy(commands::content::CopyArgs),
+    /// Move content to (--to) or from (--from) a remote (dropped at the source, if safe)
+    Move(commands::content::CopyArgs),
+    /// Remove content here (or from a remote with --from), if enough other copies are verified
+    Drop(commands::content::DropArgs),
+    /// Show or set how many copies of each file must exist (numcopies.log)
+    Numcopies(commands::content::CopiesArgs),
+    /// Show or set how many copies must be verified by locking (mincopies.log)
+    Mincopies(commands::content::CopiesArgs),
     /// git's long-running clean/smudge filter (configured by `ferry init`; run by git)
     #[command(hide = true)]
     FilterProcess,
@@ -63,6 +75,12 @@ fn main() -> ExitCode {
         Command::Lock(a) => commands::lock::run(a, true),
         Command::Unlock(a) => commands::lock::run(a, false),
         Command::Calckey(a) => commands::calckey::run(a),
+        Command::Get(a) => commands::content::get(a),
+        Command::Copy(a) => commands::content::copy(a, false),
+        Command::Move(a) => commands::content::copy(a, true),
+        Command::Drop(a) => commands::content::drop(a),
+        Command::Numcopies(a) => commands::content::copies(a, false),
+        Command::Mincopies(a) => commands::content::copies(a, true),
         Command::FilterProcess => commands::filter::run(),
     };
     match r {

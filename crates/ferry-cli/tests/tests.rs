@@ -9,4 +9,5 @@ mod fsck;
 mod init;
 mod interop;
 mod sync;
+mod transfer;
 mod unlocked;

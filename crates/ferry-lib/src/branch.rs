@@ -92,6 +92,11 @@ impl Branch {
         }
     }
 
+    /// The fixed clock (`GIT_ANNEX_VECTOR_CLOCK`) this branch writes with, if any.
+    pub fn fixed_clock(&self) -> Option<u64> {
+        self.fixed_clock
+    }
+
     pub fn now(&self) -> Timestamp {
         match self.fixed_clock {
             Some(s) => Timestamp { secs: s, pico: 0 },

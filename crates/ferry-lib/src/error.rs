@@ -37,6 +37,8 @@ pub enum Error {
         "repository {0} has a newer or unknown annex.version {1}; this ferry supports version 10"
     )]
     BadVersion(PathBuf, String),
+    #[error(transparent)]
+    Transfer(#[from] crate::remote::TransferError),
 }
 
 impl Error {

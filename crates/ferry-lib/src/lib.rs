@@ -17,8 +17,10 @@ pub mod matching;
 pub mod ops;
 pub mod paths;
 pub mod pktline;
+pub mod remote;
 pub mod repo;
 pub mod store;
+pub mod transfer;
 
 pub use error::{Error, Result};
 pub use key::Key;

@@ -96,6 +96,31 @@ pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<Lock>> {
     }))
 }
 
+/// Opens a lock file for repeated [`try_lock_file`] attempts (a waiter that keeps it open is
+/// visible in `/proc/<pid>/fd`, and does not reopen it every time).
+pub fn open_for_lock(path: &Path) -> Result<File> {
+    open_lock_file(path)
+}
+
+/// Takes the lock on an already opened lock file if nobody holds a conflicting one; gives the
+/// file back otherwise.
+pub fn try_lock_file(
+    file: File,
+    path: &Path,
+    kind: LockKind,
+) -> Result<std::result::Result<Lock, File>> {
+    let got = fcntl_lock(&file, kind, false)
+        .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+    Ok(if got {
+        Ok(Lock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
+    } else {
+        Err(file)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,8 @@ impl Repo {
                 "--absolute-git-dir",
                 "--show-toplevel",
             ])
+            // In a bare repository git refuses --show-toplevel: ask again without it.
+            .or_else(|_| probe.run(["rev-parse", "--is-bare-repository", "--absolute-git-dir"]))
             .map_err(|e| match e {
                 Error::Git { .. } => Error::NotARepo(dir.to_path_buf()),
                 e => e,

@@ -1,6 +1,7 @@
 pub mod add;
 pub mod assistant;
 pub mod calckey;
+pub mod content;
 pub mod filter;
 pub mod fsck;
 pub mod info;

@@ -12,18 +12,23 @@ pub struct Args {
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
+    /// Also transfer content, so every reachable local remote and this repository have every
+    /// file's content (default: git config annex.synccontent)
+    #[arg(long)]
+    content: bool,
+    /// Parallel transfers for --content
+    #[arg(short = 'J', long = "jobs", default_value_t = 1)]
+    jobs: usize,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let repo = ui::open_repo()?;
-    let report = sync(
-        &repo,
-        &SyncOptions {
-            remotes: a.remotes,
-            no_commit: a.no_commit,
-            ssh_command: std::env::var("GIT_SSH_COMMAND").ok(),
-        },
-    )?;
+    let opts = SyncOptions {
+        remotes: a.remotes,
+        no_commit: a.no_commit,
+        ssh_command: std::env::var("GIT_SSH_COMMAND").ok(),
+    };
+    let report = sync(&repo, &opts)?;
     if a.json {
         let mut v = serde_json::to_value(&report)?;
         v["command"] = "sync".into();
@@ -59,7 +64,27 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             eprintln!("ferry: error: {e}");
         }
     }
-    Ok(if report.ok() {
+    let mut content_ok = true;
+    if a.content || repo.git.config_bool("annex.synccontent", false)? {
+        let (ok, moved) =
+            crate::commands::content::sync_content(&repo, &opts.remotes, a.jobs, a.json)?;
+        content_ok = ok;
+        if moved > 0 {
+            // Tell the remotes what moved: push the updated location logs.
+            let again = sync(
+                &repo,
+                &SyncOptions {
+                    no_commit: true,
+                    ..opts
+                },
+            )?;
+            for e in &again.errors {
+                eprintln!("ferry: error: {e}");
+            }
+            content_ok &= again.ok();
+        }
+    }
+    Ok(if report.ok() && content_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -2,6 +2,8 @@
 //! and reports per-file results through a callback or a returned value; none prints.
 
 pub mod add;
+pub mod content;
+pub mod drop;
 pub mod fsck;
 pub mod info;
 pub mod sync;

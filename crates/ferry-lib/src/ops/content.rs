@@ -1,0 +1,611 @@
+//! `get`, `copy`, `move`: content between this repository and its remotes, one key at a time,
+//! on up to `jobs` threads. The same functions serve the CLI (called once) and, later, the
+//! daemon's transfer workers: no global state, progress and results through [`Events`],
+//! cancellation through a flag.
+//!
+//! Bookkeeping follows git-annex: a download records "present here" in our location log, an
+//! upload records "present there" in ours and (for a git remote) the remote records it in its
+//! own log. Logs are written to the journals and committed once at the end.
+
+use crate::annexed::{AnnexedFile, annexed_files};
+use crate::error::Result;
+use crate::key::Key;
+use crate::lock::LockKind;
+use crate::logs::{LocationLog, Presence};
+use crate::remote::{Progress, Remote, TransferError, Unusable};
+use crate::repo::Repo;
+use crate::transfer::{Direction, TransferGuard, lock_content, log_presence, receive_into};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// What to do with each file's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Get content that is not here, from the given remote or the cheapest one that has it.
+    Get { from: Option<String> },
+    /// Send content that is here to the remote.
+    CopyTo(String),
+    /// Send, then drop here (only if the drop is safe).
+    MoveTo(String),
+    /// Get from the remote, then drop it there (only if safe).
+    MoveFrom(String),
+}
+
+impl Action {
+    pub fn command(&self) -> &'static str {
+        match self {
+            Action::Get { from: None } => "get",
+            Action::Get { from: Some(_) } => "copy",
+            Action::CopyTo(_) => "copy",
+            Action::MoveTo(_) | Action::MoveFrom(_) => "move",
+        }
+    }
+}
+
+pub struct ContentOptions<'a> {
+    /// Parallel transfers.
+    pub jobs: usize,
+    /// Set to stop: running transfers end at their next chunk (partial files are kept for a
+    /// resume), no new ones start.
+    pub cancel: &'a AtomicBool,
+}
+
+/// The result for one file.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FileOutcome {
+    #[serde(skip)]
+    pub path: Vec<u8>,
+    pub key: String,
+    pub success: bool,
+    /// What was done ("from origin", "to backup", ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Bytes of an earlier partial transfer that were kept, not sent again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u64>,
+    /// Bytes moved by this transfer.
+    pub bytes: u64,
+}
+
+/// Where results and progress go. Called from worker threads.
+pub trait Events: Sync {
+    /// The same transfer is already running (ferry elsewhere, or git-annex): waiting for it.
+    fn waiting(&self, _file: &AnnexedFile) {}
+    /// A transfer started (`what` is e.g. "from origin").
+    fn started(&self, _file: &AnnexedFile, _what: &str) {}
+    /// Bytes of the key in place at the receiving end (resumed bytes included).
+    fn progress(&self, _file: &AnnexedFile, _done: u64) {}
+    /// The file is done (files with nothing to do are not reported).
+    fn done(&self, outcome: &FileOutcome);
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Summary {
+    pub ok: usize,
+    pub failed: usize,
+}
+
+pub(crate) fn find_remote<'r>(
+    remotes: &'r [Box<dyn Remote>],
+    unusable: &[Unusable],
+    name: &str,
+) -> Result<&'r dyn Remote> {
+    if let Some(r) = remotes.iter().find(|r| r.name() == name) {
+        return Ok(r.as_ref());
+    }
+    if let Some(u) = unusable.iter().find(|u| u.name == name) {
+        return Err(TransferError::Unavailable {
+            remote: name.to_string(),
+            why: u.why.clone(),
+        }
+        .into());
+    }
+    Err(TransferError::Other(format!(
+        "there is no remote named {name:?} (see git remote -v; add one with git remote add {name} PATH)"
+    ))
+    .into())
+}
+
+/// Runs `action` on every annexed file under `pathspecs`.
+pub fn transfer(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    unusable: &[Unusable],
+    pathspecs: &[Vec<u8>],
+    action: &Action,
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Result<Summary> {
+    // A named remote must exist before anything starts.
+    let named = match action {
+        Action::Get { from: Some(n) }
+        | Action::CopyTo(n)
+        | Action::MoveTo(n)
+        | Action::MoveFrom(n) => Some(find_remote(remotes, unusable, n)?),
+        Action::Get { from: None } => None,
+    };
+    if let (Some(r), Action::CopyTo(_) | Action::MoveTo(_) | Action::MoveFrom(_)) = (named, action)
+        && r.readonly()
+    {
+        return Err(readonly_error(r));
+    }
+    // One transfer per key: other files with the same content are served by it (unlocked
+    // ones are populated for the key), so parallel workers never wait on each other.
+    let mut seen = HashSet::new();
+    let files: Vec<AnnexedFile> = annexed_files(&repo.git, pathspecs)?
+        .into_iter()
+        .filter(|f| seen.insert(f.key.clone()))
+        .collect();
+    let policy = match action {
+        Action::MoveTo(_) | Action::MoveFrom(_) => Some(crate::ops::drop::DropPolicy::load(repo)?),
+        _ => None,
+    };
+    let policy = policy.as_ref();
+    let run_one = |f: &AnnexedFile| -> Option<FileOutcome> {
+        if opts.cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = match action {
+            Action::Get { .. } => get_one(repo, remotes, unusable, named, f, opts, events),
+            Action::CopyTo(_) => put_one(repo, named.unwrap(), f, opts, events),
+            Action::MoveTo(_) => put_one(repo, named.unwrap(), f, opts, events).and_then(|o| {
+                // Already there or just sent: either way the copy here goes, if that is safe.
+                let dropped = crate::ops::drop::drop_here(repo, remotes, policy.unwrap(), &f.key)
+                    .map_err(|e| {
+                    TransferError::Other(format!(
+                        "the content is in {} now, but the copy here was kept: {e}",
+                        named.unwrap().name()
+                    ))
+                })?;
+                if !dropped {
+                    return Ok(o);
+                }
+                let mut o = o.unwrap_or_else(|| FileOutcome {
+                    path: f.path.clone(),
+                    key: f.key.to_string(),
+                    success: true,
+                    note: Some(format!("already in {}", named.unwrap().name())),
+                    ..Default::default()
+                });
+                o.note = Some(format!("{}, dropped here", o.note.unwrap_or_default()));
+                Ok(Some(o))
+            }),
+            Action::MoveFrom(_) => {
+                let r = named.unwrap();
+                get_one(repo, remotes, unusable, Some(r), f, opts, events).and_then(|o| {
+                    if repo.store().find(&f.key).is_none() || !r.check_present(&f.key)? {
+                        return Ok(o);
+                    }
+                    crate::ops::drop::drop_from(repo, remotes, policy.unwrap(), r, &f.key)
+                        .map_err(|e| {
+                            TransferError::Other(format!(
+                                "the content is here now, but the copy in {} was kept: {e}",
+                                r.name()
+                            ))
+                        })?;
+                    let mut o = o.unwrap_or_else(|| FileOutcome {
+                        path: f.path.clone(),
+                        key: f.key.to_string(),
+                        success: true,
+                        ..Default::default()
+                    });
+                    o.note = Some(match o.note {
+                        Some(n) => format!("{n}, dropped from {}", r.name()),
+                        None => format!("dropped from {}", r.name()),
+                    });
+                    Ok(Some(o))
+                })
+            }
+        };
+        match r {
+            Ok(o) => o,
+            Err(e) => Some(FileOutcome {
+                path: f.path.clone(),
+                key: f.key.to_string(),
+                success: false,
+                error: Some(e.to_string()),
+                ..Default::default()
+            }),
+        }
+    };
+    let summary = Mutex::new(Summary::default());
+    let report = |o: FileOutcome| {
+        let mut s = summary.lock().unwrap();
+        if o.success {
+            s.ok += 1;
+        } else {
+            s.failed += 1;
+        }
+        drop(s);
+        events.done(&o);
+    };
+    run_pool(&files, opts.jobs, |f| {
+        if let Some(o) = run_one(f) {
+            report(o);
+        }
+    });
+    finish_bookkeeping(repo, remotes)?;
+    Ok(summary.into_inner().unwrap())
+}
+
+pub(crate) fn readonly_error(r: &dyn Remote) -> crate::Error {
+    TransferError::Other(format!(
+        "remote {} is read-only (remote.{}.annex-readonly=true): content is never stored to or removed from it",
+        r.name(),
+        r.name()
+    ))
+    .into()
+}
+
+/// Commits the location logs written during a command, here and in the remotes.
+pub fn finish_bookkeeping(repo: &Repo, remotes: &[Box<dyn Remote>]) -> Result<()> {
+    let mut first_err = None;
+    for r in remotes {
+        if let Err(e) = r.flush() {
+            first_err.get_or_insert(e);
+        }
+    }
+    repo.branch.commit(None, "update")?;
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn location_log(repo: &Repo, key: &Key) -> Result<LocationLog> {
+    Ok(LocationLog::parse(
+        &repo
+            .branch
+            .read(&crate::branch::location_log_path(key))?
+            .unwrap_or_default(),
+    ))
+}
+
+fn get_one(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    unusable: &[Unusable],
+    from: Option<&dyn Remote>,
+    f: &AnnexedFile,
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Result<Option<FileOutcome>> {
+    if repo.store().find(&f.key).is_some() {
+        return Ok(None);
+    }
+    let log = location_log(repo, &f.key)?;
+    let holders: HashSet<String> = log.present().into_iter().collect();
+    let candidates: Vec<&dyn Remote> = match from {
+        Some(r) => vec![r],
+        None => remotes
+            .iter()
+            .filter(|r| holders.contains(r.uuid()))
+            .map(|r| r.as_ref())
+            .collect(),
+    };
+    if candidates.is_empty() {
+        return Err(no_source_error(repo, remotes, unusable, &holders)?);
+    }
+    let mut errors = Vec::new();
+    for r in candidates {
+        match download(repo, r, f, opts, events) {
+            Ok(o) => return Ok(Some(o)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(TransferError::Other(errors.join("; ")).into())
+}
+
+fn no_source_error(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    unusable: &[Unusable],
+    holders: &HashSet<String>,
+) -> Result<crate::Error> {
+    if holders.is_empty() {
+        return Ok(TransferError::Other(
+            "no repository is known to have this content (not in any location log)".into(),
+        )
+        .into());
+    }
+    let descs = repo.uuid_descriptions()?;
+    let names = repo.remote_names()?;
+    let mut where_: Vec<String> = holders
+        .iter()
+        .map(|u| {
+            let d = descs.get(u).cloned().unwrap_or_default();
+            match names.get(u) {
+                Some(n) => {
+                    let why = unusable
+                        .iter()
+                        .find(|x| &x.name == n)
+                        .map(|x| format!(": {}", x.why))
+                        .unwrap_or_default();
+                    format!("{u} -- {d} [remote {n}{why}]")
+                }
+                None => format!("{u} -- {d}"),
+            }
+        })
+        .collect();
+    where_.sort();
+    let _ = remotes;
+    Ok(TransferError::Other(format!(
+        "no usable remote has this content; it is in: {}. Add one of these repositories as a remote (git remote add NAME PATH) and try again",
+        where_.join(", ")
+    ))
+    .into())
+}
+
+/// Downloads `f`'s content from `remote` into this repository.
+pub fn download(
+    repo: &Repo,
+    remote: &dyn Remote,
+    f: &AnnexedFile,
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Result<FileOutcome> {
+    remote.check_available()?;
+    let store = repo.store();
+    let partial = crate::remote::key_component(&f.key)
+        .ok()
+        .and_then(|kc| std::fs::metadata(repo.annex_dir().join("tmp").join(kc)).ok())
+        .map_or(0, |m| m.len());
+    crate::transfer::check_free_space(repo, &f.key, partial)?;
+    let begin = |wait| {
+        TransferGuard::begin(
+            &repo.annex_dir(),
+            Direction::Download,
+            remote.uuid(),
+            &f.key,
+            &f.path,
+            repo.branch.now(),
+            wait,
+            opts.cancel,
+        )
+    };
+    let guard = match begin(false)? {
+        Some(g) => Some(g),
+        None => {
+            events.waiting(f);
+            begin(true)?
+        }
+    };
+    let Some(mut guard) = guard else {
+        return Err(TransferError::Cancelled(f.key.to_string()).into());
+    };
+    let note = format!("from {}", remote.name());
+    events.started(f, &note);
+    let r = {
+        let mut cb = |n: u64| {
+            guard.update(n);
+            events.progress(f, n);
+        };
+        let mut progress = Progress::new(&f.key, opts.cancel, &mut cb);
+        receive_into(&store, &f.key, &mut progress, &mut |off, sink, p| {
+            remote.retrieve(&f.key, off, sink, p)
+        })
+    };
+    guard.finish(r.is_ok());
+    let r = r?;
+    log_presence(repo, &f.key, repo.uuid(), Presence::Present)?;
+    let mut outcome = FileOutcome {
+        path: f.path.clone(),
+        key: f.key.to_string(),
+        success: true,
+        note: Some(note),
+        resumed_from: (r.resumed_from > 0).then_some(r.resumed_from),
+        bytes: r.transferred,
+        error: None,
+    };
+    if !repo.is_bare()
+        && let Err(e) = crate::ops::unlock::populate(repo, &f.key)
+    {
+        outcome.note = Some(format!(
+            "{}; the content is here, but unlocked files could not be updated: {e}",
+            outcome.note.unwrap_or_default()
+        ));
+    }
+    Ok(outcome)
+}
+
+fn put_one(
+    repo: &Repo,
+    remote: &dyn Remote,
+    f: &AnnexedFile,
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Result<Option<FileOutcome>> {
+    let store = repo.store();
+    if store.find(&f.key).is_none() {
+        return Ok(None); // nothing to send: skipped quietly, as git-annex does
+    }
+    remote.check_available()?;
+    if remote.check_present(&f.key)? {
+        log_presence(repo, &f.key, remote.uuid(), Presence::Present)?;
+        return Ok(None);
+    }
+    upload(repo, remote, f, opts, events).map(Some)
+}
+
+/// Uploads `f`'s content (which must be here) to `remote`.
+pub fn upload(
+    repo: &Repo,
+    remote: &dyn Remote,
+    f: &AnnexedFile,
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Result<FileOutcome> {
+    let store = repo.store();
+    // Keep the content from being dropped here while it is being sent.
+    let Some(_keep) = lock_content(&store, &f.key, LockKind::Shared)? else {
+        return Err(TransferError::Other(format!(
+            "the content of {} is not here (or is being dropped right now)",
+            String::from_utf8_lossy(&f.path)
+        ))
+        .into());
+    };
+    let obj = store
+        .find(&f.key)
+        .ok_or_else(|| TransferError::Other("content vanished".into()))?;
+    let begin = |wait| {
+        TransferGuard::begin(
+            &repo.annex_dir(),
+            Direction::Upload,
+            remote.uuid(),
+            &f.key,
+            &f.path,
+            repo.branch.now(),
+            wait,
+            opts.cancel,
+        )
+    };
+    let guard = match begin(false)? {
+        Some(g) => Some(g),
+        None => {
+            events.waiting(f);
+            begin(true)?
+        }
+    };
+    let Some(mut guard) = guard else {
+        return Err(TransferError::Cancelled(f.key.to_string()).into());
+    };
+    let note = format!("to {}", remote.name());
+    events.started(f, &note);
+    let r = {
+        let mut cb = |n: u64| {
+            guard.update(n);
+            events.progress(f, n);
+        };
+        let mut progress = Progress::new(&f.key, opts.cancel, &mut cb);
+        remote
+            .store(&f.key, &obj, &mut progress)
+            .map(|s| (s, progress.done()))
+    };
+    guard.finish(r.is_ok());
+    let (stored, done) = r?;
+    log_presence(repo, &f.key, remote.uuid(), Presence::Present)?;
+    Ok(FileOutcome {
+        path: f.path.clone(),
+        key: f.key.to_string(),
+        success: true,
+        note: Some(note),
+        resumed_from: (stored.resumed_from > 0).then_some(stored.resumed_from),
+        bytes: done.saturating_sub(stored.resumed_from),
+        error: None,
+    })
+}
+
+/// Runs `f` on every item, on up to `jobs` threads.
+fn run_pool<T: Sync>(items: &[T], jobs: usize, f: impl Fn(&T) + Sync) {
+    let next = AtomicUsize::new(0);
+    let workers = jobs.max(1).min(items.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    f(item);
+                }
+            });
+        }
+    });
+}
+
+/// `sync --content` in "flood" mode: every annexed file's content is fetched from a remote
+/// that has it (when it is not here), then sent to every reachable remote that lacks it, so
+/// afterwards each reachable local remote has everything. Remotes that cannot be reached and
+/// content that no reachable remote has are skipped quietly (the git-level sync reports
+/// unreachable remotes). `only` limits the remotes (default: all with `annex-sync` not false).
+pub fn sync_content(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    only: &[String],
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Result<Summary> {
+    let chosen: Vec<&dyn Remote> = remotes
+        .iter()
+        .filter(|r| {
+            if only.is_empty() {
+                repo.config()
+                    .get(&format!("remote.{}.annex-sync", r.name()))
+                    .map(String::as_str)
+                    != Some("false")
+            } else {
+                only.iter().any(|n| n == r.name())
+            }
+        })
+        .filter(|r| r.check_available().is_ok())
+        .map(|r| r.as_ref())
+        .collect();
+    let writable: Vec<&dyn Remote> = chosen.iter().copied().filter(|r| !r.readonly()).collect();
+    let files = annexed_files(&repo.git, &[])?;
+    let summary = Mutex::new(Summary::default());
+    let report = |o: FileOutcome| {
+        let mut s = summary.lock().unwrap();
+        if o.success {
+            s.ok += 1;
+        } else {
+            s.failed += 1;
+        }
+        drop(s);
+        events.done(&o);
+    };
+    let failed = |f: &AnnexedFile, e: crate::Error| FileOutcome {
+        path: f.path.clone(),
+        key: f.key.to_string(),
+        success: false,
+        error: Some(e.to_string()),
+        ..Default::default()
+    };
+    // One entry per key: the same content under two names moves once.
+    let mut seen = HashSet::new();
+    let files: Vec<AnnexedFile> = files
+        .into_iter()
+        .filter(|f| seen.insert(f.key.clone()))
+        .collect();
+
+    // 1. Get what is missing here from the cheapest reachable remote that has it.
+    let store = repo.store();
+    run_pool(&files, opts.jobs, |f| {
+        if opts.cancel.load(Ordering::Relaxed) || store.find(&f.key).is_some() {
+            return;
+        }
+        let holders: HashSet<String> = match location_log(repo, &f.key) {
+            Ok(l) => l.present().into_iter().collect(),
+            Err(e) => return report(failed(f, e)),
+        };
+        let mut errors = Vec::new();
+        for r in chosen.iter().filter(|r| holders.contains(r.uuid())) {
+            match download(repo, *r, f, opts, events) {
+                Ok(o) => return report(o),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if !errors.is_empty() {
+            report(failed(f, TransferError::Other(errors.join("; ")).into()));
+        }
+    });
+
+    // 2. Send everything here to every reachable remote that lacks it.
+    let pairs: Vec<(&AnnexedFile, &dyn Remote)> = files
+        .iter()
+        .flat_map(|f| writable.iter().map(move |r| (f, *r)))
+        .collect();
+    run_pool(&pairs, opts.jobs, |(f, r)| {
+        if opts.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        match put_one(repo, *r, f, opts, events) {
+            Ok(Some(o)) => report(o),
+            Ok(None) => {}
+            Err(e) => report(failed(f, e)),
+        }
+    });
+    finish_bookkeeping(repo, remotes)?;
+    Ok(summary.into_inner().unwrap())
+}

@@ -1,0 +1,718 @@
+//! Moving content in and out of a store safely, the way git-annex does it on disk.
+//!
+//! - [`receive_into`]: the receiving side of every transfer. Content goes to
+//!   `.git/annex/tmp/<keyFile>` (an existing partial file is resumed: its bytes are hashed, not
+//!   fetched again), is fsynced, hashed as a whole against the key, and only then renamed into
+//!   the store. Corrupt content never becomes an object.
+//! - [`TransferGuard`]: git-annex's transfer info files
+//!   (`.git/annex/transfer/{upload,download}/<uuid>/<keyFile>` plus `lck.<keyFile>` held with
+//!   an exclusive fcntl lock while the transfer runs; failures under `failed/`). A transfer of
+//!   the same key that is already running, by ferry or git-annex, is not started twice.
+//! - [`lock_content`] / [`remove_object`]: the v10 content lock (`<keyFile>.lck` in the
+//!   object's directory). Shared means "keep this content" (a drop elsewhere counts on it);
+//!   exclusive is taken just before removing it.
+
+use crate::error::{Error, IoContext, Result};
+use crate::hash::Hasher;
+use crate::key::Key;
+use crate::lock::{Lock, LockKind, try_lock};
+use crate::logs::Timestamp;
+use crate::remote::{Progress, TransferError, key_component, uuid_component};
+use crate::store::{Ingested, Store};
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+/// How long to wait between attempts at a lock someone else holds.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// What [`receive_into`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes of a partial file from an earlier attempt that were kept (not transferred again).
+    pub resumed_from: u64,
+    /// Bytes that were transferred this time.
+    pub transferred: u64,
+    pub ingested: Ingested,
+}
+
+/// Where received bytes are hashed: in the writing thread, or (for big content) on a second
+/// thread fed through a small bounded queue, so hashing overlaps with reading and writing.
+enum HashPipe {
+    None,
+    Inline(Hasher),
+    Thread {
+        tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+        handle: std::thread::JoinHandle<Hasher>,
+    },
+}
+
+/// Content at least this big is hashed on a second thread.
+const THREAD_HASH_MIN: u64 = 8 << 20;
+
+impl HashPipe {
+    fn new(hasher: Option<Hasher>, remaining: u64) -> HashPipe {
+        match hasher {
+            None => HashPipe::None,
+            Some(h) if remaining < THREAD_HASH_MIN => HashPipe::Inline(h),
+            Some(mut h) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+                let handle = std::thread::spawn(move || {
+                    for chunk in rx {
+                        h.update(&chunk);
+                    }
+                    h
+                });
+                HashPipe::Thread { tx, handle }
+            }
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            HashPipe::None => {}
+            HashPipe::Inline(h) => h.update(data),
+            // The hashing thread only ends when the sender is dropped, so a send cannot fail
+            // unless it panicked; `finish` reports that.
+            HashPipe::Thread { tx, .. } => {
+                let _ = tx.send(data.to_vec());
+            }
+        }
+    }
+
+    /// The hex digest, or `None` for content that cannot be hashed.
+    fn finish(self) -> Result<Option<String>> {
+        Ok(match self {
+            HashPipe::None => None,
+            HashPipe::Inline(h) => Some(h.finish_hex()),
+            HashPipe::Thread { tx, handle } => {
+                drop(tx);
+                let h = handle
+                    .join()
+                    .map_err(|_| TransferError::Other("the hashing thread failed".into()))?;
+                Some(h.finish_hex())
+            }
+        })
+    }
+}
+
+/// Writes into the temp file and feeds the hasher with exactly what was written.
+struct HashingSink<'a> {
+    file: &'a File,
+    hasher: &'a mut HashPipe,
+    written: u64,
+}
+
+impl Write for HashingSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&*self.file).write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Source of content for [`receive_into`]: called with the offset to start at and the sink.
+pub type Fill<'f> = dyn FnMut(u64, &mut dyn Write, &mut Progress) -> Result<()> + 'f;
+
+/// Receives `key` into `store` (see the module docs). `fill` is called to write the content
+/// from the given offset on; if a resumed partial file turns out not to match, the file is
+/// discarded and `fill` is called once more from offset 0.
+pub fn receive_into(
+    store: &Store,
+    key: &Key,
+    progress: &mut Progress,
+    fill: &mut Fill,
+) -> Result<Received> {
+    let kc = key_component(key)?;
+    let already = Received {
+        resumed_from: 0,
+        transferred: 0,
+        ingested: Ingested::AlreadyPresent,
+    };
+    if store.find(key).is_some() {
+        return Ok(already);
+    }
+    let tmp = store.tmp_dir()?.join(&kc);
+    // One receiver per key: the temp file itself is locked. A second receiver waits, then
+    // finds the object in place.
+    let lock = loop {
+        if let Some(l) = try_lock(&tmp, LockKind::Exclusive)? {
+            // The holder we waited for may have renamed the file into the store: the lock is
+            // only good if the path still names the file we locked.
+            let same = match (l.file().metadata(), fs::symlink_metadata(&tmp)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if same {
+                break l;
+            }
+        }
+        if store.find(key).is_some() {
+            return Ok(already);
+        }
+        progress.check_cancel()?;
+        std::thread::sleep(LOCK_POLL);
+    };
+    if store.find(key).is_some() {
+        let _ = fs::remove_file(&tmp);
+        return Ok(already);
+    }
+    let file = lock.file();
+    let mut len = file.metadata().ctx("checking", &tmp)?.len();
+    if key.size.is_some_and(|s| len > s) {
+        file.set_len(0).ctx("truncating", &tmp)?;
+        len = 0;
+    }
+    let mut attempt_offset = len;
+    loop {
+        let mut hasher = key.hash_backend().map(Hasher::new);
+        if attempt_offset > 0
+            && let Some(h) = hasher.as_mut()
+        {
+            hash_prefix(file, attempt_offset, h).ctx("reading", &tmp)?;
+        }
+        (&*file)
+            .seek(SeekFrom::Start(attempt_offset))
+            .ctx("seeking in", &tmp)?;
+        progress.start_at(attempt_offset);
+        let remaining = key.size.unwrap_or(u64::MAX).saturating_sub(attempt_offset);
+        let mut pipe = HashPipe::new(hasher, remaining);
+        let mut sink = HashingSink {
+            file,
+            hasher: &mut pipe,
+            written: 0,
+        };
+        if let Err(e) = fill(attempt_offset, &mut sink, progress) {
+            // Keep a partial file for a resume; an empty one is only clutter.
+            if attempt_offset + sink.written == 0 {
+                let _ = fs::remove_file(&tmp);
+            }
+            return Err(e);
+        }
+        let transferred = sink.written;
+        file.sync_all().ctx("syncing", &tmp)?;
+        let total = attempt_offset + transferred;
+        let digest = pipe.finish()?;
+        let bad = match (key.size, digest) {
+            (Some(s), _) if s != total => Some(format!("got {total} bytes, expected {s}")),
+            (_, Some(hex)) => {
+                let want = key.name.split(|&c| c == b'.').next().unwrap_or(&[]);
+                (hex.as_bytes() != want).then(|| "checksum does not match the key".to_string())
+            }
+            // WORM, URL and other keys that cannot be verified are accepted, as git-annex does.
+            (_, None) => None,
+        };
+        if let Some(why) = bad {
+            if attempt_offset > 0 {
+                // The kept prefix was wrong (or the source changed): start over once.
+                file.set_len(0).ctx("truncating", &tmp)?;
+                attempt_offset = 0;
+                continue;
+            }
+            let _ = fs::remove_file(&tmp);
+            return Err(TransferError::Corrupt {
+                key: key.to_string(),
+                why,
+            }
+            .into());
+        }
+        let ingested = store.ingest_temp(&tmp, key)?;
+        drop(lock);
+        return Ok(Received {
+            resumed_from: attempt_offset,
+            transferred,
+            ingested,
+        });
+    }
+}
+
+fn hash_prefix(file: &File, n: u64, h: &mut Hasher) -> std::io::Result<()> {
+    let mut f = file;
+    f.seek(SeekFrom::Start(0))?;
+    let mut left = n;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let got = f.read(&mut buf[..want])?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "partial file shrank",
+            ));
+        }
+        h.update(&buf[..got]);
+        left -= got as u64;
+    }
+    Ok(())
+}
+
+/// Copies `src` from `offset` on into `sink` in 1 MiB chunks, reporting progress and honouring
+/// cancellation between chunks.
+pub fn copy_from_file(
+    src: &Path,
+    offset: u64,
+    sink: &mut dyn Write,
+    progress: &mut Progress,
+) -> Result<()> {
+    let mut f = File::open(src).ctx("reading", src)?;
+    f.seek(SeekFrom::Start(offset)).ctx("seeking in", src)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        progress.check_cancel()?;
+        let n = match f.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io(format!("reading {}", src.display()), e)),
+        };
+        sink.write_all(&buf[..n])
+            .map_err(|e| Error::io("writing received content", e))?;
+        progress.advance(n as u64)?;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Upload,
+    Download,
+}
+
+impl Direction {
+    fn dir_name(self) -> &'static str {
+        match self {
+            Direction::Upload => "upload",
+            Direction::Download => "download",
+        }
+    }
+}
+
+/// A running transfer's info file and lock (git-annex's `.git/annex/transfer/` layout).
+/// Dropping it without [`TransferGuard::finish`] counts as a failure.
+pub struct TransferGuard {
+    lock: Option<Lock>,
+    info: PathBuf,
+    failed: PathBuf,
+    started: Timestamp,
+    file: Vec<u8>,
+    last_write: Instant,
+    last_bytes: Option<u64>,
+}
+
+/// How often the bytes-done field of the info file is rewritten while bytes move.
+const INFO_INTERVAL: Duration = Duration::from_millis(500);
+
+impl TransferGuard {
+    /// Registers a transfer of `key` with the repository whose annex dir is `annex_dir`.
+    /// If the same transfer (direction, remote, key) is already running, waits for it to end
+    /// when `wait` is set (returning `None` if `cancel` is set meanwhile), else returns `None`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn begin(
+        annex_dir: &Path,
+        direction: Direction,
+        remote_uuid: &str,
+        key: &Key,
+        file: &[u8],
+        now: Timestamp,
+        wait: bool,
+        cancel: &AtomicBool,
+    ) -> Result<Option<TransferGuard>> {
+        let kc = key_component(key)?;
+        let uuid = uuid_component(remote_uuid)?;
+        let dir = annex_dir
+            .join("transfer")
+            .join(direction.dir_name())
+            .join(&uuid);
+        fs::create_dir_all(&dir).ctx("creating", &dir)?;
+        let mut lck_name = std::ffi::OsString::from("lck.");
+        lck_name.push(&kc);
+        let lck = dir.join(lck_name);
+        // The lock file stays open while waiting (one open, many attempts).
+        let mut lf = crate::lock::open_for_lock(&lck)?;
+        let lock = loop {
+            match crate::lock::try_lock_file(lf, &lck, LockKind::Exclusive)? {
+                Ok(l) => {
+                    // A finishing holder deletes the lock file; ours must still be the one
+                    // there, else try again with the new one.
+                    let same = match (l.file().metadata(), fs::symlink_metadata(&lck)) {
+                        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                        _ => false,
+                    };
+                    if same {
+                        break l;
+                    }
+                    drop(l);
+                    lf = crate::lock::open_for_lock(&lck)?;
+                    continue;
+                }
+                Err(f) => lf = f,
+            }
+            if !wait || cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(None);
+            }
+            std::thread::sleep(LOCK_POLL);
+        };
+        let failed = annex_dir
+            .join("transfer")
+            .join("failed")
+            .join(direction.dir_name())
+            .join(&uuid)
+            .join(&kc);
+        let g = TransferGuard {
+            lock: Some(lock),
+            info: dir.join(&kc),
+            failed,
+            started: now,
+            file: file.to_vec(),
+            last_write: Instant::now(),
+            last_bytes: None,
+        };
+        g.write_info(&g.info.clone())?;
+        Ok(Some(g))
+    }
+
+    fn render(&self) -> Vec<u8> {
+        let mut v = match self.last_bytes {
+            Some(b) => format!("{} {b}\n", self.started).into_bytes(),
+            None => format!("{}\n", self.started).into_bytes(),
+        };
+        v.extend_from_slice(&self.file);
+        v.push(b'\n');
+        v
+    }
+
+    fn write_info(&self, path: &Path) -> Result<()> {
+        // Small and rewritten often: written in place, as git-annex does.
+        fs::write(path, self.render()).ctx("writing", path)
+    }
+
+    /// Records progress; the info file is rewritten at most every half second.
+    pub fn update(&mut self, bytes: u64) {
+        if self.last_bytes == Some(bytes) {
+            return;
+        }
+        self.last_bytes = Some(bytes);
+        if self.last_write.elapsed() >= INFO_INTERVAL {
+            self.last_write = Instant::now();
+            let _ = self.write_info(&self.info.clone());
+        }
+    }
+
+    /// Ends the transfer: removes the info and lock files; a failure is recorded under
+    /// `failed/`, a success clears an earlier failure record.
+    pub fn finish(mut self, ok: bool) {
+        self.end(ok);
+    }
+
+    fn end(&mut self, ok: bool) {
+        let Some(lock) = self.lock.take() else {
+            return;
+        };
+        if ok {
+            let _ = fs::remove_file(&self.failed);
+        } else if let Some(d) = self.failed.parent() {
+            let _ = fs::create_dir_all(d);
+            let mut v = format!("{}\n", self.started).into_bytes();
+            v.extend_from_slice(&self.file);
+            v.push(b'\n');
+            let _ = fs::write(&self.failed, v);
+        }
+        let _ = fs::remove_file(&self.info);
+        let _ = fs::remove_file(&lock.path);
+        drop(lock);
+    }
+}
+
+impl Drop for TransferGuard {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}
+
+/// The content lock file of an object: `<objectdir>/<keyFile>/<keyFile>.lck`.
+fn content_lock_path(obj: &Path) -> PathBuf {
+    let mut name = obj.file_name().unwrap_or_default().to_os_string();
+    name.push(".lck");
+    obj.with_file_name(name)
+}
+
+/// Takes the content lock of `key` in `store` without waiting. `None` when the content is not
+/// there or someone holds a conflicting lock (a drop in progress, or a drop elsewhere that is
+/// counting on this copy).
+pub fn lock_content(store: &Store, key: &Key, kind: LockKind) -> Result<Option<Lock>> {
+    key_component(key)?;
+    let Some(obj) = store.find(key) else {
+        return Ok(None);
+    };
+    let lck = content_lock_path(&obj);
+    let key_dir = obj.parent().expect("object has a directory");
+    let lock = if fs::symlink_metadata(&lck).is_ok() {
+        try_lock(&lck, kind)?
+    } else {
+        // Creating the lock file needs the (frozen) key directory writable for a moment.
+        let mode = fs::metadata(key_dir).ctx("checking", key_dir)?.mode() & 0o7777;
+        fs::set_permissions(key_dir, fs::Permissions::from_mode(mode | 0o700))
+            .ctx("making writable", key_dir)?;
+        let r = try_lock(&lck, kind);
+        let _ = fs::set_permissions(key_dir, fs::Permissions::from_mode(mode));
+        r?
+    };
+    // The content may have been removed while we were getting the lock.
+    Ok(lock.filter(|_| store.find(key).is_some()))
+}
+
+/// Removes `key`'s object from `store`. The caller holds the exclusive content lock.
+pub fn remove_object(store: &Store, key: &Key, _held: &Lock) -> Result<()> {
+    key_component(key)?;
+    let Some(obj) = store.find(key) else {
+        return Ok(());
+    };
+    let key_dir = obj.parent().expect("object has a directory").to_path_buf();
+    fs::set_permissions(&key_dir, fs::Permissions::from_mode(0o755))
+        .ctx("making writable", &key_dir)?;
+    fs::remove_file(&obj).ctx("removing", &obj)?;
+    let _ = fs::remove_file(content_lock_path(&obj));
+    let _ = fs::remove_dir(&key_dir);
+    if let Some(h2) = key_dir.parent() {
+        let _ = fs::remove_dir(h2);
+        if let Some(h1) = h2.parent() {
+            let _ = fs::remove_dir(h1);
+            if let Ok(f) = File::open(h1) {
+                let _ = f.sync_all();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A transfer's file name for the info file: the path relative to the top, or empty.
+pub fn info_file_name(path: Option<&Path>) -> Vec<u8> {
+    path.map(|p| p.as_os_str().as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// Sets `uuid`'s presence for `key` in `repo`'s location log, in the journal only (committed
+/// by the caller's next [`crate::branch::Branch::commit`], as git-annex commits at the end of
+/// a command). Nothing is written when the log already says so.
+pub fn log_presence(
+    repo: &crate::repo::Repo,
+    key: &Key,
+    uuid: &str,
+    status: crate::logs::Presence,
+) -> Result<()> {
+    let lock = repo.branch.lock_journal()?;
+    let path = crate::branch::location_log_path(key);
+    let mut log = crate::logs::LocationLog::parse(&repo.branch.read(&path)?.unwrap_or_default());
+    if log.status_of(uuid) == Some(status) {
+        return Ok(());
+    }
+    log.set(uuid, status, repo.branch.now());
+    repo.branch.write(&lock, &path, &log.render())
+}
+
+/// Parses a size as git-annex's `annex.diskreserve` accepts it: `100 megabytes`, `1GB`,
+/// `512MiB`, `2000000` (bytes). Decimal units are powers of 1000, `*iB` of 1024.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let mult: f64 = match unit.trim_end_matches('s') {
+        "" | "b" | "byte" => 1.0,
+        "k" | "kb" | "kilobyte" => 1e3,
+        "m" | "mb" | "megabyte" => 1e6,
+        "g" | "gb" | "gigabyte" => 1e9,
+        "t" | "tb" | "terabyte" => 1e12,
+        "kib" | "kibibyte" => 1024.0,
+        "mib" | "mebibyte" => 1024.0 * 1024.0,
+        "gib" | "gibibyte" => 1024.0 * 1024.0 * 1024.0,
+        "tib" | "tebibyte" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some((n * mult) as u64)
+}
+
+/// Refuses to receive `key` into `repo` when that would leave less than `annex.diskreserve`
+/// (default 100 MB, as git-annex) free on its file system. `have` bytes are already there.
+pub fn check_free_space(repo: &crate::repo::Repo, key: &Key, have: u64) -> Result<()> {
+    let Some(size) = key.size else {
+        return Ok(());
+    };
+    let reserve = repo
+        .config()
+        .get("annex.diskreserve")
+        .and_then(|v| parse_size(v))
+        .unwrap_or(100_000_000);
+    let dir = repo.annex_dir();
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: statvfs fills the plain-data struct for a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(()); // cannot tell: let the write itself fail if it must
+    }
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    let need = size.saturating_sub(have);
+    if free < need.saturating_add(reserve) {
+        return Err(TransferError::Other(format!(
+            "not enough free space in {}: {need} bytes needed, {free} free, and annex.diskreserve keeps {reserve} free; free some space or lower annex.diskreserve",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{Backend, hash_file};
+
+    fn key_for(data: &[u8]) -> Key {
+        let (hex, n) = hash_file(Backend::Sha256E, &mut &data[..], 0).unwrap();
+        Backend::Sha256E.key(n, &hex, b"f.bin")
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path().join("annex"), false);
+        (d, s)
+    }
+
+    fn receive(s: &Store, key: &Key, data: &[u8]) -> Result<Received> {
+        let cancel = AtomicBool::new(false);
+        let mut cb = |_| {};
+        let mut p = Progress::new(key, &cancel, &mut cb);
+        receive_into(s, key, &mut p, &mut |off, sink, p| {
+            let src = &data[off as usize..];
+            sink.write_all(src).unwrap();
+            p.advance(src.len() as u64)
+        })
+    }
+
+    #[test]
+    fn resumes_a_correct_partial_file() {
+        let (_d, s) = store();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let key = key_for(&data);
+        let tmp = s.tmp_dir().unwrap().join(key_component(&key).unwrap());
+        fs::write(&tmp, &data[..40_000]).unwrap();
+        let r = receive(&s, &key, &data).unwrap();
+        assert_eq!(r.resumed_from, 40_000);
+        assert_eq!(r.transferred, 60_000);
+        assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn a_wrong_partial_file_is_discarded_and_refetched() {
+        let (_d, s) = store();
+        let data = vec![7u8; 50_000];
+        let key = key_for(&data);
+        let tmp = s.tmp_dir().unwrap().join(key_component(&key).unwrap());
+        fs::write(&tmp, vec![1u8; 10_000]).unwrap();
+        let r = receive(&s, &key, &data).unwrap();
+        assert_eq!(r.resumed_from, 0);
+        assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
+    }
+
+    #[test]
+    fn big_content_is_hashed_on_a_second_thread_and_still_verified() {
+        let (_d, s) = store();
+        let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 241) as u8).collect();
+        let key = key_for(&data);
+        let mut bad = data.clone();
+        bad[5 << 20] ^= 1;
+        let e = receive(&s, &key, &bad).unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        assert!(s.find(&key).is_none());
+        let tmp = s.tmp_dir().unwrap().join(key_component(&key).unwrap());
+        fs::write(&tmp, &data[..(3 << 20)]).unwrap();
+        let r = receive(&s, &key, &data).unwrap();
+        assert_eq!(r.resumed_from, 3 << 20);
+        assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
+    }
+
+    #[test]
+    fn sizes_parse_like_git_annex() {
+        assert_eq!(parse_size("100 megabytes"), Some(100_000_000));
+        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2000"), Some(2000));
+        assert_eq!(parse_size("1.5 kb"), Some(1500));
+        assert_eq!(parse_size("lots"), None);
+    }
+
+    #[test]
+    fn corrupt_content_never_enters_the_store() {
+        let (_d, s) = store();
+        let key = key_for(b"good content");
+        let e = receive(&s, &key, b"evil content").unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        assert!(s.find(&key).is_none());
+        let tmp = s.tmp_dir().unwrap().join(key_component(&key).unwrap());
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn transfer_info_is_exclusive_and_cleaned_up() {
+        let d = tempfile::tempdir().unwrap();
+        let key = key_for(b"x");
+        let cancel = AtomicBool::new(false);
+        let now = Timestamp {
+            secs: 1000,
+            pico: 0,
+        };
+        let g = TransferGuard::begin(
+            d.path(),
+            Direction::Download,
+            "u-1",
+            &key,
+            b"dir/f.bin",
+            now,
+            false,
+            &cancel,
+        )
+        .unwrap()
+        .unwrap();
+        let info = d.path().join("transfer/download/u-1").join(key.to_string());
+        assert_eq!(fs::read(&info).unwrap(), b"1000s\ndir/f.bin\n");
+        let again = TransferGuard::begin(
+            d.path(),
+            Direction::Download,
+            "u-1",
+            &key,
+            b"",
+            now,
+            false,
+            &cancel,
+        )
+        .unwrap();
+        assert!(again.is_none());
+        // Progress is written at most every INFO_INTERVAL, with the bytes done.
+        let mut g = g;
+        g.update(10);
+        assert_eq!(fs::read(&info).unwrap(), b"1000s\ndir/f.bin\n");
+        g.last_write -= INFO_INTERVAL;
+        g.update(20);
+        assert_eq!(fs::read(&info).unwrap(), b"1000s 20\ndir/f.bin\n");
+        g.finish(false);
+        assert!(!info.exists());
+        let failed = d
+            .path()
+            .join("transfer/failed/download/u-1")
+            .join(key.to_string());
+        assert_eq!(fs::read(&failed).unwrap(), b"1000s\ndir/f.bin\n");
+    }
+}
