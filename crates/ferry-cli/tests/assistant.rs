@@ -602,3 +602,45 @@ fn a_missing_remote_is_pushed_to_as_soon_as_it_is_back() {
         back.elapsed()
     );
 }
+
+#[test]
+fn content_follows_the_files_between_running_daemons() {
+    // A new file's content reaches B (its unlocked file is filled in), and what is made in B
+    // reaches A; both location logs say so, as real git-annex reads them.
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    let da = Daemon::start(&env, &a);
+    let db = Daemon::start(&env, &b);
+    write(&a, "photo.jpg", "pixels from a\n");
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(b.join("photo.jpg"))
+            .is_ok_and(|c| c == "pixels from a\n")),
+        "the content arrives in B; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    write(&b, "from-b.txt", "made in b\n");
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(a.join("from-b.txt"))
+            .is_ok_and(|c| c == "made in b\n")),
+        "content made in B arrives in A; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    // git-annex, in A, knows both copies of both files once the logs have travelled.
+    let uuid = |d: &Path| {
+        env.git(d, &["config", "annex.uuid"])
+            .stdout()
+            .trim()
+            .to_string()
+    };
+    let (ua, ub) = (uuid(&a), uuid(&b));
+    for f in ["photo.jpg", "from-b.txt"] {
+        assert!(
+            wait_until(WAIT, || {
+                let text = env.git(&a, &["annex", "whereis", "--json", f]).stdout();
+                text.contains(&ua) && text.contains(&ub)
+            }),
+            "git annex whereis {f} in A lists both clones; logs:\n{}",
+            logs(&[&da, &db])
+        );
+    }
+}

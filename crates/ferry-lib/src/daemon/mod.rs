@@ -250,6 +250,21 @@ impl Daemon {
                 .map_err(|e| Error::io("starting the pusher", e))?
         };
 
+        let (xfer_tx, xfer_rx) = channel::<()>();
+        let xfer_cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let transfers = {
+            let (repo, shared, push_tx, cancel) = (
+                repo.clone(),
+                shared.clone(),
+                push_tx.clone(),
+                xfer_cancel.clone(),
+            );
+            std::thread::Builder::new()
+                .name("transfers".into())
+                .spawn(move || transferrer(repo, xfer_rx, push_tx, shared, cancel))
+                .map_err(|e| Error::io("starting the transfer thread", e))?
+        };
+
         let mut main = MainLoop {
             repo: repo.clone(),
             settings,
@@ -276,6 +291,7 @@ impl Daemon {
             "watching {watched} directories; startup scan took {scan_ms} ms"
         ));
         main.startup_sync();
+        let _ = xfer_tx.send(());
         shared.update(|s| {
             s.state = "running".into();
             s.watcher.last_rescan_ms = Some(now_ms());
@@ -387,11 +403,16 @@ impl Daemon {
             }
             if changed {
                 let _ = main.push_tx.send(PushMsg::Push);
+                let _ = xfer_tx.send(());
             }
             if stop {
                 break;
             }
         }
+        // Running transfers stop at their next chunk (partial files are kept for a resume).
+        xfer_cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(xfer_tx);
+        let _ = transfers.join();
         let _ = push_tx.send(PushMsg::Stop);
         let _ = pusher.join();
         shared.update(|s| {
@@ -799,6 +820,74 @@ impl MainLoop {
                 self.problem(format!("startup sync failed: {e}"));
                 let _ = self.push_tx.send(PushMsg::Push);
             }
+        }
+    }
+}
+
+// ---- transfers ------------------------------------------------------------------------------
+
+/// Content, in "flood" mode (preferred content comes later): after each commit or merge, every
+/// annexed file's content missing here is fetched from a reachable remote that has it, and
+/// everything here is sent to every reachable remote that lacks it (`ops::content::sync_content`:
+/// transfer info files and locks, verified on receipt, resumable). One round at a time;
+/// requests that arrive during a round make one more round. A round that moved something asks
+/// the pusher to push, so the other clones learn the new locations.
+fn transferrer(
+    repo: Arc<Repo>,
+    rx: Receiver<()>,
+    push_tx: Sender<PushMsg>,
+    shared: Arc<Shared>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+) {
+    struct Report<'a>(&'a Shared);
+    impl crate::ops::content::Events for Report<'_> {
+        fn done(&self, o: &crate::ops::content::FileOutcome) {
+            if let Some(e) = o.error.as_ref().filter(|_| !o.success) {
+                (self.0.log)(&format!(
+                    "transfer of {} failed: {e}",
+                    String::from_utf8_lossy(&o.path)
+                ));
+            }
+        }
+    }
+    while rx.recv().is_ok() {
+        while rx.try_recv().is_ok() {}
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let t0 = Instant::now();
+        let remotes = match crate::remote::configured(&repo) {
+            Ok((r, _)) => r,
+            Err(e) => {
+                (shared.log)(&format!("listing remotes for transfers failed: {e}"));
+                continue;
+            }
+        };
+        if remotes.is_empty() {
+            continue;
+        }
+        let opts = crate::ops::content::ContentOptions {
+            jobs: 2,
+            cancel: &cancel,
+        };
+        match crate::ops::content::sync_content(&repo, &remotes, &[], &opts, &Report(&shared)) {
+            Ok(s) if s.ok + s.failed > 0 => {
+                let ms = t0.elapsed().as_millis() as u64;
+                (shared.log)(&format!(
+                    "content: {} transferred, {} failed ({ms} ms)",
+                    s.ok, s.failed
+                ));
+                shared.event(Event::Transferred {
+                    ok: s.ok,
+                    failed: s.failed,
+                    ms,
+                });
+                if s.ok > 0 {
+                    let _ = push_tx.send(PushMsg::Push);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => (shared.log)(&format!("content round failed: {e}")),
         }
     }
 }

@@ -97,6 +97,12 @@ pub enum Event {
     Rescan {
         reason: String,
     },
+    /// A content round moved `ok` files (to or from remotes); `failed` did not move.
+    Transferred {
+        ok: usize,
+        failed: usize,
+        ms: u64,
+    },
     Problem {
         message: String,
     },
