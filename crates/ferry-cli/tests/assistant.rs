@@ -584,6 +584,13 @@ fn a_missing_remote_is_pushed_to_as_soon_as_it_is_back() {
         "the push fails while b is away; log:\n{}",
         d.log_text()
     );
+    // Nothing was made at the missing remote's path (on a drive's mount point, that would
+    // write to the wrong disk).
+    assert!(
+        !b.exists(),
+        "a directory was created where the missing remote was; log:\n{}",
+        d.log_text()
+    );
     std::fs::rename(&away, &b).unwrap();
     let back = std::time::Instant::now();
     assert!(

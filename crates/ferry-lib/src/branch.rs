@@ -263,6 +263,11 @@ impl Branch {
     /// Commits the journal to the branch. Returns the new commit, or `None` if nothing was
     /// pending. Takes the journal lock itself unless the caller passes the one it holds.
     pub fn commit(&self, held: Option<&JournalLock>, message: &str) -> Result<Option<String>> {
+        if held.is_none() && self.journal_is_empty()? {
+            // Nothing to commit, and nothing created: this may be another repository's branch
+            // (a remote's), whose path must not be made anew if it vanished (a drive pulled).
+            return Ok(None);
+        }
         let own;
         let lock = match held {
             Some(l) => l,
@@ -610,6 +615,16 @@ fn quote_path(p: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn committing_an_empty_journal_creates_nothing() {
+        // A remote's branch whose path vanished (a drive pulled): nothing may be made there.
+        let d = tempfile::tempdir().unwrap();
+        let gone = d.path().join("unplugged");
+        let b = Branch::new(Git::new(&gone), gone.join(".git/annex"), None);
+        assert_eq!(b.commit(None, "update").unwrap(), None);
+        assert!(!gone.exists());
+    }
 
     #[test]
     fn mangling_round_trips() {

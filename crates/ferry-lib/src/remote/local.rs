@@ -251,7 +251,9 @@ impl Remote for LocalRemote {
 
     fn flush(&self) -> Result<()> {
         let repo = self.repo.lock().unwrap().clone();
-        if let Some(repo) = repo {
+        // A remote that vanished (a drive pulled) keeps its journal for the next time: no
+        // directory is ever created at its path.
+        if let Some(repo) = repo.filter(|r| r.git_dir.exists()) {
             repo.branch.commit(None, "update")?;
         }
         Ok(())
