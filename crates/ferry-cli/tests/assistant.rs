@@ -497,6 +497,20 @@ fn kernel_queue_overflow_is_answered_by_a_full_rescan() {
     assert!(wait_until(WAIT, || committed(&env, &a, "flood/first")));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The stop takes effect asynchronously: flood only once every thread is stopped, or a
+    // busy machine lets the watcher keep draining the queue.
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|rd| {
+            rd.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                    // "pid (comm) S ...": the state follows the last ')'.
+                    st.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                })
+            })
+        })
+    };
+    assert!(wait_until(WAIT, all_stopped), "the daemon did not stop");
     for i in 0..100 {
         write(&a, format!("flood/f{i:03}"), format!("{i}\n"));
     }
