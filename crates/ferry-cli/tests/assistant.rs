@@ -377,8 +377,8 @@ fn partitioned_clones_both_edit_a_file_and_end_with_both_versions() {
     env.ferry(&b, &["sync"]).assert_ok();
     fast_retries(&env, &a);
     fast_retries(&env, &b);
-    let _da = Daemon::start(&env, &a);
-    let _db = Daemon::start(&env, &b);
+    let da = Daemon::start(&env, &a);
+    let db = Daemon::start(&env, &b);
 
     std::fs::remove_file(&la).unwrap();
     std::fs::remove_file(&lb).unwrap();
@@ -418,9 +418,10 @@ fn partitioned_clones_both_edit_a_file_and_end_with_both_versions() {
                 && env.git(&a, &["rev-parse", "HEAD^{tree}"]).stdout()
                     == env.git(&b, &["rev-parse", "HEAD^{tree}"]).stdout()
         }),
-        "a: {:?} b: {:?}",
+        "a: {:?} b: {:?}; logs:\n{}",
         head_files(&env, &a),
-        head_files(&env, &b)
+        head_files(&env, &b),
+        logs(&[&da, &db])
     );
     let mut sizes: Vec<String> = variants(&a)
         .iter()
