@@ -102,21 +102,7 @@ pub(crate) fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
             continue;
         }
         let url = cfg("url")?.unwrap_or_default();
-        let local_path = match url.strip_prefix("file://") {
-            Some(p) => Some(PathBuf::from(p)),
-            None if !url.contains("://") && !url.split('/').next().unwrap_or("").contains(':') => {
-                let p = PathBuf::from(&url);
-                Some(if p.is_absolute() {
-                    p
-                } else {
-                    repo.top
-                        .clone()
-                        .unwrap_or_else(|| repo.git_dir.clone())
-                        .join(p)
-                })
-            }
-            None => None,
-        };
+        let local_path = crate::remote::local_path(repo, &url);
         let ssh = url.starts_with("ssh://")
             || url.starts_with("git+ssh://")
             || (local_path.is_none() && !url.contains("://"));

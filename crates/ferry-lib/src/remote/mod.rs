@@ -246,7 +246,7 @@ pub fn configured(repo: &crate::repo::Repo) -> Result<(Remotes, Vec<Unusable>)> 
 }
 
 /// The path of a remote URL that names a local repository.
-fn local_path(repo: &crate::repo::Repo, url: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn local_path(repo: &crate::repo::Repo, url: &str) -> Option<std::path::PathBuf> {
     if let Some(p) = url.strip_prefix("file://") {
         return Some(p.into());
     }

@@ -517,31 +517,6 @@ pub fn log_presence(
     repo.branch.write(&lock, &path, &log.render())
 }
 
-/// Parses a size as git-annex's `annex.diskreserve` accepts it: `100 megabytes`, `1GB`,
-/// `512MiB`, `2000000` (bytes). Decimal units are powers of 1000, `*iB` of 1024.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let unit = unit.trim().to_ascii_lowercase();
-    let mult: f64 = match unit.trim_end_matches('s') {
-        "" | "b" | "byte" => 1.0,
-        "k" | "kb" | "kilobyte" => 1e3,
-        "m" | "mb" | "megabyte" => 1e6,
-        "g" | "gb" | "gigabyte" => 1e9,
-        "t" | "tb" | "terabyte" => 1e12,
-        "kib" | "kibibyte" => 1024.0,
-        "mib" | "mebibyte" => 1024.0 * 1024.0,
-        "gib" | "gibibyte" => 1024.0 * 1024.0 * 1024.0,
-        "tib" | "tebibyte" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    Some((n * mult) as u64)
-}
-
 /// Refuses to receive `key` into `repo` when that would leave less than `annex.diskreserve`
 /// (default 100 MB, as git-annex) free on its file system. `have` bytes are already there.
 pub fn check_free_space(repo: &crate::repo::Repo, key: &Key, have: u64) -> Result<()> {
@@ -551,7 +526,7 @@ pub fn check_free_space(repo: &crate::repo::Repo, key: &Key, have: u64) -> Resul
     let reserve = repo
         .config()
         .get("annex.diskreserve")
-        .and_then(|v| parse_size(v))
+        .and_then(|v| crate::matching::parse_size(v))
         .unwrap_or(100_000_000);
     let dir = repo.annex_dir();
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
@@ -646,12 +621,15 @@ mod tests {
 
     #[test]
     fn sizes_parse_like_git_annex() {
-        assert_eq!(parse_size("100 megabytes"), Some(100_000_000));
-        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
-        assert_eq!(parse_size("512MiB"), Some(512 << 20));
-        assert_eq!(parse_size("2000"), Some(2000));
-        assert_eq!(parse_size("1.5 kb"), Some(1500));
-        assert_eq!(parse_size("lots"), None);
+        assert_eq!(
+            crate::matching::parse_size("100 megabytes"),
+            Some(100_000_000)
+        );
+        assert_eq!(crate::matching::parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(crate::matching::parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(crate::matching::parse_size("2000"), Some(2000));
+        assert_eq!(crate::matching::parse_size("1.5 kb"), Some(1500));
+        assert_eq!(crate::matching::parse_size("lots"), None);
     }
 
     #[test]
