@@ -317,6 +317,6 @@ pub fn sync_content(
         jobs: jobs.max(1),
         cancel: cancel_on_interrupt(),
     };
-    let s = ferry_lib::ops::content::sync_content(repo, &remotes, only, &opts, &printer)?;
+    let s = ferry_lib::ops::content::sync_content(repo, &remotes, only, &[], &opts, &printer)?;
     Ok((s.failed == 0, s.ok))
 }

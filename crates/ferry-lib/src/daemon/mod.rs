@@ -250,7 +250,7 @@ impl Daemon {
                 .map_err(|e| Error::io("starting the pusher", e))?
         };
 
-        let (xfer_tx, xfer_rx) = channel::<()>();
+        let (xfer_tx, xfer_rx) = channel::<Round>();
         let xfer_cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let transfers = {
             let (repo, shared, push_tx, cancel) = (
@@ -291,7 +291,7 @@ impl Daemon {
             "watching {watched} directories; startup scan took {scan_ms} ms"
         ));
         main.startup_sync();
-        let _ = xfer_tx.send(());
+        let _ = xfer_tx.send(Round::All);
         shared.update(|s| {
             s.state = "running".into();
             s.watcher.last_rescan_ms = Some(now_ms());
@@ -389,6 +389,7 @@ impl Daemon {
             {
                 a.reset();
             }
+            let head_before = main.heads().0;
             let mut changed = false;
             if !pending.is_empty() {
                 let paths: Vec<Vec<u8>> = std::mem::take(&mut pending).into_iter().collect();
@@ -403,7 +404,16 @@ impl Daemon {
             }
             if changed {
                 let _ = main.push_tx.send(PushMsg::Push);
-                let _ = xfer_tx.send(());
+            }
+            // Content moves for the files this commit or merge touched.
+            match (head_before, main.heads().0) {
+                (Some(b), Some(a)) if a != b => {
+                    let _ = xfer_tx.send(Round::Between(b, a));
+                }
+                (None, Some(_)) => {
+                    let _ = xfer_tx.send(Round::All);
+                }
+                _ => {}
             }
             if stop {
                 break;
@@ -826,15 +836,25 @@ impl MainLoop {
 
 // ---- transfers ------------------------------------------------------------------------------
 
-/// Content, in "flood" mode (preferred content comes later): after each commit or merge, every
-/// annexed file's content missing here is fetched from a reachable remote that has it, and
-/// everything here is sent to every reachable remote that lacks it (`ops::content::sync_content`:
-/// transfer info files and locks, verified on receipt, resumable). One round at a time;
-/// requests that arrive during a round make one more round. A round that moved something asks
-/// the pusher to push, so the other clones learn the new locations.
+/// What a content round looks at.
+enum Round {
+    /// Every annexed file (at start, and after a round that could not reach everything).
+    All,
+    /// The files that differ between two commits of the branch (a commit or a merge).
+    Between(String, String),
+}
+
+/// Content, in "flood" mode (preferred content comes later): after each commit or merge, the
+/// content of the files it touched is fetched from a reachable remote that has it when it is
+/// missing here, and sent to every reachable remote that lacks it
+/// (`ops::content::sync_content`: transfer info files and locks, verified on receipt,
+/// resumable). Requests that arrive during a round are merged into the next one. A round that
+/// could not reach every remote, or had failures, makes the next round look at everything. A
+/// round that moved something asks the pusher to push, so the other clones learn the new
+/// locations.
 fn transferrer(
     repo: Arc<Repo>,
-    rx: Receiver<()>,
+    rx: Receiver<Round>,
     push_tx: Sender<PushMsg>,
     shared: Arc<Shared>,
     cancel: Arc<std::sync::atomic::AtomicBool>,
@@ -850,28 +870,73 @@ fn transferrer(
             }
         }
     }
-    while rx.recv().is_ok() {
-        while rx.try_recv().is_ok() {}
+    let mut all_next = false;
+    while let Ok(first) = rx.recv() {
+        let mut all = std::mem::take(&mut all_next);
+        let mut ranges = Vec::new();
+        for r in std::iter::once(first).chain(rx.try_iter()) {
+            match r {
+                Round::All => all = true,
+                Round::Between(b, a) => ranges.push((b, a)),
+            }
+        }
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let t0 = Instant::now();
-        let remotes = match crate::remote::configured(&repo) {
-            Ok((r, _)) => r,
+        let (remotes, unusable) = match crate::remote::configured(&repo) {
+            Ok(r) => r,
             Err(e) => {
                 (shared.log)(&format!("listing remotes for transfers failed: {e}"));
+                all_next = true;
                 continue;
             }
         };
         if remotes.is_empty() {
+            all_next = !unusable.is_empty();
             continue;
         }
+        let mut paths: BTreeSet<Vec<u8>> = BTreeSet::new();
+        if !all {
+            for (b, a) in &ranges {
+                match repo
+                    .git
+                    .run(["diff-tree", "-r", "-z", "--name-only", "--no-renames", b, a])
+                {
+                    Ok(out) => paths.extend(
+                        out.split(|&c| c == 0)
+                            .filter(|p| !p.is_empty())
+                            .map(<[u8]>::to_vec),
+                    ),
+                    Err(_) => all = true,
+                }
+            }
+            if !all && paths.is_empty() {
+                continue;
+            }
+            // Past this, one walk of everything is cheaper than a huge pathspec.
+            all |= paths.len() > WHOLE_TREE_ABOVE;
+        }
+        let paths: Vec<Vec<u8>> = if all {
+            Vec::new()
+        } else {
+            paths.into_iter().collect()
+        };
+        all_next = !unusable.is_empty() || remotes.iter().any(|r| r.check_available().is_err());
         let opts = crate::ops::content::ContentOptions {
             jobs: 2,
             cancel: &cancel,
         };
-        match crate::ops::content::sync_content(&repo, &remotes, &[], &opts, &Report(&shared)) {
+        match crate::ops::content::sync_content(
+            &repo,
+            &remotes,
+            &[],
+            &paths,
+            &opts,
+            &Report(&shared),
+        ) {
             Ok(s) if s.ok + s.failed > 0 => {
+                all_next |= s.failed > 0;
                 let ms = t0.elapsed().as_millis() as u64;
                 (shared.log)(&format!(
                     "content: {} transferred, {} failed ({ms} ms)",
@@ -887,7 +952,10 @@ fn transferrer(
                 }
             }
             Ok(_) => {}
-            Err(e) => (shared.log)(&format!("content round failed: {e}")),
+            Err(e) => {
+                all_next = true;
+                (shared.log)(&format!("content round failed: {e}"));
+            }
         }
     }
 }

@@ -339,25 +339,20 @@ fn no_source_error(
     .into())
 }
 
-/// Downloads `f`'s content from `remote` into this repository.
-pub fn download(
+/// Registers the transfer (git-annex's info file and lock). When the same transfer already runs
+/// (ferry elsewhere, or git-annex), says so and waits for it; a cancel while waiting is an error.
+fn begin_transfer(
     repo: &Repo,
+    direction: Direction,
     remote: &dyn Remote,
     f: &AnnexedFile,
     opts: &ContentOptions,
     events: &dyn Events,
-) -> Result<FileOutcome> {
-    remote.check_available()?;
-    let store = repo.store();
-    let partial = crate::remote::key_component(&f.key)
-        .ok()
-        .and_then(|kc| std::fs::metadata(repo.annex_dir().join("tmp").join(kc)).ok())
-        .map_or(0, |m| m.len());
-    crate::transfer::check_free_space(repo, &f.key, partial)?;
+) -> Result<TransferGuard> {
     let begin = |wait| {
         TransferGuard::begin(
             &repo.annex_dir(),
-            Direction::Download,
+            direction,
             remote.uuid(),
             &f.key,
             &f.path,
@@ -373,9 +368,25 @@ pub fn download(
             begin(true)?
         }
     };
-    let Some(mut guard) = guard else {
-        return Err(TransferError::Cancelled(f.key.to_string()).into());
-    };
+    guard.ok_or_else(|| TransferError::Cancelled(f.key.to_string()).into())
+}
+
+/// Downloads `f`'s content from `remote` into this repository.
+pub fn download(
+    repo: &Repo,
+    remote: &dyn Remote,
+    f: &AnnexedFile,
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Result<FileOutcome> {
+    remote.check_available()?;
+    let store = repo.store();
+    let partial = crate::remote::key_component(&f.key)
+        .ok()
+        .and_then(|kc| std::fs::metadata(repo.annex_dir().join("tmp").join(kc)).ok())
+        .map_or(0, |m| m.len());
+    crate::transfer::check_free_space(repo, &f.key, partial)?;
+    let mut guard = begin_transfer(repo, Direction::Download, remote, f, opts, events)?;
     let note = format!("from {}", remote.name());
     events.started(f, &note);
     let r = {
@@ -450,28 +461,7 @@ pub fn upload(
     let obj = store
         .find(&f.key)
         .ok_or_else(|| TransferError::Other("content vanished".into()))?;
-    let begin = |wait| {
-        TransferGuard::begin(
-            &repo.annex_dir(),
-            Direction::Upload,
-            remote.uuid(),
-            &f.key,
-            &f.path,
-            repo.branch.now(),
-            wait,
-            opts.cancel,
-        )
-    };
-    let guard = match begin(false)? {
-        Some(g) => Some(g),
-        None => {
-            events.waiting(f);
-            begin(true)?
-        }
-    };
-    let Some(mut guard) = guard else {
-        return Err(TransferError::Cancelled(f.key.to_string()).into());
-    };
+    let mut guard = begin_transfer(repo, Direction::Upload, remote, f, opts, events)?;
     let note = format!("to {}", remote.name());
     events.started(f, &note);
     let r = {
@@ -519,11 +509,13 @@ fn run_pool<T: Sync>(items: &[T], jobs: usize, f: impl Fn(&T) + Sync) {
 /// that has it (when it is not here), then sent to every reachable remote that lacks it, so
 /// afterwards each reachable local remote has everything. Remotes that cannot be reached and
 /// content that no reachable remote has are skipped quietly (the git-level sync reports
-/// unreachable remotes). `only` limits the remotes (default: all with `annex-sync` not false).
+/// unreachable remotes). `only` limits the remotes (default: all with `annex-sync` not false);
+/// `paths` the files (repo-relative; default: all).
 pub fn sync_content(
     repo: &Repo,
     remotes: &[Box<dyn Remote>],
     only: &[String],
+    paths: &[Vec<u8>],
     opts: &ContentOptions,
     events: &dyn Events,
 ) -> Result<Summary> {
@@ -543,7 +535,7 @@ pub fn sync_content(
         .map(|r| r.as_ref())
         .collect();
     let writable: Vec<&dyn Remote> = chosen.iter().copied().filter(|r| !r.readonly()).collect();
-    let files = annexed_files(&repo.git, &[])?;
+    let files = annexed_files(&repo.git, paths)?;
     let summary = Mutex::new(Summary::default());
     let report = |o: FileOutcome| {
         let mut s = summary.lock().unwrap();
