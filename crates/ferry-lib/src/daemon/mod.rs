@@ -235,6 +235,7 @@ impl Daemon {
         spawn_watcher(w, self.tx.clone(), shared.clone());
 
         let (push_tx, push_rx) = channel();
+        let (xfer_tx, xfer_rx) = channel::<Round>();
         let pusher = {
             let (repo, shared, main_tx, self_tx) = (
                 repo.clone(),
@@ -246,11 +247,13 @@ impl Daemon {
             let base = settings.retry_base;
             std::thread::Builder::new()
                 .name("pusher".into())
-                .spawn(move || pusher(repo, push_rx, self_tx, main_tx, shared, base, ssh))
+                .spawn(move || {
+                    let channels = (self_tx, main_tx, xfer_tx);
+                    pusher(repo, push_rx, channels, shared, base, ssh)
+                })
                 .map_err(|e| Error::io("starting the pusher", e))?
         };
 
-        let (xfer_tx, xfer_rx) = channel::<Round>();
         let xfer_cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let transfers = {
             let (repo, shared, push_tx, cancel) = (
@@ -291,7 +294,7 @@ impl Daemon {
             "watching {watched} directories; startup scan took {scan_ms} ms"
         ));
         main.startup_sync();
-        let _ = xfer_tx.send(Round::All);
+        let _ = push_tx.send(PushMsg::Content(Round::All));
         shared.update(|s| {
             s.state = "running".into();
             s.watcher.last_rescan_ms = Some(now_ms());
@@ -408,10 +411,10 @@ impl Daemon {
             // Content moves for the files this commit or merge touched.
             match (head_before, main.heads().0) {
                 (Some(b), Some(a)) if a != b => {
-                    let _ = xfer_tx.send(Round::Between(b, a));
+                    let _ = main.push_tx.send(PushMsg::Content(Round::Between(b, a)));
                 }
                 (None, Some(_)) => {
-                    let _ = xfer_tx.send(Round::All);
+                    let _ = main.push_tx.send(PushMsg::Content(Round::All));
                 }
                 _ => {}
             }
@@ -419,12 +422,12 @@ impl Daemon {
                 break;
             }
         }
-        // Running transfers stop at their next chunk (partial files are kept for a resume).
+        // Running transfers stop at their next chunk (partial files are kept for a resume);
+        // the transfer thread ends when the pusher, which feeds it, has ended.
         xfer_cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-        drop(xfer_tx);
-        let _ = transfers.join();
         let _ = push_tx.send(PushMsg::Stop);
         let _ = pusher.join();
+        let _ = transfers.join();
         shared.update(|s| {
             s.state = "stopped".into();
             s.idle = true;
@@ -966,6 +969,9 @@ enum PushMsg {
     Push,
     /// git config changed: read the remotes again at the next push.
     Reload,
+    /// Content to move: handed to the transfer thread once no push is under way, so the
+    /// transfers never compete with getting the commit to the other clones.
+    Content(Round),
     Done(String, PushResult),
     Stop,
 }
@@ -1029,6 +1035,8 @@ struct Pusher {
     shared: Arc<Shared>,
     base: Duration,
     state: HashMap<String, PushState>,
+    /// Where content rounds go once no push is under way.
+    xfer_tx: Sender<Round>,
 }
 
 impl Pusher {
@@ -1144,8 +1152,7 @@ impl Pusher {
 fn pusher(
     repo: Arc<Repo>,
     rx: Receiver<PushMsg>,
-    self_tx: Sender<PushMsg>,
-    main_tx: Sender<Msg>,
+    channels: (Sender<PushMsg>, Sender<Msg>, Sender<Round>),
     shared: Arc<Shared>,
     base: Duration,
     ssh: Option<String>,
@@ -1154,6 +1161,7 @@ fn pusher(
         Ok(Some(cmd)) => repo.git.with_env("GIT_SSH_COMMAND", &cmd),
         _ => repo.git.clone(),
     };
+    let (self_tx, main_tx, xfer_tx) = channels;
     let mut p = Pusher {
         repo,
         net,
@@ -1162,10 +1170,17 @@ fn pusher(
         shared,
         base,
         state: HashMap::new(),
+        xfer_tx,
     };
     let mut stopping = false;
     let mut targets: Option<Targets> = None;
+    let mut rounds: Vec<Round> = Vec::new();
     loop {
+        if !stopping && p.state.values().all(|s| s.in_flight.is_none()) {
+            for r in rounds.drain(..) {
+                let _ = p.xfer_tx.send(r);
+            }
+        }
         let busy = p.state.values().any(|s| s.in_flight.is_some());
         if stopping && !busy {
             return;
@@ -1218,6 +1233,7 @@ fn pusher(
                 }
             }
             Some(PushMsg::Reload) => targets = None,
+            Some(PushMsg::Content(r)) => rounds.push(r),
             Some(PushMsg::Done(name, r)) => p.done(name, r),
             None => {}
         }
