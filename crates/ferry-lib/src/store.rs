@@ -285,7 +285,7 @@ impl Store {
     }
 
     /// Flushes the file system holding the store.
-    fn syncfs(&self) -> std::io::Result<()> {
+    pub fn syncfs(&self) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let f = fs::File::open(&self.annex_dir)?;
         // SAFETY: a valid descriptor for the call's duration.

@@ -18,7 +18,10 @@
 
 pub mod inotify;
 pub mod status;
+mod transfers;
 pub mod watcher;
+
+use transfers::Round;
 
 use crate::error::{Error, IoContext, Result};
 use crate::lock::{Lock, LockKind, try_lock};
@@ -255,18 +258,14 @@ impl Daemon {
         };
 
         let xfer_cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let transfers = {
-            let (repo, shared, push_tx, cancel) = (
-                repo.clone(),
-                shared.clone(),
-                push_tx.clone(),
-                xfer_cancel.clone(),
-            );
-            std::thread::Builder::new()
-                .name("transfers".into())
-                .spawn(move || transferrer(repo, xfer_rx, push_tx, shared, cancel))
-                .map_err(|e| Error::io("starting the transfer thread", e))?
-        };
+        let transfers = transfers::start(
+            repo.clone(),
+            xfer_rx,
+            push_tx.clone(),
+            shared.clone(),
+            xfer_cancel.clone(),
+        )
+        .map_err(|e| Error::io("starting the transfer threads", e))?;
 
         let mut main = MainLoop {
             repo: repo.clone(),
@@ -427,7 +426,9 @@ impl Daemon {
         xfer_cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = push_tx.send(PushMsg::Stop);
         let _ = pusher.join();
-        let _ = transfers.join();
+        for t in transfers {
+            let _ = t.join();
+        }
         shared.update(|s| {
             s.state = "stopped".into();
             s.idle = true;
@@ -837,132 +838,6 @@ impl MainLoop {
     }
 }
 
-// ---- transfers ------------------------------------------------------------------------------
-
-/// What a content round looks at.
-enum Round {
-    /// Every annexed file (at start, and after a round that could not reach everything).
-    All,
-    /// The files that differ between two commits of the branch (a commit or a merge).
-    Between(String, String),
-}
-
-/// Content, in "flood" mode (preferred content comes later): after each commit or merge, the
-/// content of the files it touched is fetched from a reachable remote that has it when it is
-/// missing here, and sent to every reachable remote that lacks it
-/// (`ops::content::sync_content`: transfer info files and locks, verified on receipt,
-/// resumable). Requests that arrive during a round are merged into the next one. A round that
-/// could not reach every remote, or had failures, makes the next round look at everything. A
-/// round that moved something asks the pusher to push, so the other clones learn the new
-/// locations.
-fn transferrer(
-    repo: Arc<Repo>,
-    rx: Receiver<Round>,
-    push_tx: Sender<PushMsg>,
-    shared: Arc<Shared>,
-    cancel: Arc<std::sync::atomic::AtomicBool>,
-) {
-    struct Report<'a>(&'a Shared);
-    impl crate::ops::content::Events for Report<'_> {
-        fn done(&self, o: &crate::ops::content::FileOutcome) {
-            if let Some(e) = o.error.as_ref().filter(|_| !o.success) {
-                (self.0.log)(&format!(
-                    "transfer of {} failed: {e}",
-                    String::from_utf8_lossy(&o.path)
-                ));
-            }
-        }
-    }
-    let mut all_next = false;
-    while let Ok(first) = rx.recv() {
-        let mut all = std::mem::take(&mut all_next);
-        let mut ranges = Vec::new();
-        for r in std::iter::once(first).chain(rx.try_iter()) {
-            match r {
-                Round::All => all = true,
-                Round::Between(b, a) => ranges.push((b, a)),
-            }
-        }
-        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        let t0 = Instant::now();
-        let (remotes, unusable) = match crate::remote::configured(&repo) {
-            Ok(r) => r,
-            Err(e) => {
-                (shared.log)(&format!("listing remotes for transfers failed: {e}"));
-                all_next = true;
-                continue;
-            }
-        };
-        if remotes.is_empty() {
-            all_next = !unusable.is_empty();
-            continue;
-        }
-        let mut paths: BTreeSet<Vec<u8>> = BTreeSet::new();
-        if !all {
-            for (b, a) in &ranges {
-                match repo
-                    .git
-                    .run(["diff-tree", "-r", "-z", "--name-only", "--no-renames", b, a])
-                {
-                    Ok(out) => paths.extend(
-                        out.split(|&c| c == 0)
-                            .filter(|p| !p.is_empty())
-                            .map(<[u8]>::to_vec),
-                    ),
-                    Err(_) => all = true,
-                }
-            }
-            if !all && paths.is_empty() {
-                continue;
-            }
-            // Past this, one walk of everything is cheaper than a huge pathspec.
-            all |= paths.len() > WHOLE_TREE_ABOVE;
-        }
-        let paths: Vec<Vec<u8>> = if all {
-            Vec::new()
-        } else {
-            paths.into_iter().collect()
-        };
-        all_next = !unusable.is_empty() || remotes.iter().any(|r| r.check_available().is_err());
-        let opts = crate::ops::content::ContentOptions {
-            jobs: 2,
-            cancel: &cancel,
-        };
-        match crate::ops::content::sync_content(
-            &repo,
-            &remotes,
-            &[],
-            &paths,
-            &opts,
-            &Report(&shared),
-        ) {
-            Ok(s) if s.ok + s.failed > 0 => {
-                all_next |= s.failed > 0;
-                let ms = t0.elapsed().as_millis() as u64;
-                (shared.log)(&format!(
-                    "content: {} transferred, {} failed ({ms} ms)",
-                    s.ok, s.failed
-                ));
-                shared.event(Event::Transferred {
-                    ok: s.ok,
-                    failed: s.failed,
-                    ms,
-                });
-                if s.ok > 0 {
-                    let _ = push_tx.send(PushMsg::Push);
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                all_next = true;
-                (shared.log)(&format!("content round failed: {e}"));
-            }
-        }
-    }
-}
-
 // ---- pusher ----------------------------------------------------------------------------------
 
 enum PushMsg {
@@ -1191,6 +1066,8 @@ fn pusher(
             if st.missing.as_ref().is_some_and(|m| m.exists()) {
                 st.missing = None;
                 st.next = Some(now);
+                // Content that could not move while it was away moves now too.
+                rounds.push(Round::All);
             }
         }
         let waiting = p

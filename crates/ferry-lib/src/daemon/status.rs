@@ -48,6 +48,50 @@ pub struct WatcherStatus {
     pub last_rescan_ms: Option<u64>,
 }
 
+/// A transfer that is running, queued or waiting for its retry.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TransferEntry {
+    /// "download" or "upload".
+    pub direction: String,
+    pub file: String,
+    pub key: String,
+    /// The remote (uploads; a download picks its source when it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Files in this run (small files move in batches); 0 for a queued entry.
+    #[serde(default)]
+    pub files: usize,
+    pub size: Option<u64>,
+    /// Bytes done (running big transfers, updated about once a second).
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The daemon's transfer queue.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TransfersStatus {
+    /// Items waiting for a worker.
+    pub queued: usize,
+    /// Items waiting for a retry after a failure.
+    #[serde(default)]
+    pub retrying_count: usize,
+    pub running: Vec<TransferEntry>,
+    /// The first queued items, in order.
+    #[serde(default)]
+    pub next: Vec<TransferEntry>,
+    /// The first items waiting for a retry, soonest first.
+    #[serde(default)]
+    pub retrying: Vec<TransferEntry>,
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub pid: u32,
@@ -64,6 +108,8 @@ pub struct Status {
     pub watcher: WatcherStatus,
     /// Problems the daemon is living with (a path it cannot read, a merge it could not do).
     pub problems: Vec<String>,
+    #[serde(default)]
+    pub transfers: TransfersStatus,
 }
 
 /// One thing that happened.

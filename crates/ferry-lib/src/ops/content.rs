@@ -488,6 +488,178 @@ pub fn upload(
     })
 }
 
+/// [`download`] for a batch of small files from one remote: each is received and verified,
+/// then the whole batch is flushed and moved into the store at once
+/// ([`crate::transfer::ingest_pending`]), recorded, and the unlocked files are populated in
+/// one step. One result per file, in order.
+pub fn download_many(
+    repo: &Repo,
+    remote: &dyn Remote,
+    files: &[&AnnexedFile],
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Vec<Result<FileOutcome>> {
+    if let Err(e) = remote.check_available() {
+        return crate::remote::fail_all(files.len(), &e);
+    }
+    let store = repo.store();
+    let note = format!("from {}", remote.name());
+    let mut out: Vec<Option<Result<FileOutcome>>> = files.iter().map(|_| None).collect();
+    let mut pending = Vec::new();
+    let mut held = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let r = crate::transfer::check_free_space(repo, &f.key, 0)
+            .and_then(|()| begin_transfer(repo, Direction::Download, remote, f, opts, events))
+            .and_then(|mut guard| {
+                events.started(f, &note);
+                let mut cb = |n: u64| guard.update(n);
+                let mut progress = Progress::new(&f.key, opts.cancel, &mut cb);
+                let r = crate::transfer::receive_verified(
+                    &store,
+                    &f.key,
+                    &mut progress,
+                    &mut |off, sink, p| remote.retrieve(&f.key, off, sink, p),
+                );
+                match r {
+                    Ok(v) => Ok((v, guard)),
+                    Err(e) => {
+                        guard.finish(false);
+                        Err(e)
+                    }
+                }
+            });
+        match r {
+            Ok((crate::transfer::Verified::AlreadyPresent, guard)) => {
+                guard.finish(true);
+                out[i] = Some(Ok(FileOutcome {
+                    path: f.path.clone(),
+                    key: f.key.to_string(),
+                    success: true,
+                    note: Some("already here".into()),
+                    ..Default::default()
+                }));
+            }
+            Ok((crate::transfer::Verified::Pending(p), guard)) => {
+                held.push((i, guard));
+                pending.push(p);
+            }
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    let mut arrived = Vec::new();
+    for ((i, guard), r) in held
+        .into_iter()
+        .zip(crate::transfer::ingest_pending(&store, pending))
+    {
+        let f = files[i];
+        let r = r.and_then(|r| {
+            log_presence(repo, &f.key, repo.uuid(), Presence::Present)?;
+            Ok(r)
+        });
+        guard.finish(r.is_ok());
+        out[i] = Some(r.map(|r| {
+            arrived.push(f.key.clone());
+            FileOutcome {
+                path: f.path.clone(),
+                key: f.key.to_string(),
+                success: true,
+                note: Some(note.clone()),
+                resumed_from: (r.resumed_from > 0).then_some(r.resumed_from),
+                bytes: r.transferred,
+                error: None,
+            }
+        }));
+    }
+    if !repo.is_bare()
+        && let Err(e) = crate::ops::unlock::populate_many(repo, &arrived)
+    {
+        for o in out.iter_mut().flatten().flatten() {
+            o.note = Some(format!(
+                "{}; the content is here, but unlocked files could not be updated: {e}",
+                o.note.take().unwrap_or_default()
+            ));
+        }
+    }
+    for (o, f) in out.iter().zip(files) {
+        if let Some(Ok(o)) = o {
+            events.progress(f, f.key.size.unwrap_or(o.bytes));
+        }
+    }
+    out.into_iter()
+        .map(|r| r.expect("every file has a result"))
+        .collect()
+}
+
+/// [`put_one`] for a batch of small files to one remote ([`Remote::store_many`]). `Ok(None)`
+/// for a file with nothing to do (content not here, or already there).
+pub fn upload_many(
+    repo: &Repo,
+    remote: &dyn Remote,
+    files: &[&AnnexedFile],
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Vec<Result<Option<FileOutcome>>> {
+    let mut out: Vec<Option<Result<Option<FileOutcome>>>> = files.iter().map(|_| None).collect();
+    if let Err(e) = remote.check_available() {
+        return crate::remote::fail_all(files.len(), &e);
+    }
+    let store = repo.store();
+    let note = format!("to {}", remote.name());
+    let mut items = Vec::new();
+    let mut held = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let r = (|| -> Result<Option<_>> {
+            // Keep the content from being dropped here while it is being sent.
+            let Some(keep) = lock_content(&store, &f.key, LockKind::Shared)? else {
+                return Ok(None);
+            };
+            let Some(obj) = store.find(&f.key) else {
+                return Ok(None);
+            };
+            if remote.check_present(&f.key)? {
+                log_presence(repo, &f.key, remote.uuid(), Presence::Present)?;
+                return Ok(None);
+            }
+            let guard = begin_transfer(repo, Direction::Upload, remote, f, opts, events)?;
+            events.started(f, &note);
+            Ok(Some((obj, keep, guard)))
+        })();
+        match r {
+            Ok(Some((obj, keep, guard))) => {
+                items.push((f.key.clone(), obj));
+                held.push((i, keep, guard));
+            }
+            Ok(None) => out[i] = Some(Ok(None)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    let results = remote.store_many(&items, opts.cancel);
+    for ((i, keep, guard), r) in held.into_iter().zip(results) {
+        let f = files[i];
+        let r = r.and_then(|stored| {
+            log_presence(repo, &f.key, remote.uuid(), Presence::Present)?;
+            Ok(stored)
+        });
+        guard.finish(r.is_ok());
+        drop(keep);
+        out[i] = Some(r.map(|stored| {
+            events.progress(f, f.key.size.unwrap_or(0));
+            Some(FileOutcome {
+                path: f.path.clone(),
+                key: f.key.to_string(),
+                success: true,
+                note: Some(note.clone()),
+                resumed_from: (stored.resumed_from > 0).then_some(stored.resumed_from),
+                bytes: f.key.size.unwrap_or(0).saturating_sub(stored.resumed_from),
+                error: None,
+            })
+        }));
+    }
+    out.into_iter()
+        .map(|r| r.expect("every file has a result"))
+        .collect()
+}
+
 /// Runs `f` on every item, on up to `jobs` threads.
 fn run_pool<T: Sync>(items: &[T], jobs: usize, f: impl Fn(&T) + Sync) {
     let next = AtomicUsize::new(0);

@@ -144,6 +144,22 @@ fn holds_content(p: &Path, key: &Key, inodes: &InodeCache) -> Result<bool> {
 
 /// Replaces `dest` whole with a copy of `src` (or a hard link when `link`), keeping `mode`.
 fn replace_with_copy(tmpdir: &Path, src: &Path, dest: &Path, mode: u32, link: bool) -> Result<()> {
+    let (tmp, copied) = copy_to_temp(tmpdir, src, mode, link)?;
+    if copied && let Err(e) = std::fs::File::open(&tmp).and_then(|f| f.sync_all()) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(format!("syncing {}", tmp.display()), e));
+    }
+    move_into_place(&tmp, dest)
+}
+
+/// A copy of `src` (or a hard link when `link`) under a temp name in `tmpdir`, with `mode`,
+/// not yet flushed; the bool says whether bytes were copied.
+fn copy_to_temp(
+    tmpdir: &Path,
+    src: &Path,
+    mode: u32,
+    link: bool,
+) -> Result<(std::path::PathBuf, bool)> {
     let mut tmp = tempfile::Builder::new()
         .prefix("populate.")
         .tempfile_in(tmpdir)
@@ -153,11 +169,16 @@ fn replace_with_copy(tmpdir: &Path, src: &Path, dest: &Path, mode: u32, link: bo
         drop(tmp);
         let _ = std::fs::remove_file(&p);
         std::fs::hard_link(src, &p).ctx("linking", src)?;
-        return move_into_place(&p, dest);
+        return Ok((p, false));
     }
     let mut input = std::fs::File::open(src).ctx("reading", src)?;
     std::io::copy(&mut input, tmp.as_file_mut()).ctx("copying", src)?;
-    put_temp(tmp, dest, mode)
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
+        .ctx("setting mode of", tmp.path())?;
+    let (_, p) = tmp
+        .keep()
+        .map_err(|e| Error::io("keeping temp file", e.error))?;
+    Ok((p, true))
 }
 
 /// Replaces `dest` whole with `content`.
@@ -202,37 +223,89 @@ fn move_into_place(tmp: &Path, dest: &Path) -> Result<()> {
 /// Writes `key`'s content into every unmodified unlocked file that points to it and still holds
 /// the pointer text. Returns the paths populated.
 pub fn populate(repo: &Repo, key: &Key) -> Result<Vec<Vec<u8>>> {
+    populate_many(repo, std::slice::from_ref(key))
+}
+
+/// [`populate`] for many keys at once (content that arrived in one batch): one look at the
+/// keys index and the inode cache, all copies written to temp files first, flushed with one
+/// `syncfs` when there are many (an `fsync` each when there are few), then renamed over the
+/// pointer files, and staged with one `git update-index`. Returns the paths changed.
+pub fn populate_many(repo: &Repo, keys: &[Key]) -> Result<Vec<Vec<u8>>> {
     let index = keys_index(repo)?;
-    let Some(paths) = index.get(key) else {
+    let wanted: Vec<(&Key, &Vec<Vec<u8>>)> = keys
+        .iter()
+        .filter_map(|k| index.get(k).map(|p| (k, p)))
+        .collect();
+    if wanted.is_empty() {
         return Ok(Vec::new());
-    };
+    }
     let mut inodes = InodeCache::load(&repo.annex_dir());
     let store = repo.store();
-    let Some(obj) = store.find_valid(key, &inodes)? else {
-        return Ok(Vec::new());
-    };
     let top = repo.work_tree()?.to_path_buf();
     let tmpdir = store.tmp_dir()?;
     let thin = repo.git.config_bool("annex.thin", false)?;
+    let mut temps: Vec<(std::path::PathBuf, std::path::PathBuf, Vec<u8>, Key)> = Vec::new();
+    let mut first_err = None;
+    let mut copies = 0;
+    for (key, paths) in wanted {
+        let Some(obj) = store.find_valid(key, &inodes)? else {
+            continue;
+        };
+        for (i, rel) in paths.iter().enumerate() {
+            let work = top.join(os(rel));
+            if !is_pointer_file(&work, key) {
+                continue; // modified by the user, or already populated: leave it alone
+            }
+            let mode = std::fs::metadata(&work)
+                .map(|m| m.mode() & 0o7777)
+                .unwrap_or(0o644);
+            match copy_to_temp(&tmpdir, &obj, mode, thin && i == 0) {
+                Ok((tmp, copied)) => {
+                    copies += usize::from(copied);
+                    temps.push((tmp, work, rel.clone(), key.clone()));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+    }
+    // Content first, then the names: a crash never leaves a work-tree file half written.
+    if copies > 4 {
+        store.syncfs().ctx("syncing", &tmpdir)?;
+    } else {
+        for (tmp, ..) in &temps {
+            std::fs::File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .ctx("syncing", tmp)?;
+        }
+    }
     let mut done = Vec::new();
     let mut stamps = Vec::new();
-    for (i, rel) in paths.iter().enumerate() {
-        let work = top.join(os(rel));
-        if !is_pointer_file(&work, key) {
-            continue; // modified by the user, or already populated: leave it alone
+    for (tmp, work, rel, key) in temps {
+        // The user may have written the file meanwhile: only a pointer is replaced.
+        if !is_pointer_file(&work, &key) {
+            let _ = std::fs::remove_file(&tmp);
+            continue;
         }
-        let mode = std::fs::metadata(&work)
-            .map(|m| m.mode() & 0o7777)
-            .unwrap_or(0o644);
-        replace_with_copy(&tmpdir, &obj, &work, mode, thin && i == 0)?;
-        if let Some(s) = Stamp::of_path(&work) {
-            stamps.push((s, key.clone()));
+        match move_into_place(&tmp, &work) {
+            Ok(()) => {
+                if let Some(s) = Stamp::of_path(&work) {
+                    stamps.push((s, key));
+                }
+                done.push(rel);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
         }
-        done.push(rel.clone());
     }
     inodes.record(&stamps)?;
     crate::ops::add::stage(repo, &done)?;
-    Ok(done)
+    match first_err {
+        Some(e) if done.is_empty() => Err(e),
+        _ => Ok(done),
+    }
 }
 
 /// Turns every unlocked file holding `key`'s unmodified content back into the pointer text

@@ -12,9 +12,13 @@ use crate::lock::{Lock, LockKind};
 use crate::logs::Presence;
 use crate::repo::{Repo, RepoOptions};
 use crate::store::Store;
-use crate::transfer::{copy_from_file, lock_content, log_presence, receive_into, remove_object};
+use crate::transfer::{
+    Verified, copy_from_file, ingest_pending, lock_content, log_presence, receive_into,
+    receive_verified, remove_object,
+};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 pub struct LocalRemote {
@@ -196,6 +200,71 @@ impl Remote for LocalRemote {
             resumed_from: r.resumed_from,
             already_present: r.ingested == crate::store::Ingested::AlreadyPresent,
         })
+    }
+
+    fn store_many(&self, items: &[(Key, PathBuf)], cancel: &AtomicBool) -> Vec<Result<Stored>> {
+        let repo = match self.refuse_if_readonly().and_then(|()| self.open_repo()) {
+            Ok(r) => r,
+            Err(e) => {
+                return crate::remote::fail_all(items.len(), &e);
+            }
+        };
+        let store = repo.store();
+        let already = || Stored {
+            resumed_from: 0,
+            already_present: true,
+        };
+        let mut out: Vec<Option<Result<Stored>>> = items.iter().map(|_| None).collect();
+        let mut pending = Vec::new();
+        let mut slots = Vec::new();
+        for (i, (key, src)) in items.iter().enumerate() {
+            if store.find(key).is_some() {
+                out[i] = Some(Ok(already()));
+                continue;
+            }
+            let mut cb = |_| {};
+            let mut progress = Progress::new(key, cancel, &mut cb);
+            let r = crate::transfer::check_free_space(&repo, key, 0).and_then(|()| {
+                receive_verified(&store, key, &mut progress, &mut |off, sink, p| {
+                    copy_from_file(src, off, sink, p)
+                })
+            });
+            match r {
+                Ok(Verified::AlreadyPresent) => out[i] = Some(Ok(already())),
+                Ok(Verified::Pending(p)) => {
+                    slots.push(i);
+                    pending.push(p);
+                }
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let mut arrived = Vec::new();
+        for (i, r) in slots.into_iter().zip(ingest_pending(&store, pending)) {
+            out[i] = Some(r.map(|r| {
+                arrived.push(items[i].0.clone());
+                Stored {
+                    resumed_from: r.resumed_from,
+                    already_present: r.ingested == crate::store::Ingested::AlreadyPresent,
+                }
+            }));
+        }
+        for (i, (key, _)) in items.iter().enumerate() {
+            if let Some(Ok(_)) = &out[i]
+                && let Err(e) = log_presence(&repo, key, repo.uuid(), Presence::Present)
+            {
+                out[i] = Some(Err(e));
+            }
+        }
+        if !repo.is_bare() {
+            let _ = crate::ops::unlock::populate_many(&repo, &arrived);
+        }
+        out.into_iter()
+            .map(|r| r.expect("every item has a result"))
+            .collect()
+    }
+
+    fn cheap_presence(&self) -> bool {
+        true
     }
 
     fn retrieve(

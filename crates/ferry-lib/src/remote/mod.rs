@@ -19,7 +19,7 @@ use crate::key::Key;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Why a transfer (or a check needed for one) did not happen.
@@ -119,6 +119,24 @@ pub trait Remote: Send + Sync {
     /// before it becomes visible there, and resumes an interrupted earlier store. A remote that
     /// keeps its own location log (a git-annex repository) records that it has the content.
     fn store(&self, key: &Key, src: &Path, progress: &mut Progress) -> Result<Stored>;
+    /// [`Remote::store`] for many (small) items at once, where the remote can do better than
+    /// one by one (a local repository flushes the whole batch with one `syncfs`). One result
+    /// per item, in order. No byte progress: the items are small.
+    fn store_many(&self, items: &[(Key, PathBuf)], cancel: &AtomicBool) -> Vec<Result<Stored>> {
+        items
+            .iter()
+            .map(|(key, src)| {
+                let mut cb = |_| {};
+                let mut progress = Progress::new(key, cancel, &mut cb);
+                self.store(key, src, &mut progress)
+            })
+            .collect()
+    }
+    /// Whether [`Remote::check_present`] is cheap (a `stat` on a local disk), so a planner may
+    /// ask it for every file instead of queueing work that turns out to be done.
+    fn cheap_presence(&self) -> bool {
+        false
+    }
     /// Writes the content of `key` from byte `offset` on into `sink`.
     fn retrieve(
         &self,
@@ -138,6 +156,14 @@ pub trait Remote: Send + Sync {
     fn flush(&self) -> Result<()> {
         Ok(())
     }
+}
+
+/// One copy of `e` (as text) for each of `n` items: a whole batch failing for one reason.
+pub fn fail_all<T>(n: usize, e: &crate::Error) -> Vec<Result<T>> {
+    let msg = e.to_string();
+    (0..n)
+        .map(|_| Err(TransferError::Other(msg.clone()).into()))
+        .collect()
 }
 
 /// Remotes usable for content, cheapest first.
@@ -165,6 +191,12 @@ impl<T: Remote + ?Sized> Remote for std::sync::Arc<T> {
     }
     fn store(&self, key: &Key, src: &Path, progress: &mut Progress) -> Result<Stored> {
         (**self).store(key, src, progress)
+    }
+    fn store_many(&self, items: &[(Key, PathBuf)], cancel: &AtomicBool) -> Vec<Result<Stored>> {
+        (**self).store_many(items, cancel)
+    }
+    fn cheap_presence(&self) -> bool {
+        (**self).cheap_presence()
     }
     fn retrieve(
         &self,

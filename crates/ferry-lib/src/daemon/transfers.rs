@@ -1,0 +1,690 @@
+//! The daemon's transfer queue: what content has to move, and the workers that move it.
+//!
+//! - The **planner** (fed with content rounds: the files a commit or merge touched, or
+//!   everything) turns files into queue items: a download for content that is not here, an
+//!   upload to each reachable remote that lacks content that is here ("flood" mode until
+//!   preferred content refines it). Items are de-duplicated by (direction, key, remote).
+//! - **Workers** take items: small content (at most [`SMALL`] bytes) goes in batches of up to
+//!   [`BATCH`] files through one flush (`download_many` / `upload_many`); big content one file
+//!   at a time with byte progress. `annex.jobs` workers (default 1) take big files first; one
+//!   more worker only ever takes small files, so a new small file is never held up behind a
+//!   big transfer.
+//! - A download comes from the cheapest reachable remote the location log says has the
+//!   content; when it fails, that source is avoided at the next attempt and another one is
+//!   tried. A failed item waits (backoff from 1 s, doubling, up to 10 min) and is tried again,
+//!   up to [`MAX_ATTEMPTS`] times.
+//! - After each batch the location changes are committed to the git-annex branch (here and in
+//!   local remotes) and a push is asked for, so the other clones learn of them promptly.
+//! - The queue is published in the daemon's status (`ferry status`, `ferry transfers`).
+
+use super::status::{Event, TransferEntry, TransfersStatus, now_ms};
+use super::{PushMsg, Shared};
+use crate::annexed::{AnnexedFile, annexed_files};
+use crate::key::Key;
+use crate::ops::content::{ContentOptions, Events, FileOutcome};
+use crate::remote::Remote;
+use crate::repo::Repo;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Content up to this size is "small": batched, and served by a worker of its own.
+pub const SMALL: u64 = 1 << 20;
+/// Most files in one batch.
+const BATCH: usize = 256;
+/// An item that failed this often is given up (until a later round queues it again).
+const MAX_ATTEMPTS: u32 = 8;
+const RETRY_BASE: Duration = Duration::from_secs(1);
+const RETRY_CAP: Duration = Duration::from_secs(600);
+/// Past this many changed files, one walk of everything is cheaper than a huge pathspec.
+const WHOLE_TREE_ABOVE: usize = 2000;
+/// How often the progress of a running big transfer is published.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// What a content round looks at.
+pub(super) enum Round {
+    /// Every annexed file (at start, and after a round that could not reach everything).
+    All,
+    /// The files that differ between two commits of the branch (a commit or a merge).
+    Between(String, String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Dir {
+    Download,
+    Upload,
+}
+
+#[derive(Clone)]
+struct Item {
+    dir: Dir,
+    file: AnnexedFile,
+    /// Upload target (a remote name); downloads pick their source when they run.
+    remote: Option<String>,
+    attempts: u32,
+    /// Download sources that failed for this item.
+    avoid: Vec<String>,
+    last_error: Option<String>,
+}
+
+type ItemId = (Dir, Key, String);
+
+impl Item {
+    fn id(&self) -> ItemId {
+        (
+            self.dir,
+            self.file.key.clone(),
+            self.remote.clone().unwrap_or_default(),
+        )
+    }
+    fn small(&self) -> bool {
+        self.file.key.size.is_some_and(|s| s <= SMALL)
+    }
+    fn entry(&self) -> TransferEntry {
+        TransferEntry {
+            direction: match self.dir {
+                Dir::Download => "download".into(),
+                Dir::Upload => "upload".into(),
+            },
+            file: String::from_utf8_lossy(&self.file.path).into_owned(),
+            key: self.file.key.to_string(),
+            remote: self.remote.clone(),
+            size: self.file.key.size,
+            attempts: self.attempts,
+            error: self.last_error.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Default)]
+struct QState {
+    small: VecDeque<Item>,
+    large: VecDeque<Item>,
+    delayed: Vec<(Instant, Item)>,
+    /// Queued, delayed or running.
+    known: HashSet<ItemId>,
+    running: BTreeMap<u64, TransferEntry>,
+    next_run: u64,
+    stop: bool,
+}
+
+impl QState {
+    fn queued(&self) -> usize {
+        self.small.len() + self.large.len()
+    }
+}
+
+/// The queue, shared by the planner and the workers.
+pub(super) struct Queue {
+    st: Mutex<QState>,
+    cv: Condvar,
+}
+
+impl Queue {
+    fn new() -> Queue {
+        Queue {
+            st: Mutex::new(QState::default()),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Adds items not already queued, delayed or running; returns how many were new.
+    fn push(&self, items: Vec<Item>) -> usize {
+        let mut st = self.st.lock().unwrap();
+        let mut n = 0;
+        for it in items {
+            if !st.known.insert(it.id()) {
+                continue;
+            }
+            n += 1;
+            if it.small() {
+                st.small.push_back(it);
+            } else {
+                st.large.push_back(it);
+            }
+        }
+        drop(st);
+        if n > 0 {
+            self.cv.notify_all();
+        }
+        n
+    }
+
+    /// Waits for work: a batch of small items, or one big item (never for `small_only`).
+    /// `None` once the queue is stopped.
+    fn take(&self, small_only: bool) -> Option<(u64, Vec<Item>)> {
+        let mut st = self.st.lock().unwrap();
+        loop {
+            if st.stop {
+                return None;
+            }
+            let now = Instant::now();
+            if st.delayed.iter().any(|(t, _)| *t <= now) {
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut st.delayed)
+                    .into_iter()
+                    .partition(|(t, _)| *t <= now);
+                st.delayed = later;
+                for (_, it) in due {
+                    if it.small() {
+                        st.small.push_back(it);
+                    } else {
+                        st.large.push_back(it);
+                    }
+                }
+            }
+            let batch = if !small_only && let Some(it) = st.large.pop_front() {
+                vec![it]
+            } else {
+                let n = st.small.len().min(BATCH);
+                st.small.drain(..n).collect()
+            };
+            if !batch.is_empty() {
+                let id = st.next_run;
+                st.next_run += 1;
+                let started = now_ms();
+                let mut entry = batch[0].entry();
+                entry.started_ms = Some(started);
+                entry.files = batch.len();
+                st.running.insert(id, entry);
+                return Some((id, batch));
+            }
+            let next = st.delayed.iter().map(|(t, _)| *t).min();
+            st = match next {
+                None => self.cv.wait(st).unwrap(),
+                Some(t) => {
+                    self.cv
+                        .wait_timeout(st, t.saturating_duration_since(now))
+                        .unwrap()
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Ends a run: items that succeeded (or were given up) are forgotten, failed ones wait
+    /// for their retry.
+    fn finish(&self, run: u64, done: Vec<Item>, retry: Vec<(Instant, Item)>) {
+        let mut st = self.st.lock().unwrap();
+        st.running.remove(&run);
+        for it in done {
+            st.known.remove(&it.id());
+        }
+        st.delayed.extend(retry);
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    fn progress(&self, run: u64, bytes: u64) {
+        if let Some(e) = self.st.lock().unwrap().running.get_mut(&run) {
+            e.bytes = bytes;
+        }
+    }
+
+    fn stop(&self) {
+        self.st.lock().unwrap().stop = true;
+        self.cv.notify_all();
+    }
+
+    /// What is queued and running, for the status (the first few of each list).
+    fn snapshot(&self) -> TransfersStatus {
+        const SHOWN: usize = 50;
+        let st = self.st.lock().unwrap();
+        let mut retrying: Vec<TransferEntry> = st
+            .delayed
+            .iter()
+            .take(SHOWN)
+            .map(|(t, it)| {
+                let mut e = it.entry();
+                e.next_attempt_ms =
+                    Some(now_ms() + t.saturating_duration_since(Instant::now()).as_millis() as u64);
+                e
+            })
+            .collect();
+        retrying.sort_by_key(|e| e.next_attempt_ms);
+        TransfersStatus {
+            queued: st.queued(),
+            retrying_count: st.delayed.len(),
+            running: st.running.values().cloned().collect(),
+            next: st
+                .small
+                .iter()
+                .chain(st.large.iter())
+                .take(SHOWN)
+                .map(Item::entry)
+                .collect(),
+            retrying,
+        }
+    }
+}
+
+/// What the planner and the workers share.
+pub(super) struct Ctx {
+    repo: Arc<Repo>,
+    shared: Arc<Shared>,
+    push_tx: Sender<PushMsg>,
+    cancel: Arc<AtomicBool>,
+    queue: Queue,
+    /// The remotes content moves with, read again by each planning round.
+    remotes: RwLock<Arc<Vec<Arc<dyn Remote>>>>,
+    last_publish: Mutex<Instant>,
+}
+
+impl Ctx {
+    fn publish(&self) {
+        *self.last_publish.lock().unwrap() = Instant::now();
+        let snap = self.queue.snapshot();
+        self.shared.update(|s| s.transfers = snap);
+    }
+}
+
+/// Starts the planner and the workers; returns their handles (they end when `rx` is closed
+/// or `cancel` is set).
+pub(super) fn start(
+    repo: Arc<Repo>,
+    rx: Receiver<Round>,
+    push_tx: Sender<PushMsg>,
+    shared: Arc<Shared>,
+    cancel: Arc<AtomicBool>,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let jobs = repo
+        .config()
+        .get("annex.jobs")
+        .and_then(|j| match j.as_str() {
+            "cpus" => std::thread::available_parallelism().ok().map(|n| n.get()),
+            n => n.parse::<usize>().ok(),
+        })
+        .unwrap_or(1)
+        .clamp(1, 32);
+    let ctx = Arc::new(Ctx {
+        repo,
+        shared,
+        push_tx,
+        cancel,
+        queue: Queue::new(),
+        remotes: RwLock::new(Arc::new(Vec::new())),
+        last_publish: Mutex::new(Instant::now()),
+    });
+    let mut handles = Vec::new();
+    for i in 0..=jobs {
+        let ctx = ctx.clone();
+        // Worker 0 takes only small files.
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("transfer {i}"))
+                .spawn(move || worker(&ctx, i == 0))?,
+        );
+    }
+    let planner_ctx = ctx.clone();
+    handles.push(
+        std::thread::Builder::new()
+            .name("transfer planner".into())
+            .spawn(move || {
+                planner(&planner_ctx, rx);
+                planner_ctx.queue.stop();
+            })?,
+    );
+    Ok(handles)
+}
+
+/// Turns content rounds into queue items. Requests that arrive while a round is planned are
+/// merged into the next one. A round that could not reach every remote makes the next one
+/// look at everything.
+fn planner(ctx: &Ctx, rx: Receiver<Round>) {
+    let repo = &ctx.repo;
+    let log = |m: &str| (ctx.shared.log)(m);
+    let mut all_next = false;
+    while let Ok(first) = rx.recv() {
+        let mut all = std::mem::take(&mut all_next);
+        let mut ranges = Vec::new();
+        for r in std::iter::once(first).chain(rx.try_iter()) {
+            match r {
+                Round::All => all = true,
+                Round::Between(b, a) => ranges.push((b, a)),
+            }
+        }
+        if ctx.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        let (remotes, unusable) = match crate::remote::configured(repo) {
+            Ok(r) => r,
+            Err(e) => {
+                log(&format!("listing remotes for transfers failed: {e}"));
+                all_next = true;
+                continue;
+            }
+        };
+        let remotes: Vec<Arc<dyn Remote>> = remotes.into_iter().map(Arc::from).collect();
+        *ctx.remotes.write().unwrap() = Arc::new(remotes.clone());
+        if remotes.is_empty() {
+            all_next = !unusable.is_empty();
+            continue;
+        }
+        let mut paths: BTreeSet<Vec<u8>> = BTreeSet::new();
+        if !all {
+            for (b, a) in &ranges {
+                match repo
+                    .git
+                    .run(["diff-tree", "-r", "-z", "--name-only", "--no-renames", b, a])
+                {
+                    Ok(out) => paths.extend(
+                        out.split(|&c| c == 0)
+                            .filter(|p| !p.is_empty())
+                            .map(<[u8]>::to_vec),
+                    ),
+                    Err(_) => all = true,
+                }
+            }
+            if !all && paths.is_empty() {
+                continue;
+            }
+            all |= paths.len() > WHOLE_TREE_ABOVE;
+        }
+        let paths: Vec<Vec<u8>> = if all {
+            Vec::new()
+        } else {
+            paths.into_iter().collect()
+        };
+        let files = match annexed_files(&repo.git, &paths) {
+            Ok(f) => f,
+            Err(e) => {
+                log(&format!("listing annexed files for transfers failed: {e}"));
+                all_next = true;
+                continue;
+            }
+        };
+        let targets: Vec<&Arc<dyn Remote>> = remotes
+            .iter()
+            .filter(|r| {
+                !r.readonly()
+                    && repo
+                        .config()
+                        .get(&format!("remote.{}.annex-sync", r.name()))
+                        .map(String::as_str)
+                        != Some("false")
+            })
+            .filter(|r| match r.check_available() {
+                Ok(()) => true,
+                Err(_) => {
+                    all_next = true;
+                    false
+                }
+            })
+            .collect();
+        all_next |= !unusable.is_empty();
+        let store = repo.store();
+        let mut seen = HashSet::new();
+        let mut items = Vec::new();
+        for f in files {
+            if !seen.insert(f.key.clone()) {
+                continue;
+            }
+            let item = |dir, remote: Option<String>| Item {
+                dir,
+                file: f.clone(),
+                remote,
+                attempts: 0,
+                avoid: Vec::new(),
+                last_error: None,
+            };
+            if store.find(&f.key).is_none() {
+                items.push(item(Dir::Download, None));
+                continue;
+            }
+            for r in &targets {
+                if r.cheap_presence() && r.check_present(&f.key).unwrap_or(false) {
+                    continue;
+                }
+                items.push(item(Dir::Upload, Some(r.name().to_string())));
+            }
+        }
+        let n = ctx.queue.push(items);
+        if n > 0 {
+            ctx.publish();
+        }
+    }
+}
+
+fn backoff(attempts: u32) -> Duration {
+    (RETRY_BASE * 2u32.saturating_pow(attempts.saturating_sub(1).min(20))).min(RETRY_CAP)
+}
+
+/// Progress of a worker's run, into the queue's status (published at most once a second).
+struct Report<'a> {
+    ctx: &'a Ctx,
+    run: u64,
+}
+
+impl Events for Report<'_> {
+    fn progress(&self, _file: &AnnexedFile, done: u64) {
+        self.ctx.queue.progress(self.run, done);
+        if self.ctx.last_publish.lock().unwrap().elapsed() >= PUBLISH_EVERY {
+            self.ctx.publish();
+        }
+    }
+    fn done(&self, _outcome: &FileOutcome) {}
+}
+
+fn worker(ctx: &Ctx, small_only: bool) {
+    while let Some((run, batch)) = ctx.queue.take(small_only) {
+        ctx.publish();
+        let t0 = Instant::now();
+        let remotes = ctx.remotes.read().unwrap().clone();
+        let (done, retry, ok, failed) = run_batch(ctx, run, &remotes, batch);
+        ctx.queue.finish(run, done, retry);
+        if ok + failed > 0 {
+            let rs: Vec<&dyn Remote> = remotes.iter().map(|r| r.as_ref() as &dyn Remote).collect();
+            for r in &rs {
+                if let Err(e) = r.flush() {
+                    (ctx.shared.log)(&format!("recording locations in {} failed: {e}", r.name()));
+                }
+            }
+            if let Err(e) = ctx.repo.branch.commit(None, "update") {
+                (ctx.shared.log)(&format!("committing the location log failed: {e}"));
+            }
+            let ms = t0.elapsed().as_millis() as u64;
+            (ctx.shared.log)(&format!(
+                "content: {ok} transferred, {failed} failed ({ms} ms)"
+            ));
+            ctx.shared.event(Event::Transferred { ok, failed, ms });
+            if ok > 0 {
+                let _ = ctx.push_tx.send(PushMsg::Push);
+            }
+        }
+        ctx.publish();
+    }
+}
+
+type RunResult = (Vec<Item>, Vec<(Instant, Item)>, usize, usize);
+
+/// Runs one batch; returns (items done or given up, items to retry and when, ok, failed).
+fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>) -> RunResult {
+    let repo = &ctx.repo;
+    let opts = ContentOptions {
+        jobs: 1,
+        cancel: &ctx.cancel,
+    };
+    let events = Report { ctx, run };
+    let by_name: HashMap<&str, &dyn Remote> = remotes
+        .iter()
+        .map(|r| (r.name(), r.as_ref() as &dyn Remote))
+        .collect();
+    let mut done = Vec::new();
+    let mut retry = Vec::new();
+    let (mut ok, mut failed) = (0, 0);
+    // Groups: (direction, remote name) -> items.
+    let mut groups: BTreeMap<(Dir, String), Vec<Item>> = BTreeMap::new();
+    let store = repo.store();
+    for it in batch {
+        match it.dir {
+            Dir::Download => {
+                if store.find(&it.file.key).is_some() {
+                    done.push(it);
+                    continue;
+                }
+                match pick_source(repo, remotes, &it) {
+                    Some(src) => groups.entry((Dir::Download, src)).or_default().push(it),
+                    // No reachable remote has it: a later round (a remote back, new locations)
+                    // queues it again.
+                    None => done.push(it),
+                }
+            }
+            Dir::Upload => {
+                let name = it.remote.clone().unwrap_or_default();
+                if by_name.contains_key(name.as_str()) {
+                    groups.entry((Dir::Upload, name)).or_default().push(it);
+                } else {
+                    done.push(it); // the remote is gone from the config
+                }
+            }
+        }
+    }
+    for ((dir, name), items) in groups {
+        let remote = by_name[name.as_str()];
+        let files: Vec<&AnnexedFile> = items.iter().map(|i| &i.file).collect();
+        let results: Vec<Result<bool, String>> = match (dir, items.len() == 1 && !items[0].small())
+        {
+            (Dir::Download, true) => {
+                vec![
+                    crate::ops::content::download(repo, remote, files[0], &opts, &events)
+                        .map(|_| true)
+                        .map_err(|e| e.to_string()),
+                ]
+            }
+            (Dir::Download, false) => {
+                crate::ops::content::download_many(repo, remote, &files, &opts, &events)
+                    .into_iter()
+                    .map(|r| r.map(|_| true).map_err(|e| e.to_string()))
+                    .collect()
+            }
+            (Dir::Upload, _) => {
+                crate::ops::content::upload_many(repo, remote, &files, &opts, &events)
+                    .into_iter()
+                    .map(|r| r.map(|o| o.is_some()).map_err(|e| e.to_string()))
+                    .collect()
+            }
+        };
+        for (mut it, r) in items.into_iter().zip(results) {
+            match r {
+                Ok(moved) => {
+                    ok += usize::from(moved);
+                    done.push(it);
+                }
+                Err(_) if ctx.cancel.load(Ordering::Relaxed) => done.push(it),
+                Err(e) => {
+                    failed += 1;
+                    it.attempts += 1;
+                    let (what, towards) = match dir {
+                        Dir::Download => ("download of", "from"),
+                        Dir::Upload => ("upload of", "to"),
+                    };
+                    (ctx.shared.log)(&format!(
+                        "{what} {} {towards} {name} failed (attempt {}): {e}",
+                        String::from_utf8_lossy(&it.file.path),
+                        it.attempts
+                    ));
+                    if dir == Dir::Download {
+                        it.avoid.push(name.clone());
+                    }
+                    it.last_error = Some(e);
+                    if it.attempts >= MAX_ATTEMPTS {
+                        (ctx.shared.log)(&format!(
+                            "giving up on {} after {} attempts (a later change or a restart tries again)",
+                            String::from_utf8_lossy(&it.file.path),
+                            it.attempts
+                        ));
+                        done.push(it);
+                    } else {
+                        retry.push((Instant::now() + backoff(it.attempts), it));
+                    }
+                }
+            }
+        }
+    }
+    (done, retry, ok, failed)
+}
+
+/// The remote to download `it` from: the cheapest reachable one the location log says has
+/// the content, preferring sources that have not failed for this item.
+fn pick_source(repo: &Repo, remotes: &[Arc<dyn Remote>], it: &Item) -> Option<String> {
+    let log = crate::logs::LocationLog::parse(
+        &repo
+            .branch
+            .read(&crate::branch::location_log_path(&it.file.key))
+            .ok()??,
+    );
+    let holders: HashSet<String> = log.present().into_iter().collect();
+    let candidates: Vec<&Arc<dyn Remote>> = remotes
+        .iter()
+        .filter(|r| holders.contains(r.uuid()) && r.check_available().is_ok())
+        .collect();
+    candidates
+        .iter()
+        .find(|r| !it.avoid.iter().any(|a| a == r.name()))
+        .or_else(|| {
+            // Every source failed once: start over with the one tried longest ago.
+            it.avoid
+                .iter()
+                .find_map(|a| candidates.iter().find(|r| r.name() == a))
+        })
+        .map(|r| r.name().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(size: u64, n: u8) -> Item {
+        let key = Key::parse(format!("SHA256E-s{size}--{:064x}", n).as_bytes()).unwrap();
+        Item {
+            dir: Dir::Download,
+            file: AnnexedFile {
+                path: format!("f{n}").into_bytes(),
+                key,
+                locked: false,
+            },
+            remote: None,
+            attempts: 0,
+            avoid: Vec::new(),
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn small_files_never_wait_behind_a_big_one() {
+        let q = Queue::new();
+        assert_eq!(
+            q.push(vec![item(1 << 30, 1), item(10, 2), item(10, 3)]),
+            2 + 1
+        );
+        // The same item again is not queued twice.
+        assert_eq!(q.push(vec![item(10, 2)]), 0);
+        // A general worker takes the big file ...
+        let (big_run, big) = q.take(false).unwrap();
+        assert_eq!(big.len(), 1);
+        assert_eq!(big[0].file.key.size, Some(1 << 30));
+        // ... while the small-only worker gets both small files in one batch, at once.
+        let (run, small) = q.take(true).unwrap();
+        assert_eq!(small.len(), 2);
+        assert_eq!(q.snapshot().running.len(), 2);
+        // Still running: not queued again.
+        assert_eq!(q.push(vec![item(10, 3)]), 0);
+        q.finish(run, small, Vec::new());
+        q.finish(big_run, Vec::new(), vec![(Instant::now(), big[0].clone())]);
+        // Done items can be queued again; the failed big one comes back when due.
+        assert_eq!(q.push(vec![item(10, 3)]), 1);
+        let (_, again) = q.take(false).unwrap();
+        assert_eq!(again[0].file.key.size, Some(1 << 30));
+        q.stop();
+        assert!(q.take(true).is_none());
+    }
+
+    #[test]
+    fn retries_back_off_and_are_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(30), RETRY_CAP);
+    }
+}
