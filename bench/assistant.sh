@@ -165,20 +165,30 @@ elif cmd == 'probe':            # probe SRCDIR DSTDIR PREFIX N SIZE POLL TIMEOUT
     t0 = time.time()
     for nm in names:
         with open(os.path.join(src, nm), 'wb') as f: f.write(data[nm])
-    r = dict(created=(time.time() - t0) * 1000, first_visible=None, all_visible=None)
-    pending = set(names)
+    r = dict(created=(time.time() - t0) * 1000, first_visible=None, all_visible=None,
+             first_content=None, all_content=None)
+    pending = set(names); nocontent = set(names)
+    def has_content(nm):  # B's file (followed through a symlink) holds the bytes written in A
+        p = os.path.join(dst, nm)
+        try:
+            if os.stat(p).st_size != size: return False
+            with open(p, 'rb') as f: return f.read() == data[nm]
+        except OSError: return False
     while True:
         if n == 1:
             if os.path.lexists(os.path.join(dst, names[0])): pending.clear()
         else:
             try: pending -= set(os.listdir(dst))
             except OSError: pass
+        nocontent -= {nm for nm in nocontent if nm not in pending and has_content(nm)}
         now = (time.time() - t0) * 1000
         if r['first_visible'] is None and len(pending) < n: r['first_visible'] = now
-        if not pending: r['all_visible'] = now; break
+        if r['all_visible'] is None and not pending: r['all_visible'] = now
+        if r['first_content'] is None and len(nocontent) < n: r['first_content'] = now
+        if not nocontent: r['all_content'] = now; break
         if now > timeout * 1000: break
         time.sleep(poll)
-    r['visible'] = n - len(pending)
+    r['visible'] = n - len(pending); r['with_content'] = n - len(nocontent)
     print(json.dumps({k: (round(v) if isinstance(v, float) else v) for k, v in r.items()}))
 elif cmd == 'mkfiles':          # mkfiles DIR N SIZE -> N files in subdirectories of 100
     d, n, size = args[0], int(args[1]), int(args[2])
@@ -363,7 +373,7 @@ if phase single || phase batch; then
     sleep 1
 
     if phase single; then
-        declare -A SV=([annex]="" [ferry]="")
+        declare -A SV=([annex]="" [ferry]="") SC=([annex]="" [ferry]="")
         declare -A SMISS=([annex]=0 [ferry]=0)
         for ((r = 1; r <= RUNS; r++)); do
             order=("${TOOLS[@]}")
@@ -372,22 +382,24 @@ if phase single || phase batch; then
                 wait_quiet
                 settle 30 "${TOOLS[@]}"
                 j=$(hp probe "$WORK/$t-pair/A" "$WORK/$t-pair/B" "single$r-" 1 1024 0.005 "$SINGLE_TIMEOUT")
-                v=$(jget "$j" all_visible)
-                echo "# single run $r $t: visible in B after $v ms"
-                if [[ $v == NA ]]; then SMISS[$t]=$((SMISS[$t] + 1)); else SV[$t]+=" $v"; fi
+                v=$(jget "$j" all_visible); c=$(jget "$j" all_content)
+                echo "# single run $r $t: visible in B after $v ms, content after $c ms"
+                if [[ $c == NA ]]; then SMISS[$t]=$((SMISS[$t] + 1)); else SV[$t]+=" $v"; SC[$t]+=" $c"; fi
             done
             assert_alive
         done
         for t in "${TOOLS[@]}"; do
             # shellcheck disable=SC2086
             metric "${t}_assistant.single_1k_visible_in_B" ms ${SV[$t]}
-            if ((SMISS[$t] == 0)); then check "${t}_single_all_visible" ok
-            else check "${t}_single_all_visible" FAIL "${SMISS[$t]} of $RUNS not visible in B within ${SINGLE_TIMEOUT}s"; fi
+            # shellcheck disable=SC2086
+            metric "${t}_assistant.single_1k_content_in_B" ms ${SC[$t]}
+            if ((SMISS[$t] == 0)); then check "${t}_single_all_content" ok
+            else check "${t}_single_all_content" FAIL "${SMISS[$t]} of $RUNS without content in B within ${SINGLE_TIMEOUT}s"; fi
         done
     fi
 
     if phase batch; then
-        declare -A BA=([annex]="" [ferry]="") BF=([annex]="" [ferry]="")
+        declare -A BA=([annex]="" [ferry]="") BF=([annex]="" [ferry]="") BC=([annex]="" [ferry]="")
         for ((r = 1; r <= BATCH_RUNS; r++)); do
             # ferry first in odd runs: git-annex keeps uploading a batch's content for minutes
             # after the names are visible, and every run starts with all daemons idle.
@@ -399,9 +411,12 @@ if phase single || phase batch; then
                 j=$(hp probe "$WORK/$t-pair/A/batch$r" "$WORK/$t-pair/B/batch$r" f "$NBATCH" 1024 0.02 "$BATCH_TIMEOUT")
                 echo "# batch run $r $t: $j"
                 v=$(jget "$j" all_visible); n=$(jget "$j" visible)
-                BA[$t]+=" $v"; BF[$t]+=" $(jget "$j" first_visible)"
+                c=$(jget "$j" all_content); nc=$(jget "$j" with_content)
+                BA[$t]+=" $v"; BF[$t]+=" $(jget "$j" first_visible)"; BC[$t]+=" $c"
                 if [[ $v == NA ]]; then check "${t}_batch${r}_all_visible" FAIL "$n of $NBATCH visible in B after ${BATCH_TIMEOUT}s"
                 else check "${t}_batch${r}_all_visible" ok; fi
+                if [[ $c == NA ]]; then check "${t}_batch${r}_all_content" FAIL "$nc of $NBATCH with content in B after ${BATCH_TIMEOUT}s"
+                else check "${t}_batch${r}_all_content" ok; fi
             done
             assert_alive
         done
@@ -410,6 +425,8 @@ if phase single || phase batch; then
             metric "${t}_assistant.batch${NBATCH}_first_visible_in_B" ms ${BF[$t]}
             # shellcheck disable=SC2086
             metric "${t}_assistant.batch${NBATCH}_all_visible_in_B" ms ${BA[$t]}
+            # shellcheck disable=SC2086
+            metric "${t}_assistant.batch${NBATCH}_all_content_in_B" ms ${BC[$t]}
         done
     fi
     stop_all check
@@ -465,6 +482,8 @@ row() { # label metric-suffix unit [floor for a zero ferry value]
 row "single 1 KiB file visible in B, median" single_1k_visible_in_B ms 1
 row "$NBATCH x 1 KiB: first visible in B" "batch${NBATCH}_first_visible_in_B" ms 1
 row "$NBATCH x 1 KiB: all visible in B" "batch${NBATCH}_all_visible_in_B" ms 1
+row "single 1 KiB file: content in B, median" single_1k_content_in_B ms 1
+row "$NBATCH x 1 KiB: all content in B" "batch${NBATCH}_all_content_in_B" ms 1
 row "startup to idle, $NIDLE files" "startup_to_idle_${NIDLE}files_solo" s 0.1
 row "startup CPU, $NIDLE files" "startup_cpu_${NIDLE}files_solo" ms 10
 row "idle CPU over ${IDLE_S} s, $NIDLE files" "idle_cpu_${NIDLE}files_solo" ms 10
