@@ -2,7 +2,9 @@
 //!
 //! Supported terms: `include=GLOB`, `exclude=GLOB`, `largerthan=SIZE`, `smallerthan=SIZE`,
 //! `anything`, `nothing`, combined with `and`, `or`, `not` and parentheses; adjacent terms
-//! without an operator are joined with `and`. Globs match the path relative to the top of the
+//! without an operator are joined with `and`, and operators apply left to right with no
+//! precedence, as in git-annex ([`build`], shared with the preferred content expressions of
+//! [`crate::preferred`]). Globs match the path relative to the top of the
 //! work tree, and `*` matches `/` too (as in git-annex). Terms that need content inspection
 //! (`mimetype=`, `mimeencoding=`) are refused with a clear error rather than guessed.
 
