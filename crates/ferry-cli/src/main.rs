@@ -56,6 +56,16 @@ enum Command {
     Numcopies(commands::content::CopiesArgs),
     /// Show or set how many copies must be verified by locking (mincopies.log)
     Mincopies(commands::content::CopiesArgs),
+    /// Show or set a repository's preferred content expression (preferred-content.log)
+    Wanted(commands::preferred::ExprArgs),
+    /// Show or set a repository's required content expression (required-content.log)
+    Required(commands::preferred::ExprArgs),
+    /// Show a repository's groups, or add it to a group (group.log)
+    Group(commands::preferred::GroupArgs),
+    /// Remove a repository from a group
+    Ungroup(commands::preferred::UngroupArgs),
+    /// Show or set the expression `groupwanted` means for a group
+    Groupwanted(commands::preferred::GroupWantedArgs),
     /// git's long-running clean/smudge filter (configured by `ferry init`; run by git)
     #[command(hide = true)]
     FilterProcess,
@@ -81,6 +91,11 @@ fn main() -> ExitCode {
         Command::Drop(a) => commands::content::drop(a),
         Command::Numcopies(a) => commands::content::copies(a, false),
         Command::Mincopies(a) => commands::content::copies(a, true),
+        Command::Wanted(a) => commands::preferred::expr(a, false),
+        Command::Required(a) => commands::preferred::expr(a, true),
+        Command::Group(a) => commands::preferred::group(a),
+        Command::Ungroup(a) => commands::preferred::ungroup(a),
+        Command::Groupwanted(a) => commands::preferred::groupwanted(a),
         Command::FilterProcess => commands::filter::run(),
     };
     match r {

@@ -23,6 +23,7 @@ fn hint(e: &Error) -> Option<&'static str> {
         Error::BadExpression { .. } => {
             "fix annex.largefiles (git config, .gitattributes or the branch config)"
         }
+        Error::BadPreferred { .. } => "see `man git-annex-preferred-content` for the terms",
         _ => return None,
     })
 }

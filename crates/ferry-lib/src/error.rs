@@ -31,6 +31,12 @@ pub enum Error {
     Protocol(String),
     #[error("invalid annex.largefiles expression {expr:?}: {why}")]
     BadExpression { expr: String, why: String },
+    #[error("invalid preferred content expression {expr:?}: {why}")]
+    BadPreferred { expr: String, why: String },
+    #[error(
+        "there is no repository named {0:?} (use here, a remote name, a UUID or a description)"
+    )]
+    NoSuchRepository(String),
     #[error("{0}")]
     Unsupported(String),
     #[error(

@@ -17,6 +17,7 @@ pub mod matching;
 pub mod ops;
 pub mod paths;
 pub mod pktline;
+pub mod preferred;
 pub mod remote;
 pub mod repo;
 pub mod store;

@@ -310,6 +310,94 @@ impl UuidLog {
     }
 }
 
+/// An entry of a timestamp-first map log (`TS FIELD VALUE`), such as
+/// `group-preferred-content.log` (FIELD is a group, VALUE an expression).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    pub ts: Timestamp,
+    pub field: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MapLog {
+    pub entries: Vec<MapEntry>,
+    pub skipped: usize,
+}
+
+impl MapLog {
+    /// VALUE is everything after the field and one space, kept as written (it may hold
+    /// spaces). Lines without a timestamp or a field are skipped.
+    pub fn parse(content: &[u8]) -> MapLog {
+        let mut log = MapLog::default();
+        for line in lines(content) {
+            let parsed = line.split_once(' ').and_then(|(ts, rest)| {
+                let (field, value) = rest.split_once(' ').unwrap_or((rest, ""));
+                Some(MapEntry {
+                    ts: Timestamp::parse(ts)?,
+                    field: (!field.is_empty()).then(|| field.to_string())?,
+                    value: value.to_string(),
+                })
+            });
+            match parsed {
+                Some(e) => log.entries.push(e),
+                None => log.skipped += 1,
+            }
+        }
+        log
+    }
+
+    /// The newest entry for each field (the later line on a tie).
+    pub fn current(&self) -> BTreeMap<&str, &MapEntry> {
+        let mut m: BTreeMap<&str, &MapEntry> = BTreeMap::new();
+        for e in &self.entries {
+            match m.get(e.field.as_str()) {
+                Some(old) if old.ts > e.ts => {}
+                _ => {
+                    m.insert(&e.field, e);
+                }
+            }
+        }
+        m
+    }
+
+    pub fn get(&self, field: &str) -> Option<&str> {
+        self.current().get(field).map(|e| e.value.as_str())
+    }
+
+    /// Sets `field`; the log is rewritten with one line per field, sorted by field.
+    pub fn set(&mut self, field: &str, value: &str, now: Timestamp) {
+        let prev = self
+            .entries
+            .iter()
+            .filter(|e| e.field == field)
+            .map(|e| e.ts)
+            .max();
+        let mut current: BTreeMap<String, MapEntry> = self
+            .current()
+            .into_iter()
+            .map(|(f, e)| (f.to_string(), e.clone()))
+            .collect();
+        current.insert(
+            field.to_string(),
+            MapEntry {
+                ts: Timestamp::next_after(now, prev),
+                field: field.to_string(),
+                value: value.to_string(),
+            },
+        );
+        self.entries = current.into_values().collect();
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = String::new();
+        for e in &self.entries {
+            out.push_str(&format!("{} {} {}\n", e.ts, e.field, e.value));
+        }
+        out.into_bytes()
+    }
+}
+
 /// `numcopies.log`: `TS N`, the newest line wins.
 pub fn parse_numcopies(content: &[u8]) -> Option<u32> {
     lines(content)
@@ -395,6 +483,23 @@ mod tests {
         assert_eq!(
             String::from_utf8(log.render()).unwrap(),
             "u1 new desc timestamp=5s\nu2 laptop A timestamp=1795343271.403693689s\n"
+        );
+    }
+
+    #[test]
+    fn map_log_keeps_values_verbatim_and_newest_wins() {
+        // As git-annex wrote it (`git annex groupwanted`), plus damage.
+        let mut log = MapLog::parse(
+            b"1000s mygroup include=a/*  and  largerthan=1kb\n1001s archive anything\n\
+              900s archive nothing\nnotatimestamp archive x\n1002s\n",
+        );
+        assert_eq!(log.skipped, 2);
+        assert_eq!(log.get("mygroup"), Some("include=a/*  and  largerthan=1kb"));
+        assert_eq!(log.get("archive"), Some("anything"));
+        log.set("archive", "not copies=archive:1", ts("500s"));
+        assert_eq!(
+            String::from_utf8(log.render()).unwrap(),
+            "1002s archive not copies=archive:1\n1000s mygroup include=a/*  and  largerthan=1kb\n"
         );
     }
 

@@ -7,6 +7,7 @@ pub mod fsck;
 pub mod info;
 pub mod init;
 pub mod lock;
+pub mod preferred;
 pub mod status;
 pub mod sync;
 pub mod whereis;

@@ -1,0 +1,301 @@
+//! Preferred content: the logs are shared with real git-annex both ways, and ferry's
+//! evaluation agrees with `git annex find --want-get` / `--want-drop`.
+
+use crate::common::*;
+use ferry_lib::preferred::{FileInfo, Preferences};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn out(r: &Run) -> String {
+    r.assert_ok().stdout().trim_end_matches('\n').to_string()
+}
+
+#[test]
+fn wanted_group_groupwanted_round_trip_with_git_annex() {
+    let env = Env::new();
+    let d = env.annex_repo("repo");
+    write(&d, "f", "x");
+    env.git(&d, &["add", "f"]).assert_ok();
+    env.git(&d, &["commit", "-qm", "f"]).assert_ok();
+    let clone = env.path("other");
+    env.git(
+        &d,
+        &["clone", "-q", d.to_str().unwrap(), clone.to_str().unwrap()],
+    )
+    .assert_ok();
+    env.annex(&clone, &["init", "-q", "other desc"]).assert_ok();
+    env.git(&d, &["remote", "add", "other", clone.to_str().unwrap()])
+        .assert_ok();
+    env.annex(&d, &["sync", "-q", "other"]).assert_ok();
+    let other_uuid = config(&env, &clone, "annex.uuid");
+
+    // git-annex writes, ferry reads.
+    env.annex(&d, &["wanted", "here", "include=*.mp3 or largerthan=1mb"])
+        .assert_ok();
+    env.annex(&d, &["required", "here", "include=keep/*"])
+        .assert_ok();
+    env.annex(&d, &["group", "here", "client"]).assert_ok();
+    env.annex(&d, &["group", "here", "backup"]).assert_ok();
+    env.annex(&d, &["group", "other", "archive"]).assert_ok();
+    env.annex(&d, &["wanted", "other", "groupwanted"])
+        .assert_ok();
+    env.annex(&d, &["groupwanted", "archive", "not  copies=archive:2"])
+        .assert_ok();
+    assert_eq!(
+        out(&env.ferry(&d, &["wanted", "here"])),
+        "include=*.mp3 or largerthan=1mb"
+    );
+    assert_eq!(
+        out(&env.ferry(&d, &["wanted", "."])),
+        "include=*.mp3 or largerthan=1mb"
+    );
+    assert_eq!(out(&env.ferry(&d, &["required", "here"])), "include=keep/*");
+    assert_eq!(out(&env.ferry(&d, &["group", "here"])), "backup client");
+    // A remote by name, by UUID and by description.
+    for r in ["other", other_uuid.as_str(), "other desc"] {
+        assert_eq!(out(&env.ferry(&d, &["group", r])), "archive", "{r}");
+        assert_eq!(out(&env.ferry(&d, &["wanted", r])), "groupwanted", "{r}");
+    }
+    assert_eq!(
+        out(&env.ferry(&d, &["groupwanted", "archive"])),
+        "not  copies=archive:2"
+    );
+    assert_eq!(out(&env.ferry(&d, &["groupwanted", "nosuch"])), "");
+    let e = env.ferry(&d, &["wanted", "nosuchrepo"]);
+    assert!(
+        e.assert_fails().stderr().contains("nosuchrepo"),
+        "{}",
+        e.stderr()
+    );
+
+    // ferry writes, git-annex reads.
+    env.ferry(
+        &d,
+        &[
+            "wanted",
+            "here",
+            "exclude=archive/* and (standard or present)",
+        ],
+    )
+    .assert_ok();
+    env.ferry(&d, &["ungroup", "here", "backup"]).assert_ok();
+    env.ferry(&d, &["group", "other", "smallarchive"])
+        .assert_ok();
+    env.ferry(&d, &["groupwanted", "archive", "standard"])
+        .assert_ok();
+    env.ferry(&d, &["required", "other", "largerthan=10kb"])
+        .assert_ok();
+    assert_eq!(
+        out(&env.annex(&d, &["wanted", "here"])),
+        "exclude=archive/* and (standard or present)"
+    );
+    assert_eq!(out(&env.annex(&d, &["group", "here"])), "client");
+    assert_eq!(
+        out(&env.annex(&d, &["group", "other"])),
+        "archive smallarchive"
+    );
+    assert_eq!(out(&env.annex(&d, &["groupwanted", "archive"])), "standard");
+    assert_eq!(
+        out(&env.annex(&d, &["required", "other"])),
+        "largerthan=10kb"
+    );
+    // And git-annex's own check of the branch finds nothing wrong with what ferry wrote.
+    let cfg = env
+        .cmd(&d, "git", &["annex".as_ref(), "vicfg".as_ref()])
+        .env("EDITOR", "cat")
+        .output()
+        .unwrap();
+    let cfg = String::from_utf8_lossy(&cfg.stdout).into_owned();
+    assert!(
+        cfg.contains(&format!("required {other_uuid} = largerthan=10kb")),
+        "{cfg}"
+    );
+
+    // Setting refuses a bad expression, naming the word and the token, and stores nothing.
+    let r = env.ferry(&d, &["wanted", "here", "include=*.mp3 or foo=1"]);
+    assert!(
+        r.assert_fails()
+            .stderr()
+            .contains(r#"unknown term "foo=1" at word 3"#),
+        "{}",
+        r.stderr()
+    );
+    let r = env.ferry(&d, &["wanted", "here", "include=*.mp3 or"]);
+    assert!(
+        r.assert_fails()
+            .stderr()
+            .contains(r#"nothing after "or" at word 2"#)
+    );
+    assert_eq!(
+        out(&env.annex(&d, &["wanted", "here"])),
+        "exclude=archive/* and (standard or present)"
+    );
+}
+
+/// The files, sizes and copies the evaluation test runs on.
+const FILES: &[(&str, usize)] = &[
+    ("music/a.mp3", 10),
+    ("music/big.flac", 5000),
+    ("archive/old.txt", 20),
+    ("docs/archive/older.txt", 30),
+    ("public/share.bin", 40),
+    ("x/public/deep.bin", 50),
+    ("publicity.txt", 60),
+    ("top.txt", 3000),
+];
+
+#[test]
+fn evaluation_agrees_with_git_annex_find() {
+    let env = Env::new();
+    let d = env.annex_repo("main");
+    for (i, (f, size)) in FILES.iter().enumerate() {
+        write(&d, f, format!("{i}").repeat(*size));
+    }
+    env.annex(&d, &["add", "-q", "."]).assert_ok();
+    env.git(&d, &["commit", "-qm", "files"]).assert_ok();
+    let mut uuids = Vec::new();
+    for name in ["arch", "cli", "untr", "gone"] {
+        let c = env.path(name);
+        env.git(
+            &d,
+            &["clone", "-q", d.to_str().unwrap(), c.to_str().unwrap()],
+        )
+        .assert_ok();
+        env.annex(&c, &["init", "-q", name]).assert_ok();
+        env.git(&d, &["remote", "add", name, c.to_str().unwrap()])
+            .assert_ok();
+        uuids.push(config(&env, &c, "annex.uuid"));
+    }
+    env.annex(&d, &["sync", "-q", "--no-push"]).assert_ok();
+    env.annex(&d, &["group", "arch", "archive"]).assert_ok();
+    env.annex(&d, &["group", "cli", "client"]).assert_ok();
+    env.annex(&d, &["untrust", "untr"]).assert_ok();
+    env.annex(&d, &["dead", "gone"]).assert_ok();
+    env.annex(&d, &["numcopies", "2"]).assert_ok();
+    // Copies elsewhere, recorded in the location logs; some content gone from here.
+    let key_of = |f: &str| out(&env.annex(&d, &["lookupkey", f]));
+    let holders: &[(&str, &[usize])] = &[
+        ("music/a.mp3", &[0, 1]),
+        ("archive/old.txt", &[0]),
+        ("docs/archive/older.txt", &[1, 2]),
+        ("public/share.bin", &[2, 3]),
+        ("top.txt", &[0, 1, 2]),
+    ];
+    for (f, who) in holders {
+        let k = key_of(f);
+        for &i in *who {
+            env.annex(&d, &["setpresentkey", &k, &uuids[i], "1"])
+                .assert_ok();
+        }
+    }
+    env.annex(&d, &["drop", "-q", "--force", "top.txt", "music/big.flac"])
+        .assert_ok();
+
+    let exprs = [
+        "include=*.mp3 or largerthan=1kb",
+        "exclude=*/archive/* and exclude=archive/*",
+        "include=music/* and not smallerthan=100",
+        "copies=2",
+        "copies=3",
+        "copies=trusted:1",
+        "copies=semitrusted+:2",
+        "copies=untrusted:1",
+        "copies=archive:1",
+        "copies=client:1 or copies=dead:1",
+        "lackingcopies=1",
+        "approxlackingcopies=2",
+        "inallgroup=client",
+        "present",
+        "not present",
+        "inpreferreddir",
+        "unused or nothing",
+        "anything",
+        "include=music/* or include=top.txt and copies=2",
+        "include=*.txt include=top*",
+        "not include=*.txt and largerthan=25",
+        "securehash and inbackend=SHA256E",
+        "(include=music/*",
+        "include=nothing or",
+        "",
+    ];
+    // Every answer is checked; this makes sure the answers differ enough to mean something.
+    let mut seen = BTreeSet::new();
+    for e in exprs {
+        env.annex(&d, &["wanted", "here", e]).assert_ok();
+        seen.insert(compare(&env, &d, e));
+    }
+    assert!(seen.len() >= 15, "only {} different outcomes", seen.len());
+    for group in [
+        "client",
+        "archive",
+        "backup",
+        "source",
+        "manual",
+        "public",
+        "unwanted",
+        "incrementalbackup",
+        "smallarchive",
+        "transfer",
+    ] {
+        env.annex(&d, &["group", "here", group]).assert_ok();
+        env.annex(&d, &["wanted", "here", "standard"]).assert_ok();
+        seen.insert(compare(&env, &d, &format!("standard ({group})")));
+        env.annex(&d, &["wanted", "here", "standard or include=top*"])
+            .assert_ok();
+        compare(&env, &d, &format!("standard or include=top* ({group})"));
+        env.annex(&d, &["ungroup", "here", group]).assert_ok();
+    }
+    assert!(seen.len() >= 20, "only {} different outcomes", seen.len());
+    // groupwanted, with standard inside it.
+    env.annex(&d, &["group", "here", "client"]).assert_ok();
+    env.annex(&d, &["group", "here", "mine"]).assert_ok();
+    env.annex(&d, &["groupwanted", "mine", "standard and exclude=music/*"])
+        .assert_ok();
+    env.annex(&d, &["wanted", "here", "groupwanted"])
+        .assert_ok();
+    compare(&env, &d, "groupwanted");
+    // In two standard groups: `standard` falls back to present.
+    env.annex(&d, &["group", "here", "archive"]).assert_ok();
+    env.annex(&d, &["wanted", "here", "standard"]).assert_ok();
+    compare(&env, &d, "standard (client and archive)");
+}
+
+/// ferry's wants / wants_drop for here, for every file, against git-annex's find.
+fn compare(env: &Env, d: &Path, what: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let find = |flag: &str| -> BTreeSet<String> {
+        out(&env.annex(d, &["find", flag]))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let (want_get, want_drop) = (find("--want-get"), find("--want-drop"));
+    let _g = env.enter();
+    let repo = ferry_lib::Repo::open(d, &Default::default()).unwrap();
+    let prefs = Preferences::load(&repo).unwrap();
+    let here = repo.uuid().to_string();
+    let (mut get, mut dropped) = (BTreeSet::new(), BTreeSet::new());
+    for f in ferry_lib::annexed::annexed_files(&repo.git, &[]).unwrap() {
+        let log = repo
+            .branch
+            .read(&ferry_lib::branch::location_log_path(&f.key))
+            .unwrap()
+            .unwrap_or_default();
+        let locations = ferry_lib::logs::LocationLog::parse(&log).present();
+        let file = FileInfo {
+            path: Some(&f.path),
+            key: &f.key,
+            locations: &locations,
+            present_here: repo.store().find(&f.key).is_some(),
+        };
+        let name = String::from_utf8(f.path.clone()).unwrap();
+        if prefs.wants(&here, &file) {
+            get.insert(name.clone());
+        }
+        if prefs.wants_drop(&here, &file) {
+            dropped.insert(name);
+        }
+    }
+    assert_eq!(get, want_get, "--want-get for {what:?}");
+    assert_eq!(dropped, want_drop, "--want-drop for {what:?}");
+    (get, dropped)
+}
