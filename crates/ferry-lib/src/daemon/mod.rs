@@ -280,6 +280,7 @@ impl Daemon {
             periodic_rescan: None,
             merge_started: Instant::now(),
             last_commit: None,
+            annexed: Vec::new(),
         };
 
         // Startup: whatever changed while no daemon ran, then what others pushed meanwhile.
@@ -397,6 +398,12 @@ impl Daemon {
                 let paths: Vec<Vec<u8>> = std::mem::take(&mut pending).into_iter().collect();
                 changed |= main.commit(paths);
             }
+            let head_mid = main.heads().0;
+            // What this clone just annexed is known: its content moves without a diff.
+            let annexed = std::mem::take(&mut main.annexed);
+            if head_mid != head_before && !annexed.is_empty() {
+                let _ = main.push_tx.send(PushMsg::Content(Round::Files(annexed)));
+            }
             for remote in std::mem::take(&mut rejected) {
                 changed |= main.fetch_merge(&remote);
             }
@@ -408,7 +415,7 @@ impl Daemon {
                 let _ = main.push_tx.send(PushMsg::Push);
             }
             // Content moves for the files this commit or merge touched.
-            match (head_before, main.heads().0) {
+            match (head_mid.or(head_before), main.heads().0) {
                 (Some(b), Some(a)) if a != b => {
                     let _ = main.push_tx.send(PushMsg::Content(Round::Between(b, a)));
                 }
@@ -546,6 +553,8 @@ struct MainLoop {
     merge_started: Instant,
     /// The last commit made here and its tree (saves asking git for HEAD's tree).
     last_commit: Option<(String, String)>,
+    /// Files annexed by the commits since the last content round (their content is here).
+    annexed: Vec<crate::annexed::AnnexedFile>,
 }
 
 /// More paths than this in one batch: look at the whole tree instead (one `ls-files` walk is
@@ -637,15 +646,21 @@ impl MainLoop {
         let failed: Mutex<Vec<(Vec<u8>, String)>> = Mutex::new(Vec::new());
         let stopped: Mutex<Option<String>> = Mutex::new(None);
         let staged = std::sync::atomic::AtomicUsize::new(0);
+        let annexed = Mutex::new(Vec::new());
         crate::ops::add::add(repo, &opts, &|e: &AddEvent| match e {
             AddEvent::Failed { path, error } => {
                 failed.lock().unwrap().push((path.clone(), error.clone()))
             }
             AddEvent::Stopped { reason, .. } => *stopped.lock().unwrap() = Some(reason.clone()),
-            AddEvent::Annexed { .. }
-            | AddEvent::ToGit { .. }
-            | AddEvent::Restaged { .. }
-            | AddEvent::Removed { .. } => {
+            AddEvent::Annexed { path, key, .. } => {
+                annexed.lock().unwrap().push(crate::annexed::AnnexedFile {
+                    path: path.clone(),
+                    key: key.clone(),
+                    locked: false,
+                });
+                staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            AddEvent::ToGit { .. } | AddEvent::Restaged { .. } | AddEvent::Removed { .. } => {
                 staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             _ => {}
@@ -671,7 +686,11 @@ impl MainLoop {
         if staged.into_inner() == 0 && !whole {
             return Ok(None);
         }
-        self.commit_index()
+        let commit = self.commit_index()?;
+        if commit.is_some() {
+            self.annexed.extend(annexed.into_inner().unwrap());
+        }
+        Ok(commit)
     }
 
     /// Commits the index if it differs from HEAD; returns the new commit.
@@ -1109,7 +1128,10 @@ fn pusher(
                     _ => targets = load_targets(&p.repo),
                 }
             }
-            Some(PushMsg::Reload) => targets = None,
+            Some(PushMsg::Reload) => {
+                targets = None;
+                let _ = p.xfer_tx.send(Round::Reload);
+            }
             Some(PushMsg::Content(r)) => rounds.push(r),
             Some(PushMsg::Done(name, r)) => p.done(name, r),
             None => {}

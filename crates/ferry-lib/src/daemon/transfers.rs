@@ -22,7 +22,7 @@ use super::{PushMsg, Shared};
 use crate::annexed::{AnnexedFile, annexed_files};
 use crate::key::Key;
 use crate::ops::content::{ContentOptions, Events, FileOutcome};
-use crate::remote::Remote;
+use crate::remote::{Remote, TransferError};
 use crate::repo::Repo;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +40,8 @@ const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(600);
 /// Past this many changed files, one walk of everything is cheaper than a huge pathspec.
 const WHOLE_TREE_ABOVE: usize = 2000;
+/// When content another transfer is receiving is looked at again.
+const IN_PROGRESS_RECHECK: Duration = Duration::from_millis(300);
 /// How often the progress of a running big transfer is published.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
@@ -47,8 +49,12 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 pub(super) enum Round {
     /// Every annexed file (at start, and after a round that could not reach everything).
     All,
-    /// The files that differ between two commits of the branch (a commit or a merge).
+    /// The files that differ between two commits of the branch (a merge).
     Between(String, String),
+    /// Files this clone just annexed and committed.
+    Files(Vec<AnnexedFile>),
+    /// git config changed: read the remotes again, and look at everything.
+    Reload,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -336,34 +342,50 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     let repo = &ctx.repo;
     let log = |m: &str| (ctx.shared.log)(m);
     let mut all_next = false;
+    // The remotes, read at the first round and again after git config changed.
+    let mut loaded: Option<(Vec<Arc<dyn Remote>>, bool)> = None;
     while let Ok(first) = rx.recv() {
         let mut all = std::mem::take(&mut all_next);
         let mut ranges = Vec::new();
+        let mut known: Vec<AnnexedFile> = Vec::new();
         for r in std::iter::once(first).chain(rx.try_iter()) {
             match r {
                 Round::All => all = true,
                 Round::Between(b, a) => ranges.push((b, a)),
+                Round::Files(f) => known.extend(f),
+                // A new remote, or one that was set to sync again, gets what it lacks.
+                Round::Reload => {
+                    loaded = None;
+                    all = true;
+                }
             }
         }
         if ctx.cancel.load(Ordering::Relaxed) {
             return;
         }
-        let (remotes, unusable) = match crate::remote::configured(repo) {
-            Ok(r) => r,
-            Err(e) => {
-                log(&format!("listing remotes for transfers failed: {e}"));
-                all_next = true;
-                continue;
+        if loaded.is_none() {
+            match crate::remote::configured(repo) {
+                Ok((remotes, unusable)) => {
+                    let remotes: Vec<Arc<dyn Remote>> =
+                        remotes.into_iter().map(Arc::from).collect();
+                    *ctx.remotes.write().unwrap() = Arc::new(remotes.clone());
+                    loaded = Some((remotes, !unusable.is_empty()));
+                }
+                Err(e) => {
+                    log(&format!("listing remotes for transfers failed: {e}"));
+                    all_next = true;
+                    continue;
+                }
             }
-        };
-        let remotes: Vec<Arc<dyn Remote>> = remotes.into_iter().map(Arc::from).collect();
-        *ctx.remotes.write().unwrap() = Arc::new(remotes.clone());
+        }
+        let (remotes, some_unusable) = loaded.as_ref().expect("loaded above");
+        let (remotes, some_unusable) = (remotes.clone(), *some_unusable);
         if remotes.is_empty() {
-            all_next = !unusable.is_empty();
+            all_next = some_unusable;
             continue;
         }
         let mut paths: BTreeSet<Vec<u8>> = BTreeSet::new();
-        if !all {
+        if !all && !ranges.is_empty() {
             for (b, a) in &ranges {
                 match repo
                     .git
@@ -377,17 +399,16 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                     Err(_) => all = true,
                 }
             }
-            if !all && paths.is_empty() {
-                continue;
-            }
             all |= paths.len() > WHOLE_TREE_ABOVE;
         }
-        let paths: Vec<Vec<u8>> = if all {
-            Vec::new()
+        let files = if all {
+            annexed_files(&repo.git, &[])
+        } else if paths.is_empty() {
+            Ok(Vec::new())
         } else {
-            paths.into_iter().collect()
+            annexed_files(&repo.git, &paths.into_iter().collect::<Vec<_>>())
         };
-        let files = match annexed_files(&repo.git, &paths) {
+        let mut files = match files {
             Ok(f) => f,
             Err(e) => {
                 log(&format!("listing annexed files for transfers failed: {e}"));
@@ -395,6 +416,12 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 continue;
             }
         };
+        if !all {
+            files.extend(known);
+        }
+        if files.is_empty() {
+            continue;
+        }
         let targets: Vec<&Arc<dyn Remote>> = remotes
             .iter()
             .filter(|r| {
@@ -413,7 +440,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 }
             })
             .collect();
-        all_next |= !unusable.is_empty();
+        all_next |= some_unusable;
         let store = repo.store();
         let mut seen = HashSet::new();
         let mut items = Vec::new();
@@ -544,25 +571,23 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>)
     for ((dir, name), items) in groups {
         let remote = by_name[name.as_str()];
         let files: Vec<&AnnexedFile> = items.iter().map(|i| &i.file).collect();
-        let results: Vec<Result<bool, String>> = match (dir, items.len() == 1 && !items[0].small())
-        {
+        let results: Vec<crate::Result<bool>> = match (dir, items.len() == 1 && !items[0].small()) {
             (Dir::Download, true) => {
                 vec![
                     crate::ops::content::download(repo, remote, files[0], &opts, &events)
-                        .map(|_| true)
-                        .map_err(|e| e.to_string()),
+                        .map(|_| true),
                 ]
             }
             (Dir::Download, false) => {
                 crate::ops::content::download_many(repo, remote, &files, &opts, &events)
                     .into_iter()
-                    .map(|r| r.map(|_| true).map_err(|e| e.to_string()))
+                    .map(|r| r.map(|_| true))
                     .collect()
             }
             (Dir::Upload, _) => {
                 crate::ops::content::upload_many(repo, remote, &files, &opts, &events)
                     .into_iter()
-                    .map(|r| r.map(|o| o.is_some()).map_err(|e| e.to_string()))
+                    .map(|r| r.map(|o| o.is_some()))
                     .collect()
             }
         };
@@ -573,7 +598,13 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>)
                     done.push(it);
                 }
                 Err(_) if ctx.cancel.load(Ordering::Relaxed) => done.push(it),
+                // Someone else (this clone's other side, or git-annex) is delivering it: look
+                // again shortly, without counting an attempt.
+                Err(crate::Error::Transfer(TransferError::InProgress(_))) => {
+                    retry.push((Instant::now() + IN_PROGRESS_RECHECK, it));
+                }
                 Err(e) => {
+                    let e = e.to_string();
                     failed += 1;
                     it.attempts += 1;
                     let (what, towards) = match dir {

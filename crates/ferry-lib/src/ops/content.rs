@@ -519,6 +519,7 @@ pub fn download_many(
                     &f.key,
                     &mut progress,
                     &mut |off, sink, p| remote.retrieve(&f.key, off, sink, p),
+                    false,
                 );
                 match r {
                     Ok(v) => Ok((v, guard)),
@@ -547,14 +548,20 @@ pub fn download_many(
         }
     }
     let mut arrived = Vec::new();
-    for ((i, guard), r) in held
-        .into_iter()
-        .zip(crate::transfer::ingest_pending(&store, pending))
-    {
+    let ingested = crate::transfer::ingest_pending(&store, pending);
+    let ok_keys: Vec<Key> = held
+        .iter()
+        .zip(&ingested)
+        .filter(|(_, r)| r.is_ok())
+        .map(|((i, _), _)| files[*i].key.clone())
+        .collect();
+    let logged = crate::transfer::log_presence_many(repo, &ok_keys, repo.uuid(), Presence::Present)
+        .map_err(|e| e.to_string());
+    for ((i, guard), r) in held.into_iter().zip(ingested) {
         let f = files[i];
-        let r = r.and_then(|r| {
-            log_presence(repo, &f.key, repo.uuid(), Presence::Present)?;
-            Ok(r)
+        let r = r.and_then(|r| match &logged {
+            Ok(()) => Ok(r),
+            Err(e) => Err(TransferError::Other(e.clone()).into()),
         });
         guard.finish(r.is_ok());
         out[i] = Some(r.map(|r| {
@@ -634,11 +641,20 @@ pub fn upload_many(
         }
     }
     let results = remote.store_many(&items, opts.cancel);
+    let ok_keys: Vec<Key> = items
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|((k, _), _)| k.clone())
+        .collect();
+    let logged =
+        crate::transfer::log_presence_many(repo, &ok_keys, remote.uuid(), Presence::Present)
+            .map_err(|e| e.to_string());
     for ((i, keep, guard), r) in held.into_iter().zip(results) {
         let f = files[i];
-        let r = r.and_then(|stored| {
-            log_presence(repo, &f.key, remote.uuid(), Presence::Present)?;
-            Ok(stored)
+        let r = r.and_then(|stored| match &logged {
+            Ok(()) => Ok(stored),
+            Err(e) => Err(TransferError::Other(e.clone()).into()),
         });
         guard.finish(r.is_ok());
         drop(keep);

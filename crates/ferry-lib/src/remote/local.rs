@@ -13,8 +13,8 @@ use crate::logs::Presence;
 use crate::repo::{Repo, RepoOptions};
 use crate::store::Store;
 use crate::transfer::{
-    Verified, copy_from_file, ingest_pending, lock_content, log_presence, receive_into,
-    receive_verified, remove_object,
+    Verified, copy_from_file, ingest_pending, lock_content, log_presence, log_presence_many,
+    receive_into, receive_verified, remove_object,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -225,9 +225,13 @@ impl Remote for LocalRemote {
             let mut cb = |_| {};
             let mut progress = Progress::new(key, cancel, &mut cb);
             let r = crate::transfer::check_free_space(&repo, key, 0).and_then(|()| {
-                receive_verified(&store, key, &mut progress, &mut |off, sink, p| {
-                    copy_from_file(src, off, sink, p)
-                })
+                receive_verified(
+                    &store,
+                    key,
+                    &mut progress,
+                    &mut |off, sink, p| copy_from_file(src, off, sink, p),
+                    false,
+                )
             });
             match r {
                 Ok(Verified::AlreadyPresent) => out[i] = Some(Ok(already())),
@@ -248,11 +252,16 @@ impl Remote for LocalRemote {
                 }
             }));
         }
-        for (i, (key, _)) in items.iter().enumerate() {
-            if let Some(Ok(_)) = &out[i]
-                && let Err(e) = log_presence(&repo, key, repo.uuid(), Presence::Present)
-            {
-                out[i] = Some(Err(e));
+        let present: Vec<Key> = items
+            .iter()
+            .zip(&out)
+            .filter(|(_, r)| matches!(r, Some(Ok(_))))
+            .map(|((key, _), _)| key.clone())
+            .collect();
+        if let Err(e) = log_presence_many(&repo, &present, repo.uuid(), Presence::Present) {
+            let msg = e.to_string();
+            for r in out.iter_mut().filter(|r| matches!(r, Some(Ok(_)))) {
+                *r = Some(Err(TransferError::Other(msg.clone()).into()));
             }
         }
         if !repo.is_bare() {

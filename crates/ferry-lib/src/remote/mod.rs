@@ -35,6 +35,9 @@ pub enum TransferError {
     Cancelled(String),
     #[error("refusing unsafe key {0:?}: it cannot be used as a file name")]
     UnsafeKey(String),
+    /// Another transfer is receiving this content right now (a batch does not wait for it).
+    #[error("{0} is being received by another transfer right now")]
+    InProgress(String),
     #[error("{0}")]
     Other(String),
 }

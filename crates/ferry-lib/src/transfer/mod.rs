@@ -131,7 +131,7 @@ pub fn receive_into(
     progress: &mut Progress,
     fill: &mut Fill,
 ) -> Result<Received> {
-    match receive_verified(store, key, progress, fill)? {
+    match receive_verified(store, key, progress, fill, true)? {
         Verified::AlreadyPresent => Ok(Received {
             resumed_from: 0,
             transferred: 0,
@@ -188,12 +188,15 @@ pub fn ingest_pending(store: &Store, items: Vec<Pending>) -> Vec<Result<Received
 }
 
 /// The receiving half of [`receive_into`]: fetches (or resumes) the content into the temp
-/// file and checks it against the key. Nothing is flushed yet.
+/// file and checks it against the key. Nothing is flushed yet. When another receiver holds
+/// the key's temp file, waits for it, or (without `wait`) fails at once with
+/// [`TransferError::InProgress`].
 pub fn receive_verified(
     store: &Store,
     key: &Key,
     progress: &mut Progress,
     fill: &mut Fill,
+    wait: bool,
 ) -> Result<Verified> {
     let kc = key_component(key)?;
     let already = Verified::AlreadyPresent;
@@ -217,6 +220,9 @@ pub fn receive_verified(
         }
         if store.find(key).is_some() {
             return Ok(already);
+        }
+        if !wait {
+            return Err(TransferError::InProgress(key.to_string()).into());
         }
         progress.check_cancel()?;
         std::thread::sleep(LOCK_POLL);
@@ -566,14 +572,31 @@ pub fn log_presence(
     uuid: &str,
     status: crate::logs::Presence,
 ) -> Result<()> {
-    let lock = repo.branch.lock_journal()?;
-    let path = crate::branch::location_log_path(key);
-    let mut log = crate::logs::LocationLog::parse(&repo.branch.read(&path)?.unwrap_or_default());
-    if log.status_of(uuid) == Some(status) {
+    log_presence_many(repo, std::slice::from_ref(key), uuid, status)
+}
+
+/// [`log_presence`] for many keys under one hold of the journal lock (a batch of transfers).
+pub fn log_presence_many(
+    repo: &crate::repo::Repo,
+    keys: &[Key],
+    uuid: &str,
+    status: crate::logs::Presence,
+) -> Result<()> {
+    if keys.is_empty() {
         return Ok(());
     }
-    log.set(uuid, status, repo.branch.now());
-    repo.branch.write(&lock, &path, &log.render())
+    let lock = repo.branch.lock_journal()?;
+    for key in keys {
+        let path = crate::branch::location_log_path(key);
+        let mut log =
+            crate::logs::LocationLog::parse(&repo.branch.read(&path)?.unwrap_or_default());
+        if log.status_of(uuid) == Some(status) {
+            continue;
+        }
+        log.set(uuid, status, repo.branch.now());
+        repo.branch.write(&lock, &path, &log.render())?;
+    }
+    Ok(())
 }
 
 /// Refuses to receive `key` into `repo` when that would leave less than `annex.diskreserve`
