@@ -6,6 +6,7 @@ pub mod content;
 pub mod drop;
 pub mod fsck;
 pub mod info;
+pub mod plan;
 pub mod sync;
 pub mod unlock;
 pub mod whereis;
