@@ -4,6 +4,7 @@
 pub mod add;
 pub mod content;
 pub mod drop;
+pub mod explain;
 pub mod fsck;
 pub mod info;
 pub mod plan;
