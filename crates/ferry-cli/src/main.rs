@@ -27,6 +27,9 @@ enum Command {
     Add(commands::add::Args),
     /// Show which repositories hold the content of annexed files
     Whereis(commands::whereis::Args),
+    /// Explain what happens to files' content: where it is, who wants it and why, numcopies,
+    /// what sync --content would do, and transfers running, queued or failed
+    Explain(commands::explain::Args),
     /// Summarize the repository: identity, annexed files, sizes, what is present here
     Info(commands::info::Args),
     /// Commit, pull from and push to every remote (git level: branches and location logs)
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Init(a) => commands::init::run(a),
         Command::Add(a) => commands::add::run(a),
         Command::Whereis(a) => commands::whereis::run(a),
+        Command::Explain(a) => commands::explain::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Fsck(a) => commands::fsck::run(a),
         Command::Sync(a) => commands::sync::run(a),

@@ -709,18 +709,6 @@ fn move_and_parallel_copies() {
     assert!(r.stderr().contains("no remote named"), "{}", r.stderr());
 }
 
-/// Whether a non-bare repository's store holds `key` (either hash layout).
-fn has_key(d: &Path, key: &str) -> bool {
-    let objects = d.join(".git/annex/objects");
-    let Ok(l1) = std::fs::read_dir(&objects) else {
-        return false;
-    };
-    l1.flatten().any(|a| {
-        std::fs::read_dir(a.path())
-            .is_ok_and(|l2| l2.flatten().any(|b| b.path().join(key).join(key).is_file()))
-    })
-}
-
 #[test]
 fn sync_content_floods_every_reachable_remote() {
     let env = Env::new();

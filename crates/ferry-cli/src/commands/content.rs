@@ -158,6 +158,7 @@ impl Events for Printer {
         let file = ui::show(&o.path);
         let command = match (self.command, o.note.as_deref()) {
             ("sync", Some(n)) if n.starts_with("to ") => "copy",
+            ("sync", Some(n)) if n.starts_with("drop") => "drop",
             ("sync", _) => "get",
             (c, _) => c,
         };

@@ -2,6 +2,7 @@ pub mod add;
 pub mod assistant;
 pub mod calckey;
 pub mod content;
+pub mod explain;
 pub mod filter;
 pub mod fsck;
 pub mod info;

@@ -12,8 +12,9 @@ pub struct Args {
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
-    /// Also transfer content, so every reachable local remote and this repository have every
-    /// file's content (default: git config annex.synccontent)
+    /// Also transfer content as preferred content says (every file everywhere when none is
+    /// set), and drop what is no longer wanted where numcopies allows (default: git config
+    /// annex.synccontent; remote.NAME.annex-synccontent=false keeps a remote git-only)
     #[arg(long)]
     content: bool,
     /// Parallel transfers for --content
@@ -65,7 +66,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let mut content_ok = true;
-    if a.content || repo.git.config_bool("annex.synccontent", false)? {
+    if a.content || ferry_lib::ops::plan::synccontent(&repo).unwrap_or(false) {
         let (ok, moved) =
             crate::commands::content::sync_content(&repo, &opts.remotes, a.jobs, a.json)?;
         content_ok = ok;

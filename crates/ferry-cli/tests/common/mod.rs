@@ -330,3 +330,19 @@ impl Drop for TestSshd {
         let _ = self.child.wait();
     }
 }
+
+/// Whether a repository's store (non-bare `.git/annex/objects` or bare `annex/objects`) holds
+/// `key`, in either hash layout.
+pub fn has_key(d: &Path, key: &str) -> bool {
+    [d.join(".git/annex/objects"), d.join("annex/objects")]
+        .iter()
+        .any(|objects| {
+            std::fs::read_dir(objects).is_ok_and(|l1| {
+                l1.flatten().any(|a| {
+                    std::fs::read_dir(a.path()).is_ok_and(|l2| {
+                        l2.flatten().any(|b| b.path().join(key).join(key).is_file())
+                    })
+                })
+            })
+        })
+}

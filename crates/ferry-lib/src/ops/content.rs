@@ -693,12 +693,14 @@ fn run_pool<T: Sync>(items: &[T], jobs: usize, f: impl Fn(&T) + Sync) {
     });
 }
 
-/// `sync --content` in "flood" mode: every annexed file's content is fetched from a remote
-/// that has it (when it is not here), then sent to every reachable remote that lacks it, so
-/// afterwards each reachable local remote has everything. Remotes that cannot be reached and
-/// content that no reachable remote has are skipped quietly (the git-level sync reports
-/// unreachable remotes). `only` limits the remotes (default: all with `annex-sync` not false);
-/// `paths` the files (repo-relative; default: all).
+/// `sync --content`: for every annexed file, what [`crate::ops::plan`] decides from preferred
+/// content (everything everywhere when none is configured): downloads from the cheapest
+/// reachable remote that has it, uploads to the remotes that want it, then drops from remotes
+/// and here what is no longer wanted, each drop proven safe by [`crate::ops::drop`] (numcopies,
+/// mincopies; never the last copy). Remotes that cannot be reached and content that no
+/// reachable remote has are skipped quietly (the git-level sync reports unreachable remotes).
+/// `only` limits the remotes (default: see [`crate::ops::plan::content_remotes`]); `paths` the
+/// files (repo-relative; default: all).
 pub fn sync_content(
     repo: &Repo,
     remotes: &[Box<dyn Remote>],
@@ -707,22 +709,24 @@ pub fn sync_content(
     opts: &ContentOptions,
     events: &dyn Events,
 ) -> Result<Summary> {
-    let chosen: Vec<&dyn Remote> = remotes
-        .iter()
-        .filter(|r| {
-            if only.is_empty() {
-                repo.config()
-                    .get(&format!("remote.{}.annex-sync", r.name()))
-                    .map(String::as_str)
-                    != Some("false")
-            } else {
-                only.iter().any(|n| n == r.name())
-            }
-        })
+    use crate::ops::plan::{Plan, Planner, content_remotes};
+    let chosen: Vec<&dyn Remote> = content_remotes(repo, remotes, only)
+        .into_iter()
         .filter(|r| r.check_available().is_ok())
-        .map(|r| r.as_ref())
         .collect();
-    let writable: Vec<&dyn Remote> = chosen.iter().copied().filter(|r| !r.readonly()).collect();
+    let prefs = crate::preferred::Preferences::load(repo)?;
+    let policy = crate::ops::drop::DropPolicy::load(repo)?;
+    let planner = Planner::new(&prefs, repo.uuid(), &chosen, policy.mincopies);
+    let store = repo.store();
+    let plan_for = |f: &AnnexedFile| -> Result<Plan> {
+        let holders = location_log(repo, &f.key)?.present();
+        Ok(planner.plan(&crate::preferred::FileInfo {
+            path: Some(&f.path),
+            key: &f.key,
+            locations: &holders,
+            present_here: store.find(&f.key).is_some(),
+        }))
+    };
     let files = annexed_files(&repo.git, paths)?;
     let summary = Mutex::new(Summary::default());
     let report = |o: FileOutcome| {
@@ -744,15 +748,21 @@ pub fn sync_content(
     };
     // One entry per key: the same content under two names moves once.
     let mut seen = HashSet::new();
-    let files: Vec<AnnexedFile> = files
-        .into_iter()
-        .filter(|f| seen.insert(f.key.clone()))
-        .collect();
+    let mut planned: Vec<(AnnexedFile, Plan)> = Vec::new();
+    for f in files {
+        if !seen.insert(f.key.clone()) {
+            continue;
+        }
+        match plan_for(&f) {
+            Ok(p) if p.is_empty() => {}
+            Ok(p) => planned.push((f, p)),
+            Err(e) => report(failed(&f, e)),
+        }
+    }
 
-    // 1. Get what is missing here from the cheapest reachable remote that has it.
-    let store = repo.store();
-    run_pool(&files, opts.jobs, |f| {
-        if opts.cancel.load(Ordering::Relaxed) || store.find(&f.key).is_some() {
+    // 1. Get what here wants from the cheapest reachable remote that has it.
+    run_pool(&planned, opts.jobs, |(f, plan)| {
+        if !plan.download || opts.cancel.load(Ordering::Relaxed) || store.find(&f.key).is_some() {
             return;
         }
         let holders: HashSet<String> = match location_log(repo, &f.key) {
@@ -771,10 +781,11 @@ pub fn sync_content(
         }
     });
 
-    // 2. Send everything here to every reachable remote that lacks it.
-    let pairs: Vec<(&AnnexedFile, &dyn Remote)> = files
+    // 2. Send to every remote that wants it (when the content is here by now).
+    let chosen = &chosen;
+    let pairs: Vec<(&AnnexedFile, &dyn Remote)> = planned
         .iter()
-        .flat_map(|f| writable.iter().map(move |r| (f, *r)))
+        .flat_map(|(f, p)| p.upload.iter().map(move |&i| (f, chosen[i])))
         .collect();
     run_pool(&pairs, opts.jobs, |(f, r)| {
         if opts.cancel.load(Ordering::Relaxed) {
@@ -786,6 +797,55 @@ pub fn sync_content(
             Err(e) => report(failed(f, e)),
         }
     });
+
+    // 3. Drops, planned again on the locations the transfers actually left.
+    let dropped = |f: &AnnexedFile, from: Option<&dyn Remote>, r: Result<bool>| {
+        let note = match from {
+            Some(r) => format!("dropped from {}", r.name()),
+            None => "dropped here".to_string(),
+        };
+        match r {
+            Ok(false) => {}
+            Ok(true) => report(FileOutcome {
+                path: f.path.clone(),
+                key: f.key.to_string(),
+                success: true,
+                note: Some(note),
+                ..Default::default()
+            }),
+            Err(e) => report(FileOutcome {
+                note: Some(note.replace("dropped", "drop")),
+                ..failed(f, e)
+            }),
+        }
+    };
+    for (f, _) in &planned {
+        if opts.cancel.load(Ordering::Relaxed) {
+            break;
+        }
+        let plan = match plan_for(f) {
+            Ok(p) => p,
+            Err(e) => {
+                report(failed(f, e));
+                continue;
+            }
+        };
+        for &i in &plan.drop_from {
+            let r = chosen[i];
+            dropped(
+                f,
+                Some(r),
+                crate::ops::drop::drop_from(repo, remotes, &policy, r, &f.key),
+            );
+        }
+        if plan.drop_here {
+            dropped(
+                f,
+                None,
+                crate::ops::drop::drop_here(repo, remotes, &policy, &f.key),
+            );
+        }
+    }
     finish_bookkeeping(repo, remotes)?;
     Ok(summary.into_inner().unwrap())
 }

@@ -4,8 +4,10 @@
 pub mod add;
 pub mod content;
 pub mod drop;
+pub mod explain;
 pub mod fsck;
 pub mod info;
+pub mod plan;
 pub mod sync;
 pub mod unlock;
 pub mod whereis;

@@ -24,6 +24,8 @@ pub struct MemoryRemote {
     locks: Arc<Mutex<HashMap<Key, usize>>>,
     /// Bytes sent by retrieve, in total.
     pub bytes_sent: AtomicUsize,
+    /// What [`Remote::readonly`] says.
+    pub readonly: bool,
 }
 
 struct MemLock {
@@ -80,6 +82,9 @@ impl Remote for MemoryRemote {
     }
     fn cost(&self) -> f64 {
         50.0
+    }
+    fn readonly(&self) -> bool {
+        self.readonly
     }
     fn check_available(&self) -> Result<()> {
         self.avail()

@@ -1,0 +1,336 @@
+//! `explain`: everything that decides what happens to one annexed file, gathered for a person
+//! to read: where its content is, who wants it and why, numcopies, what `sync --content` would
+//! do now ([`crate::ops::plan`]), and what transfers are running, queued or failed for it (the
+//! transfer info files under `.git/annex/transfer/` and the daemon's status snapshot).
+
+use crate::daemon::status::TransferEntry;
+use crate::error::Result;
+use crate::lock::LockKind;
+use crate::ops::plan::{Planner, content_remotes};
+use crate::ops::whereis::Whereis;
+use crate::preferred::{FileInfo, Preferences};
+use crate::remote::{Remote, Unusable, key_component, uuid_component};
+use crate::repo::Repo;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One copy the location log knows of.
+#[derive(Clone, Debug, Serialize)]
+pub struct Copy {
+    pub uuid: String,
+    pub description: String,
+    pub here: bool,
+    pub remote: Option<String>,
+    /// "trusted", "semitrusted", "untrusted" or "dead".
+    pub trust: &'static str,
+    /// Checked now: `Some(true)` it is really there, `Some(false)` it is not, `None` not
+    /// checked (here: see [`Explanation::present_here`]; a remote that is unreachable or
+    /// whose check is not cheap).
+    pub verified: Option<bool>,
+}
+
+/// One repository's wish for the file.
+#[derive(Clone, Debug, Serialize)]
+pub struct Wish {
+    pub uuid: String,
+    /// "here", or the remote's name.
+    pub name: String,
+    /// The preferred content expression; `None`: not set (wants everything).
+    pub expression: Option<String>,
+    /// The standard group `standard` stands for, when it is used.
+    pub standard_group: Option<&'static str>,
+    pub wants: bool,
+    pub required: Option<String>,
+    pub requires: bool,
+    /// Why the remote cannot be reached, if it cannot.
+    pub unreachable: Option<String>,
+}
+
+/// What `sync --content` would do for the file now.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PlanView {
+    pub download: bool,
+    pub upload: Vec<String>,
+    pub drop_from: Vec<String>,
+    pub drop_here: bool,
+    /// Remotes left out of content sync, with the reason.
+    pub left_out: BTreeMap<String, String>,
+}
+
+/// A transfer info file under `.git/annex/transfer/`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferRecord {
+    /// "download" or "upload".
+    pub direction: &'static str,
+    pub uuid: String,
+    pub remote: Option<String>,
+    /// The info file's first line: start time (and bytes done, while running).
+    pub info: String,
+    /// A process holds the transfer's lock now (for failures: always false).
+    pub running: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    pub file: String,
+    pub key: String,
+    pub size: Option<u64>,
+    pub present_here: bool,
+    pub copies: Vec<Copy>,
+    pub wishes: Vec<Wish>,
+    pub numcopies: u32,
+    pub mincopies: u32,
+    /// Copies that count for numcopies (not untrusted, not dead).
+    pub counted_copies: usize,
+    pub numcopies_met: bool,
+    pub mincopies_met: bool,
+    pub plan: PlanView,
+    /// Transfers registered in `.git/annex/transfer/` now.
+    pub transfers: Vec<TransferRecord>,
+    /// Failures recorded under `.git/annex/transfer/failed/`.
+    pub failures: Vec<TransferRecord>,
+    /// The daemon's queue, for this file: running, queued, or waiting for a retry (with the
+    /// last error and the time of the next attempt).
+    pub daemon_running: Vec<TransferEntry>,
+    pub daemon_queued: Vec<TransferEntry>,
+    pub daemon_retrying: Vec<TransferEntry>,
+}
+
+fn trust_name(t: crate::ops::drop::Trust) -> &'static str {
+    use crate::ops::drop::Trust::*;
+    match t {
+        Trusted => "trusted",
+        SemiTrusted => "semitrusted",
+        Untrusted => "untrusted",
+        Dead => "dead",
+    }
+}
+
+/// Explains each annexed file under `pathspecs` (see the module docs).
+pub fn explain(
+    repo: &Repo,
+    remotes: &[Box<dyn Remote>],
+    unusable: &[Unusable],
+    pathspecs: &[Vec<u8>],
+) -> Result<Vec<Explanation>> {
+    let found = crate::ops::whereis::whereis(repo, pathspecs)?;
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let prefs = Preferences::load(repo)?;
+    let policy = crate::ops::drop::DropPolicy::load(repo)?;
+    let names = repo.remote_names()?;
+    let available: BTreeMap<&str, std::result::Result<(), String>> = remotes
+        .iter()
+        .map(|r| (r.name(), r.check_available().map_err(|e| e.to_string())))
+        .collect();
+    let chosen: Vec<&dyn Remote> = content_remotes(repo, remotes, &[])
+        .into_iter()
+        .filter(|r| available[r.name()].is_ok())
+        .collect();
+    let mut left_out = BTreeMap::new();
+    for r in remotes {
+        if let Err(e) = &available[r.name()] {
+            left_out.insert(r.name().to_string(), format!("cannot be reached: {e}"));
+        } else if !chosen.iter().any(|c| c.name() == r.name()) {
+            left_out.insert(
+                r.name().to_string(),
+                "remote.NAME.annex-sync or annex-synccontent is false".replace("NAME", r.name()),
+            );
+        }
+    }
+    for u in unusable {
+        left_out.insert(u.name.clone(), u.why.clone());
+    }
+    let planner = Planner::new(&prefs, repo.uuid(), &chosen, policy.mincopies);
+    // Who is asked: here, then every remote with a known UUID.
+    let mut asked: Vec<(String, String)> = vec![(repo.uuid().to_string(), "here".to_string())];
+    asked.extend(names.iter().map(|(u, n)| (u.clone(), n.clone())));
+    let mut exprs = BTreeMap::new();
+    for (u, _) in &asked {
+        exprs.insert(
+            u.clone(),
+            (
+                crate::preferred::wanted(repo, u)?,
+                crate::preferred::required(repo, u)?,
+            ),
+        );
+    }
+    let status = crate::daemon::status::read(&repo.annex_dir()).map(|s| s.transfers);
+    let store = repo.store();
+    let mut out = Vec::new();
+    for Whereis { file, holders, .. } in found {
+        let locations: Vec<String> = holders.iter().map(|h| h.uuid.clone()).collect();
+        let present_here = store.find(&file.key).is_some();
+        let info = FileInfo {
+            path: Some(&file.path),
+            key: &file.key,
+            locations: &locations,
+            present_here,
+        };
+        let trust = |u: &str| {
+            policy
+                .trust
+                .get(u)
+                .copied()
+                .unwrap_or(crate::ops::drop::Trust::SemiTrusted)
+        };
+        let copies: Vec<Copy> = holders
+            .iter()
+            .map(|h| {
+                let r = remotes.iter().find(|r| r.uuid() == h.uuid);
+                let verified = r.and_then(|r| {
+                    (available[r.name()].is_ok() && r.cheap_presence())
+                        .then(|| r.check_present(&file.key).ok())
+                        .flatten()
+                });
+                Copy {
+                    uuid: h.uuid.clone(),
+                    description: h.description.clone(),
+                    here: h.here,
+                    remote: h.remote.clone(),
+                    trust: trust_name(trust(&h.uuid)),
+                    verified: if h.here { Some(present_here) } else { verified },
+                }
+            })
+            .collect();
+        let wishes = asked
+            .iter()
+            .map(|(u, n)| {
+                let (expression, required) = exprs[u].clone();
+                Wish {
+                    uuid: u.clone(),
+                    name: n.clone(),
+                    standard_group: expression
+                        .as_deref()
+                        .filter(|e| e.contains("standard"))
+                        .and_then(|_| prefs.standard_group(u)),
+                    expression,
+                    wants: prefs.wants(u, &info),
+                    required,
+                    requires: prefs.requires(u, &info),
+                    unreachable: remotes
+                        .iter()
+                        .find(|r| r.uuid() == u)
+                        .and_then(|r| available[r.name()].clone().err())
+                        .or_else(|| {
+                            unusable
+                                .iter()
+                                .find(|x| x.name == *n)
+                                .map(|x| x.why.clone())
+                        }),
+                }
+            })
+            .collect();
+        let mut counted = locations
+            .iter()
+            .filter(|u| {
+                !matches!(
+                    trust(u),
+                    crate::ops::drop::Trust::Untrusted | crate::ops::drop::Trust::Dead
+                )
+            })
+            .count();
+        if present_here && !locations.iter().any(|u| u == repo.uuid()) {
+            counted += 1;
+        }
+        let plan = planner.plan(&info);
+        let name_of = |i: &usize| chosen[*i].name().to_string();
+        let kc = key_component(&file.key)?;
+        let (transfers, failures) = transfer_records(repo, &kc, &names);
+        let key = file.key.to_string();
+        let mine = |v: &Option<Vec<TransferEntry>>| -> Vec<TransferEntry> {
+            v.iter()
+                .flatten()
+                .filter(|e| e.key == key)
+                .cloned()
+                .collect()
+        };
+        out.push(Explanation {
+            file: String::from_utf8_lossy(&file.path).into_owned(),
+            key: key.clone(),
+            size: file.key.size,
+            present_here,
+            copies,
+            wishes,
+            numcopies: policy.numcopies,
+            mincopies: policy.mincopies,
+            counted_copies: counted,
+            numcopies_met: counted >= policy.numcopies as usize,
+            mincopies_met: counted >= policy.mincopies as usize,
+            plan: PlanView {
+                download: plan.download,
+                upload: plan.upload.iter().map(name_of).collect(),
+                drop_from: plan.drop_from.iter().map(name_of).collect(),
+                drop_here: plan.drop_here,
+                left_out: left_out.clone(),
+            },
+            transfers,
+            failures,
+            daemon_running: mine(&status.as_ref().map(|s| s.running.clone())),
+            daemon_queued: mine(&status.as_ref().map(|s| s.next.clone())),
+            daemon_retrying: mine(&status.as_ref().map(|s| s.retrying.clone())),
+        });
+    }
+    Ok(out)
+}
+
+/// Transfer info files for the key (`kc` is its file name): running ones, and failures.
+fn transfer_records(
+    repo: &Repo,
+    kc: &std::ffi::OsStr,
+    names: &BTreeMap<String, String>,
+) -> (Vec<TransferRecord>, Vec<TransferRecord>) {
+    let base = repo.annex_dir().join("transfer");
+    let mut running = Vec::new();
+    let mut failed = Vec::new();
+    for direction in ["download", "upload"] {
+        for (dir, is_failure) in [
+            (base.join(direction), false),
+            (base.join("failed").join(direction), true),
+        ] {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let uuid = e.file_name().to_string_lossy().into_owned();
+                let Ok(body) = std::fs::read(e.path().join(kc)) else {
+                    continue;
+                };
+                let info = String::from_utf8_lossy(&body)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let remote = names
+                    .iter()
+                    .find(|(u, _)| uuid_component(u).ok().as_deref() == Some(uuid.as_str()))
+                    .map(|(_, n)| n.clone());
+                let mut lck = std::ffi::OsString::from("lck.");
+                lck.push(kc);
+                let busy = !is_failure
+                    && matches!(
+                        crate::lock::try_lock(&e.path().join(lck), LockKind::Shared),
+                        Ok(None)
+                    );
+                let rec = TransferRecord {
+                    direction: if direction == "download" {
+                        "download"
+                    } else {
+                        "upload"
+                    },
+                    uuid,
+                    remote,
+                    info,
+                    running: busy,
+                };
+                if is_failure {
+                    failed.push(rec);
+                } else {
+                    running.push(rec);
+                }
+            }
+        }
+    }
+    (running, failed)
+}
