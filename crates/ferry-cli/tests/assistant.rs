@@ -666,3 +666,59 @@ fn content_follows_the_files_between_running_daemons() {
         );
     }
 }
+
+#[test]
+fn running_daemons_follow_preferred_content() {
+    // B wants everything but big/: A's daemon does not send big/ there, B's does not fetch it,
+    // and the rest still flows.
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    env.ferry(&b, &["wanted", "here", "exclude=big/*"])
+        .assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    let da = Daemon::start(&env, &a);
+    let db = Daemon::start(&env, &b);
+    write(&a, "big/skip.bin", "not for b\n");
+    write(&a, "keep.txt", "for b\n");
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(b.join("keep.txt"))
+            .is_ok_and(|c| c == "for b\n")),
+        "wanted content arrives in B; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    assert!(
+        wait_until(WAIT, || b.join("big/skip.bin").exists()),
+        "the unwanted file itself is in B's tree"
+    );
+    // Both daemons are done with everything they had to do.
+    let settled = |d: &Path| {
+        let s = status(&env, d);
+        s["idle"] == true
+            && s["transfers"]["queued"] == 0
+            && s["transfers"]["running"]
+                .as_array()
+                .is_some_and(|r| r.is_empty())
+            && s["transfers"]["retrying_count"] == 0
+    };
+    assert!(
+        wait_until(WAIT, || settled(&a) && settled(&b)),
+        "both daemons settle; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    let key = env
+        .git(&a, &["cat-file", "-p", "HEAD:big/skip.bin"])
+        .stdout();
+    let key = key.trim().rsplit('/').next().unwrap().to_string();
+    assert!(has_key(&a, &key), "A keeps its copy");
+    assert!(
+        !has_key(&b, &key),
+        "the excluded file's content never reached B; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("big/skip.bin")).unwrap(),
+        format!("/annex/objects/{key}\n"),
+        "B's unwanted file stays a pointer"
+    );
+}

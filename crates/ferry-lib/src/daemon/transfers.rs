@@ -61,6 +61,10 @@ pub(super) enum Round {
 enum Dir {
     Download,
     Upload,
+    /// Drop the copy in a remote that does not want it (once that is safe).
+    DropFrom,
+    /// Drop the copy here (not wanted here, and safe).
+    DropHere,
 }
 
 #[derive(Clone)]
@@ -85,14 +89,17 @@ impl Item {
             self.remote.clone().unwrap_or_default(),
         )
     }
+    /// Small content, and drops (which move no bytes), go in batches.
     fn small(&self) -> bool {
-        self.file.key.size.is_some_and(|s| s <= SMALL)
+        matches!(self.dir, Dir::DropFrom | Dir::DropHere)
+            || self.file.key.size.is_some_and(|s| s <= SMALL)
     }
     fn entry(&self) -> TransferEntry {
         TransferEntry {
             direction: match self.dir {
                 Dir::Download => "download".into(),
                 Dir::Upload => "upload".into(),
+                Dir::DropFrom | Dir::DropHere => "drop".into(),
             },
             file: String::from_utf8_lossy(&self.file.path).into_owned(),
             key: self.file.key.to_string(),
@@ -344,6 +351,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     let mut all_next = false;
     // The remotes, read at the first round and again after git config changed.
     let mut loaded: Option<(Vec<Arc<dyn Remote>>, bool)> = None;
+    let mut last_warnings: Vec<String> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut all = std::mem::take(&mut all_next);
         let mut ranges = Vec::new();
@@ -422,16 +430,27 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         if files.is_empty() {
             continue;
         }
-        let targets: Vec<&Arc<dyn Remote>> = remotes
-            .iter()
-            .filter(|r| {
-                !r.readonly()
-                    && repo
-                        .config()
-                        .get(&format!("remote.{}.annex-sync", r.name()))
-                        .map(String::as_str)
-                        != Some("false")
-            })
+        // annex.synccontent=false: git only.
+        if crate::ops::plan::synccontent(repo) == Some(false) {
+            continue;
+        }
+        let prefs = match crate::preferred::Preferences::load(repo) {
+            Ok(p) => p,
+            Err(e) => {
+                log(&format!("reading preferred content failed: {e}"));
+                all_next = true;
+                continue;
+            }
+        };
+        if prefs.warnings != last_warnings {
+            for w in &prefs.warnings {
+                log(&format!("preferred content: {w}"));
+            }
+            last_warnings = prefs.warnings.clone();
+        }
+        let mincopies = crate::ops::drop::mincopies(repo).unwrap_or(1);
+        let content: Vec<&dyn Remote> = crate::ops::plan::content_remotes(repo, &remotes, &[])
+            .into_iter()
             .filter(|r| match r.check_available() {
                 Ok(()) => true,
                 Err(_) => {
@@ -441,6 +460,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             })
             .collect();
         all_next |= some_unusable;
+        let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, mincopies);
         let store = repo.store();
         let mut seen = HashSet::new();
         let mut items = Vec::new();
@@ -448,23 +468,38 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             if !seen.insert(f.key.clone()) {
                 continue;
             }
-            let item = |dir, remote: Option<String>| Item {
+            let locations: Vec<String> = repo
+                .branch
+                .read(&crate::branch::location_log_path(&f.key))
+                .ok()
+                .flatten()
+                .map(|l| crate::logs::LocationLog::parse(&l).present())
+                .unwrap_or_default();
+            let plan = planner.plan(&crate::preferred::FileInfo {
+                path: Some(&f.path),
+                key: &f.key,
+                locations: &locations,
+                present_here: store.find(&f.key).is_some(),
+            });
+            let item = |dir, remote: Option<&dyn Remote>| Item {
                 dir,
                 file: f.clone(),
-                remote,
+                remote: remote.map(|r| r.name().to_string()),
                 attempts: 0,
                 avoid: Vec::new(),
                 last_error: None,
             };
-            if store.find(&f.key).is_none() {
+            if plan.download {
                 items.push(item(Dir::Download, None));
-                continue;
             }
-            for r in &targets {
-                if r.cheap_presence() && r.check_present(&f.key).unwrap_or(false) {
-                    continue;
-                }
-                items.push(item(Dir::Upload, Some(r.name().to_string())));
+            for &i in &plan.upload {
+                items.push(item(Dir::Upload, Some(content[i])));
+            }
+            for &i in &plan.drop_from {
+                items.push(item(Dir::DropFrom, Some(content[i])));
+            }
+            if plan.drop_here {
+                items.push(item(Dir::DropHere, None));
             }
         }
         let n = ctx.queue.push(items);
@@ -558,20 +593,62 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>)
                     None => done.push(it),
                 }
             }
-            Dir::Upload => {
+            Dir::Upload | Dir::DropFrom => {
                 let name = it.remote.clone().unwrap_or_default();
                 if by_name.contains_key(name.as_str()) {
-                    groups.entry((Dir::Upload, name)).or_default().push(it);
+                    groups.entry((it.dir, name)).or_default().push(it);
                 } else {
                     done.push(it); // the remote is gone from the config
                 }
             }
+            Dir::DropHere => groups
+                .entry((Dir::DropHere, String::new()))
+                .or_default()
+                .push(it),
         }
     }
+    let boxed: Vec<Box<dyn Remote>> = remotes
+        .iter()
+        .map(|r| Box::new(r.clone()) as Box<dyn Remote>)
+        .collect();
+    let policy = std::cell::OnceCell::new();
+    let drop_policy = || {
+        policy
+            .get_or_init(|| crate::ops::drop::DropPolicy::load(repo).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| crate::Error::from(TransferError::Other(e.clone())))
+    };
     for ((dir, name), items) in groups {
-        let remote = by_name[name.as_str()];
         let files: Vec<&AnnexedFile> = items.iter().map(|i| &i.file).collect();
+        if dir == Dir::DropHere {
+            let results: Vec<crate::Result<bool>> = files
+                .iter()
+                .map(|f| {
+                    drop_policy().and_then(|p| crate::ops::drop::drop_here(repo, &boxed, p, &f.key))
+                })
+                .collect();
+            settle(
+                ctx,
+                dir,
+                &name,
+                items,
+                results,
+                &mut done,
+                &mut retry,
+                &mut ok,
+                &mut failed,
+            );
+            continue;
+        }
+        let remote = by_name[name.as_str()];
         let results: Vec<crate::Result<bool>> = match (dir, items.len() == 1 && !items[0].small()) {
+            (Dir::DropFrom, _) | (Dir::DropHere, _) => files
+                .iter()
+                .map(|f| {
+                    drop_policy()
+                        .and_then(|p| crate::ops::drop::drop_from(repo, &boxed, p, remote, &f.key))
+                })
+                .collect(),
             (Dir::Download, true) => {
                 vec![
                     crate::ops::content::download(repo, remote, files[0], &opts, &events)
@@ -591,50 +668,79 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>)
                     .collect()
             }
         };
-        for (mut it, r) in items.into_iter().zip(results) {
-            match r {
-                Ok(moved) => {
-                    ok += usize::from(moved);
-                    done.push(it);
+        settle(
+            ctx,
+            dir,
+            &name,
+            items,
+            results,
+            &mut done,
+            &mut retry,
+            &mut ok,
+            &mut failed,
+        );
+    }
+    (done, retry, ok, failed)
+}
+
+/// Books the results of one group: successes are done, failures wait for a retry (or are
+/// given up), content another transfer is receiving is looked at again soon.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    ctx: &Ctx,
+    dir: Dir,
+    name: &str,
+    items: Vec<Item>,
+    results: Vec<crate::Result<bool>>,
+    done: &mut Vec<Item>,
+    retry: &mut Vec<(Instant, Item)>,
+    ok: &mut usize,
+    failed: &mut usize,
+) {
+    for (mut it, r) in items.into_iter().zip(results) {
+        match r {
+            Ok(moved) => {
+                *ok += usize::from(moved);
+                done.push(it);
+            }
+            Err(_) if ctx.cancel.load(Ordering::Relaxed) => done.push(it),
+            // Someone else (this clone's other side, or git-annex) is delivering it: look
+            // again shortly, without counting an attempt.
+            Err(crate::Error::Transfer(TransferError::InProgress(_))) => {
+                retry.push((Instant::now() + IN_PROGRESS_RECHECK, it));
+            }
+            Err(e) => {
+                let e = e.to_string();
+                *failed += 1;
+                it.attempts += 1;
+                let (what, towards) = match dir {
+                    Dir::Download => ("download of", "from"),
+                    Dir::Upload => ("upload of", "to"),
+                    Dir::DropFrom => ("drop of", "from"),
+                    Dir::DropHere => ("drop of", "in"),
+                };
+                (ctx.shared.log)(&format!(
+                    "{what} {} {towards} {name} failed (attempt {}): {e}",
+                    String::from_utf8_lossy(&it.file.path),
+                    it.attempts
+                ));
+                if dir == Dir::Download {
+                    it.avoid.push(name.to_string());
                 }
-                Err(_) if ctx.cancel.load(Ordering::Relaxed) => done.push(it),
-                // Someone else (this clone's other side, or git-annex) is delivering it: look
-                // again shortly, without counting an attempt.
-                Err(crate::Error::Transfer(TransferError::InProgress(_))) => {
-                    retry.push((Instant::now() + IN_PROGRESS_RECHECK, it));
-                }
-                Err(e) => {
-                    let e = e.to_string();
-                    failed += 1;
-                    it.attempts += 1;
-                    let (what, towards) = match dir {
-                        Dir::Download => ("download of", "from"),
-                        Dir::Upload => ("upload of", "to"),
-                    };
+                it.last_error = Some(e);
+                if it.attempts >= MAX_ATTEMPTS {
                     (ctx.shared.log)(&format!(
-                        "{what} {} {towards} {name} failed (attempt {}): {e}",
+                        "giving up on {} after {} attempts (a later change or a restart tries again)",
                         String::from_utf8_lossy(&it.file.path),
                         it.attempts
                     ));
-                    if dir == Dir::Download {
-                        it.avoid.push(name.clone());
-                    }
-                    it.last_error = Some(e);
-                    if it.attempts >= MAX_ATTEMPTS {
-                        (ctx.shared.log)(&format!(
-                            "giving up on {} after {} attempts (a later change or a restart tries again)",
-                            String::from_utf8_lossy(&it.file.path),
-                            it.attempts
-                        ));
-                        done.push(it);
-                    } else {
-                        retry.push((Instant::now() + backoff(it.attempts), it));
-                    }
+                    done.push(it);
+                } else {
+                    retry.push((Instant::now() + backoff(it.attempts), it));
                 }
             }
         }
     }
-    (done, retry, ok, failed)
 }
 
 /// The remote to download `it` from: the cheapest reachable one the location log says has
