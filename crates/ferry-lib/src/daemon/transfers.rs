@@ -620,48 +620,39 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>)
     };
     for ((dir, name), items) in groups {
         let files: Vec<&AnnexedFile> = items.iter().map(|i| &i.file).collect();
-        if dir == Dir::DropHere {
-            let results: Vec<crate::Result<bool>> = files
+        let remote = by_name.get(name.as_str()).copied();
+        let results: Vec<crate::Result<bool>> = match (dir, remote) {
+            (Dir::DropHere, _) => files
                 .iter()
                 .map(|f| {
                     drop_policy().and_then(|p| crate::ops::drop::drop_here(repo, &boxed, p, &f.key))
                 })
-                .collect();
-            settle(
-                ctx,
-                dir,
-                &name,
-                items,
-                results,
-                &mut done,
-                &mut retry,
-                &mut ok,
-                &mut failed,
-            );
-            continue;
-        }
-        let remote = by_name[name.as_str()];
-        let results: Vec<crate::Result<bool>> = match (dir, items.len() == 1 && !items[0].small()) {
-            (Dir::DropFrom, _) | (Dir::DropHere, _) => files
+                .collect(),
+            // Grouped by a configured remote above, so not expected: forget them.
+            (_, None) => {
+                done.extend(items);
+                continue;
+            }
+            (Dir::DropFrom, Some(remote)) => files
                 .iter()
                 .map(|f| {
                     drop_policy()
                         .and_then(|p| crate::ops::drop::drop_from(repo, &boxed, p, remote, &f.key))
                 })
                 .collect(),
-            (Dir::Download, true) => {
+            (Dir::Download, Some(remote)) if items.len() == 1 && !items[0].small() => {
                 vec![
                     crate::ops::content::download(repo, remote, files[0], &opts, &events)
                         .map(|_| true),
                 ]
             }
-            (Dir::Download, false) => {
+            (Dir::Download, Some(remote)) => {
                 crate::ops::content::download_many(repo, remote, &files, &opts, &events)
                     .into_iter()
                     .map(|r| r.map(|_| true))
                     .collect()
             }
-            (Dir::Upload, _) => {
+            (Dir::Upload, Some(remote)) => {
                 crate::ops::content::upload_many(repo, remote, &files, &opts, &events)
                     .into_iter()
                     .map(|r| r.map(|o| o.is_some()))
