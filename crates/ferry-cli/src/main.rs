@@ -39,6 +39,9 @@ enum Command {
     Assistant(commands::assistant::Args),
     /// Show what the assistant daemon is doing
     Status(commands::status::Args),
+    /// List running transfers (any process, git-annex too) and the assistant's queue, with
+    /// bytes done, rate and time left
+    Transfers(commands::transfers::Args),
     /// Make unlocked files locked: symlinks into the store (modified content is annexed first)
     Lock(commands::lock::Args),
     /// Make locked files unlocked: ordinary, editable files (staged as pointers)
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Sync(a) => commands::sync::run(a),
         Command::Assistant(a) => commands::assistant::run(a),
         Command::Status(a) => commands::status::run(a),
+        Command::Transfers(a) => commands::transfers::run(a),
         Command::Lock(a) => commands::lock::run(a, true),
         Command::Unlock(a) => commands::lock::run(a, false),
         Command::Calckey(a) => commands::calckey::run(a),

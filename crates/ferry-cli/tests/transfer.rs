@@ -535,6 +535,20 @@ fn git_annex_sees_a_running_get_and_a_killed_get_resumes() {
         assert_eq!(running[0]["key"], key.as_str());
         assert_eq!(running[0]["transfer"], "download");
         assert_eq!(running[0]["remote"], uuid(&env, &a).as_str());
+        // ferry transfers lists it too, by file, remote and key.
+        let r = env.ferry(&b, &["transfers", "--json"]);
+        r.assert_ok();
+        let v: serde_json::Value = serde_json::from_str(r.stdout().trim()).unwrap();
+        let running = v["running"].as_array().unwrap();
+        assert_eq!(running.len(), 1, "{v}");
+        assert_eq!(running[0]["file"], "big.bin");
+        assert_eq!(running[0]["key"], key.as_str());
+        assert_eq!(running[0]["direction"], "download");
+        assert_eq!(running[0]["remote"], "origin");
+        assert_eq!(running[0]["size"], 150_000_000);
+        assert!(v["daemon"].is_null(), "no assistant runs here: {v}");
+        let text = env.ferry(&b, &["transfers"]).stdout();
+        assert!(text.contains("download big.bin from origin"), "{text}");
         // git-annex sees the transfer running and does not start it again.
         let r = env.annex(&b, &["get", "--json", "big.bin"]);
         assert!(

@@ -11,4 +11,5 @@ pub mod lock;
 pub mod preferred;
 pub mod status;
 pub mod sync;
+pub mod transfers;
 pub mod whereis;

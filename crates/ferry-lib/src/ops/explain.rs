@@ -281,9 +281,69 @@ fn transfer_records(
     kc: &std::ffi::OsStr,
     names: &BTreeMap<String, String>,
 ) -> (Vec<TransferRecord>, Vec<TransferRecord>) {
+    let (running, failed): (Vec<_>, Vec<_>) = list_transfers(repo, Some(kc), names)
+        .into_iter()
+        .partition(|(_, failure, _)| !failure);
+    (
+        running.into_iter().map(|(r, _, _)| r).collect(),
+        failed.into_iter().map(|(r, _, _)| r).collect(),
+    )
+}
+
+/// A transfer registered in `.git/annex/transfer/` (by ferry or git-annex, this process or
+/// another), for `ferry transfers`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActiveTransfer {
+    #[serde(flatten)]
+    pub record: TransferRecord,
+    pub key: String,
+    /// The work-tree file, from the info file's second line.
+    pub file: String,
+    pub size: Option<u64>,
+    /// Bytes done (the info file is rewritten about twice a second while bytes move).
+    pub bytes: Option<u64>,
+    /// When it started, in ms since the epoch.
+    pub started_ms: Option<u64>,
+}
+
+/// Every transfer running now (a process holds its lock), here.
+pub fn active_transfers(repo: &Repo) -> Vec<ActiveTransfer> {
+    let names: BTreeMap<String, String> = repo
+        .remote_names()
+        .map(|m| m.into_iter().collect())
+        .unwrap_or_default();
+    list_transfers(repo, None, &names)
+        .into_iter()
+        .filter(|(r, failure, _)| !failure && r.running)
+        .filter_map(|(record, _, (key, file))| {
+            let k = crate::key::Key::parse(key.as_bytes()).ok();
+            let mut first = record.info.split_whitespace();
+            let started_ms = first
+                .next()
+                .and_then(|t| t.trim_end_matches('s').parse::<f64>().ok())
+                .map(|t| (t * 1000.0) as u64);
+            let bytes = first.next().and_then(|b| b.parse().ok());
+            Some(ActiveTransfer {
+                record,
+                size: k.as_ref().and_then(|k| k.size),
+                key,
+                file,
+                bytes,
+                started_ms,
+            })
+        })
+        .collect()
+}
+
+/// Info files under `.git/annex/transfer/` (of one key, or all), each with whether it is a
+/// failure record, and its key and file.
+fn list_transfers(
+    repo: &Repo,
+    only: Option<&std::ffi::OsStr>,
+    names: &BTreeMap<String, String>,
+) -> Vec<(TransferRecord, bool, (String, String))> {
     let base = repo.annex_dir().join("transfer");
-    let mut running = Vec::new();
-    let mut failed = Vec::new();
+    let mut out = Vec::new();
     for direction in ["download", "upload"] {
         for (dir, is_failure) in [
             (base.join(direction), false),
@@ -294,43 +354,51 @@ fn transfer_records(
             };
             for e in rd.flatten() {
                 let uuid = e.file_name().to_string_lossy().into_owned();
-                let Ok(body) = std::fs::read(e.path().join(kc)) else {
-                    continue;
+                let kcs: Vec<std::ffi::OsString> = match only {
+                    Some(kc) => vec![kc.to_owned()],
+                    None => std::fs::read_dir(e.path())
+                        .map(|rd| {
+                            rd.flatten()
+                                .map(|f| f.file_name())
+                                .filter(|n| !n.to_string_lossy().starts_with("lck."))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 };
-                let info = String::from_utf8_lossy(&body)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let remote = names
-                    .iter()
-                    .find(|(u, _)| uuid_component(u).ok().as_deref() == Some(uuid.as_str()))
-                    .map(|(_, n)| n.clone());
-                let mut lck = std::ffi::OsString::from("lck.");
-                lck.push(kc);
-                let busy = !is_failure
-                    && matches!(
-                        crate::lock::try_lock(&e.path().join(lck), LockKind::Shared),
-                        Ok(None)
-                    );
-                let rec = TransferRecord {
-                    direction: if direction == "download" {
-                        "download"
-                    } else {
-                        "upload"
-                    },
-                    uuid,
-                    remote,
-                    info,
-                    running: busy,
-                };
-                if is_failure {
-                    failed.push(rec);
-                } else {
-                    running.push(rec);
+                for kc in kcs {
+                    let Ok(body) = std::fs::read(e.path().join(&kc)) else {
+                        continue;
+                    };
+                    let text = String::from_utf8_lossy(&body);
+                    let mut lines = text.lines();
+                    let info = lines.next().unwrap_or_default().to_string();
+                    let file = lines.next().unwrap_or_default().to_string();
+                    let remote = names
+                        .iter()
+                        .find(|(u, _)| uuid_component(u).ok().as_deref() == Some(uuid.as_str()))
+                        .map(|(_, n)| n.clone());
+                    let mut lck = std::ffi::OsString::from("lck.");
+                    lck.push(&kc);
+                    let busy = !is_failure
+                        && matches!(
+                            crate::lock::try_lock(&e.path().join(lck), LockKind::Shared),
+                            Ok(None)
+                        );
+                    let rec = TransferRecord {
+                        direction: if direction == "download" {
+                            "download"
+                        } else {
+                            "upload"
+                        },
+                        uuid: uuid.clone(),
+                        remote,
+                        info,
+                        running: busy,
+                    };
+                    out.push((rec, is_failure, (kc.to_string_lossy().into_owned(), file)));
                 }
             }
         }
     }
-    (running, failed)
+    out
 }
