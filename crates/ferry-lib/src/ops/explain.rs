@@ -315,7 +315,7 @@ pub fn active_transfers(repo: &Repo) -> Vec<ActiveTransfer> {
     list_transfers(repo, None, &names)
         .into_iter()
         .filter(|(r, failure, _)| !failure && r.running)
-        .filter_map(|(record, _, (key, file))| {
+        .map(|(record, _, (key, file))| {
             let k = crate::key::Key::parse(key.as_bytes()).ok();
             let mut first = record.info.split_whitespace();
             let started_ms = first
@@ -323,14 +323,14 @@ pub fn active_transfers(repo: &Repo) -> Vec<ActiveTransfer> {
                 .and_then(|t| t.trim_end_matches('s').parse::<f64>().ok())
                 .map(|t| (t * 1000.0) as u64);
             let bytes = first.next().and_then(|b| b.parse().ok());
-            Some(ActiveTransfer {
+            ActiveTransfer {
                 record,
                 size: k.as_ref().and_then(|k| k.size),
                 key,
                 file,
                 bytes,
                 started_ms,
-            })
+            }
         })
         .collect()
 }
