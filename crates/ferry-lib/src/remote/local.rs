@@ -13,7 +13,6 @@ use crate::logs::Presence;
 use crate::repo::{Repo, RepoOptions};
 use crate::store::Store;
 use crate::transfer::{copy_from_file, lock_content, log_presence, receive_into, remove_object};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -202,7 +201,7 @@ impl Remote for LocalRemote {
         &self,
         key: &Key,
         offset: u64,
-        sink: &mut dyn Write,
+        sink: &mut dyn crate::transfer::Sink,
         progress: &mut Progress,
     ) -> Result<()> {
         let store = self.store_here()?;
