@@ -320,11 +320,14 @@ fn a_burst_of_1000_files_arrives_in_few_commits() {
         "1000 files were coalesced into few commits, got {}",
         after - before
     );
-    // Every file is a pointer to the right content in B's branch.
-    let p = env
-        .git(&b, &["cat-file", "-p", "HEAD:burst/f0999"])
-        .stdout();
-    assert!(p.starts_with("/annex/objects/SHA256E-s9--"), "{p}");
+    // Every file is a pointer to the right content in B's branch (a merge writes the work
+    // tree before it moves the branch, so the names can be seen a moment before the commit).
+    let pointer = || {
+        env.git(&b, &["cat-file", "-p", "HEAD:burst/f0999"])
+            .stdout()
+            .starts_with("/annex/objects/SHA256E-s9--")
+    };
+    assert!(wait_until(WAIT, pointer), "B's branch has the files");
 }
 
 #[test]

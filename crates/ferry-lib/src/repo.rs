@@ -230,8 +230,10 @@ impl Repo {
 
     /// Records `remote.<name>.annex-uuid` for remotes that are local paths, by reading their
     /// config (as git-annex does for local remotes). Remotes that are not there are left alone.
-    pub fn learn_local_remote_uuids(&self) -> Result<()> {
+    /// Returns the git config as it is afterwards (read again only if something was recorded).
+    pub fn learn_local_remote_uuids(&self) -> Result<std::collections::HashMap<String, String>> {
         let config = self.git.config_map()?;
+        let mut learned = false;
         for (k, url) in &config {
             let Some(name) = k
                 .strip_prefix("remote.")
@@ -266,9 +268,13 @@ impl Repo {
             {
                 self.git
                     .run(["config", &format!("remote.{name}.annex-uuid"), &uuid])?;
+                learned = true;
             }
         }
-        Ok(())
+        if learned {
+            return self.git.config_map();
+        }
+        Ok(config)
     }
 
     pub fn uuid(&self) -> &str {

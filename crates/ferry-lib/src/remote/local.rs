@@ -16,7 +16,6 @@ use crate::transfer::{
     Verified, copy_from_file, ingest_pending, lock_content, log_presence, log_presence_many,
     receive_into, receive_verified, remove_object,
 };
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -280,7 +279,7 @@ impl Remote for LocalRemote {
         &self,
         key: &Key,
         offset: u64,
-        sink: &mut dyn Write,
+        sink: &mut dyn crate::transfer::Sink,
         progress: &mut Progress,
     ) -> Result<()> {
         let store = self.store_here()?;

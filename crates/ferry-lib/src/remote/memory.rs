@@ -6,7 +6,6 @@ use super::{ContentLock, Progress, Remote, Stored, TransferError};
 use crate::error::Result;
 use crate::key::Key;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,7 +110,7 @@ impl Remote for MemoryRemote {
         &self,
         key: &Key,
         offset: u64,
-        sink: &mut dyn Write,
+        sink: &mut dyn crate::transfer::Sink,
         progress: &mut Progress,
     ) -> Result<()> {
         self.avail()?;

@@ -17,7 +17,6 @@ pub mod memory;
 use crate::error::Result;
 use crate::key::Key;
 use std::ffi::OsString;
-use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,7 +144,7 @@ pub trait Remote: Send + Sync {
         &self,
         key: &Key,
         offset: u64,
-        sink: &mut dyn Write,
+        sink: &mut dyn crate::transfer::Sink,
         progress: &mut Progress,
     ) -> Result<()>;
     /// Removes the content (taking the remote's exclusive content lock, so it fails while a
@@ -205,7 +204,7 @@ impl<T: Remote + ?Sized> Remote for std::sync::Arc<T> {
         &self,
         key: &Key,
         offset: u64,
-        sink: &mut dyn Write,
+        sink: &mut dyn crate::transfer::Sink,
         progress: &mut Progress,
     ) -> Result<()> {
         (**self).retrieve(key, offset, sink, progress)
@@ -232,8 +231,7 @@ pub struct Unusable {
 /// Remotes with `annex-ignore` set are left out. UUIDs of local remotes are learned (and
 /// cached in git config, as git-annex does) on the way.
 pub fn configured(repo: &crate::repo::Repo) -> Result<(Remotes, Vec<Unusable>)> {
-    repo.learn_local_remote_uuids()?;
-    let config = repo.git.config_map()?;
+    let config = repo.learn_local_remote_uuids()?;
     let mut names: Vec<&str> = config
         .keys()
         .filter_map(|k| {

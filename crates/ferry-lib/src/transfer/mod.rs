@@ -2,8 +2,9 @@
 //!
 //! - [`receive_into`]: the receiving side of every transfer. Content goes to
 //!   `.git/annex/tmp/<keyFile>` (an existing partial file is resumed: its bytes are hashed, not
-//!   fetched again), is fsynced, hashed as a whole against the key, and only then renamed into
-//!   the store. Corrupt content never becomes an object.
+//!   fetched again), is hashed as a whole against the key (over the bytes written to the temp
+//!   file; big content on a second thread while it arrives), fsynced (writeback starts while it
+//!   arrives), and only then renamed into the store. Corrupt content never becomes an object.
 //! - [`TransferGuard`]: git-annex's transfer info files
 //!   (`.git/annex/transfer/{upload,download}/<uuid>/<keyFile>` plus `lck.<keyFile>` held with
 //!   an exclusive fcntl lock while the transfer runs; failures under `failed/`). A transfer of
@@ -41,47 +42,133 @@ pub struct Received {
 }
 
 /// Where received bytes are hashed: in the writing thread, or (for big content) on a second
-/// thread fed through a small bounded queue, so hashing overlaps with reading and writing.
+/// thread, so hashing overlaps with receiving and writing. That thread is handed the buffers
+/// that were just written to the temp file (no copy), or, for bytes written from a borrowed
+/// slice, the range of the temp file they went to, which it reads back from the page cache.
+/// Either way it hashes exactly what is in the file.
 enum HashPipe {
     None,
     Inline(Hasher),
     Thread {
-        tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-        handle: std::thread::JoinHandle<Hasher>,
+        tx: std::sync::mpsc::Sender<Piece>,
+        /// Buffers the thread is done with, for reuse.
+        back: std::sync::mpsc::Receiver<Vec<u8>>,
+        /// How many more buffers may be handed over before waiting for one to come back.
+        spare: usize,
+        handle: std::thread::JoinHandle<std::io::Result<Hasher>>,
     },
+}
+
+/// Work for the hashing thread, in content order.
+enum Piece {
+    /// Bytes that were written to the temp file (returned through `back` once hashed).
+    Bytes(Vec<u8>),
+    /// A range of the temp file (offset, length) that was written, to be read back and hashed.
+    Range(u64, u64),
 }
 
 /// Content at least this big is hashed on a second thread.
 const THREAD_HASH_MIN: u64 = 8 << 20;
+/// Written ranges are handed to the hashing thread in pieces of at least this size.
+const HASH_STEP: u64 = 1 << 20;
+/// The hashing thread reads ranges back with a buffer this big (small enough to stay in the
+/// CPU cache between the copy out of the page cache and the hashing).
+const READ_BACK_BUF: usize = 256 << 10;
+/// Buffers of [`CHUNK`] bytes that may wait for the hashing thread: the copying thread runs at
+/// most this far ahead of the hashing.
+const POOL: usize = 16;
+/// Size of the buffers of [`copy_from_file`].
+const CHUNK: usize = 1 << 20;
+/// Writeback of received bytes is started every this many bytes, so the disk writes while
+/// content is still arriving and the fsync at the end has little left to do.
+const WRITEBACK_STEP: u64 = 8 << 20;
+/// Bytes per `copy_file_range` call (content that is not hashed): the granularity of progress
+/// and cancellation.
+const COPY_CHUNK: usize = 8 << 20;
 
 impl HashPipe {
-    fn new(hasher: Option<Hasher>, remaining: u64) -> HashPipe {
-        match hasher {
-            None => HashPipe::None,
-            Some(h) if remaining < THREAD_HASH_MIN => HashPipe::Inline(h),
-            Some(mut h) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-                let handle = std::thread::spawn(move || {
-                    for chunk in rx {
-                        h.update(&chunk);
+    /// A pipe for content of `total` bytes received into `file`. With a thread, the first
+    /// `prefix` bytes of the file (kept from an earlier attempt) are hashed there; otherwise
+    /// the caller hashes them.
+    fn new(hasher: Option<Hasher>, total: u64, file: &File, prefix: u64) -> std::io::Result<Self> {
+        let mut h = match hasher {
+            None => return Ok(HashPipe::None),
+            Some(h) if total < THREAD_HASH_MIN => return Ok(HashPipe::Inline(h)),
+            Some(h) => h,
+        };
+        // The same open file (a dup): reads through it see what was written.
+        let f = file.try_clone()?;
+        let (tx, rx) = std::sync::mpsc::channel::<Piece>();
+        let (back_tx, back) = std::sync::mpsc::channel::<Vec<u8>>();
+        let handle = std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = Vec::new();
+            for piece in rx {
+                match piece {
+                    Piece::Bytes(b) => {
+                        h.update(&b);
+                        let _ = back_tx.send(b);
                     }
-                    h
-                });
-                HashPipe::Thread { tx, handle }
+                    Piece::Range(mut at, len) => {
+                        buf.resize(READ_BACK_BUF, 0);
+                        let end = at + len;
+                        while at < end {
+                            let want = (end - at).min(buf.len() as u64) as usize;
+                            f.read_exact_at(&mut buf[..want], at)?;
+                            h.update(&buf[..want]);
+                            at += want as u64;
+                        }
+                    }
+                }
             }
+            Ok(h)
+        });
+        if prefix > 0 {
+            let _ = tx.send(Piece::Range(0, prefix));
+        }
+        Ok(HashPipe::Thread {
+            tx,
+            back,
+            spare: POOL,
+            handle,
+        })
+    }
+
+    /// Bytes that were just written, for a pipe that hashes inline.
+    fn update(&mut self, data: &[u8]) {
+        if let HashPipe::Inline(h) = self {
+            h.update(data)
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            HashPipe::None => {}
-            HashPipe::Inline(h) => h.update(data),
-            // The hashing thread only ends when the sender is dropped, so a send cannot fail
-            // unless it panicked; `finish` reports that.
-            HashPipe::Thread { tx, .. } => {
-                let _ = tx.send(data.to_vec());
-            }
+    /// The hashing thread may hash `len` bytes of the file from `at` on. A send can only fail
+    /// when the thread stopped on an error, which `finish` reports.
+    fn written(&mut self, at: u64, len: u64) {
+        if let HashPipe::Thread { tx, .. } = self {
+            let _ = tx.send(Piece::Range(at, len));
         }
+    }
+
+    /// Hands `buf` (bytes just written) to the hashing thread; returns a buffer to fill next,
+    /// waiting for one when [`POOL`] buffers are already with the thread.
+    fn hand_buffer(&mut self, buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let HashPipe::Thread {
+            tx, back, spare, ..
+        } = self
+        else {
+            self.update(&buf);
+            return Ok(buf);
+        };
+        let gone = || std::io::Error::other("the hashing thread stopped");
+        tx.send(Piece::Bytes(buf)).map_err(|_| gone())?;
+        if let Ok(b) = back.try_recv() {
+            return Ok(b);
+        }
+        if *spare > 0 {
+            *spare -= 1;
+            return Ok(Vec::new());
+        }
+        back.recv().map_err(|_| gone())
     }
 
     /// The hex digest, or `None` for content that cannot be hashed.
@@ -89,29 +176,92 @@ impl HashPipe {
         Ok(match self {
             HashPipe::None => None,
             HashPipe::Inline(h) => Some(h.finish_hex()),
-            HashPipe::Thread { tx, handle } => {
+            HashPipe::Thread { tx, handle, .. } => {
                 drop(tx);
                 let h = handle
                     .join()
-                    .map_err(|_| TransferError::Other("the hashing thread failed".into()))?;
+                    .map_err(|_| TransferError::Other("the hashing thread failed".into()))?
+                    .map_err(|e| Error::io("reading back received content", e))?;
                 Some(h.finish_hex())
             }
         })
     }
 }
 
-/// Writes into the temp file and feeds the hasher with exactly what was written.
+/// Where a [`Fill`] puts content: a [`Write`], plus two ways for a sink backed by a file to
+/// take content with fewer copies.
+pub trait Sink: Write {
+    /// Writes all of `buf`; returns a buffer for the caller to fill next (empty, of any
+    /// capacity). A sink that hashes on another thread hands `buf` itself to that thread.
+    fn write_chunk(&mut self, buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        self.write_all(&buf)?;
+        Ok(buf)
+    }
+
+    /// Copies `src` from byte `pos` on into the sink inside the kernel, when the sink does
+    /// not need to see the bytes, until the end of `src` or until the kernel cannot (another
+    /// file system, no `copy_file_range`). Returns the position in `src` reached; the caller
+    /// writes the rest. The default copies nothing.
+    fn copy_file_tail(&mut self, _src: &File, pos: u64, _progress: &mut Progress) -> Result<u64> {
+        Ok(pos)
+    }
+}
+
+/// Writes into the temp file from `start` on and feeds the hasher with exactly what was
+/// written, and starts writeback of the written bytes as they accumulate.
 struct HashingSink<'a> {
     file: &'a File,
     hasher: &'a mut HashPipe,
+    start: u64,
     written: u64,
+    /// Bytes (of `written`) handed to the hasher.
+    handed: u64,
+    /// Bytes (of `written`) whose writeback was started.
+    flushed: u64,
+}
+
+impl HashingSink<'_> {
+    /// Hands written ranges to the hashing thread (`all`: also the last one, smaller than
+    /// [`HASH_STEP`]), and starts writeback every [`WRITEBACK_STEP`].
+    fn hand_over(&mut self, all: bool) {
+        let pending = self.written - self.handed;
+        if pending > 0 && (all || pending >= HASH_STEP) {
+            self.hasher.written(self.start + self.handed, pending);
+            self.handed = self.written;
+        }
+        let dirty = self.written - self.flushed;
+        if dirty >= WRITEBACK_STEP {
+            start_writeback(self.file, self.start + self.flushed, dirty);
+            self.flushed = self.written;
+        }
+    }
+}
+
+/// Starts (does not wait for) writeback of a range of `file`: only a head start for the fsync
+/// that follows, which reports any error.
+fn start_writeback(file: &File, at: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor; the call only schedules I/O.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            at as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 impl Write for HashingSink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = (&*self.file).write(buf)?;
-        self.hasher.update(&buf[..n]);
+        use std::os::unix::fs::FileExt;
+        let n = self.file.write_at(buf, self.start + self.written)?;
+        if !matches!(self.hasher, HashPipe::Thread { .. }) {
+            self.hasher.update(&buf[..n]);
+            self.handed += n as u64;
+        }
         self.written += n as u64;
+        self.hand_over(false);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -119,8 +269,69 @@ impl Write for HashingSink<'_> {
     }
 }
 
+impl Sink for HashingSink<'_> {
+    fn write_chunk(&mut self, buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(&buf, self.start + self.written)?;
+        let n = buf.len() as u64;
+        // Ranges from earlier plain writes go first, to keep the content's order.
+        self.hand_over(true);
+        let mut next = self.hasher.hand_buffer(buf)?;
+        self.written += n;
+        self.handed += n;
+        self.hand_over(false);
+        next.clear();
+        Ok(next)
+    }
+
+    fn copy_file_tail(&mut self, src: &File, mut pos: u64, progress: &mut Progress) -> Result<u64> {
+        use std::os::fd::AsRawFd;
+        // Only content that is not hashed can skip this process.
+        if !matches!(self.hasher, HashPipe::None) {
+            return Ok(pos);
+        }
+        loop {
+            progress.check_cancel()?;
+            let mut off_in = pos as libc::loff_t;
+            let mut off_out = (self.start + self.written) as libc::loff_t;
+            // SAFETY: valid descriptors, and offsets that live through the call.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    self.file.as_raw_fd(),
+                    &mut off_out,
+                    COPY_CHUNK,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+                        return Ok(pos);
+                    }
+                    _ => return Err(Error::io("copying received content", e)),
+                }
+            }
+            // 0 is the end of `src`, or a file system that copies nothing this way: the
+            // caller's read finds out which.
+            if n == 0 {
+                return Ok(pos);
+            }
+            let n = n as u64;
+            pos += n;
+            self.written += n;
+            self.handed += n;
+            self.hand_over(false);
+            progress.advance(n)?;
+        }
+    }
+}
+
 /// Source of content for [`receive_into`]: called with the offset to start at and the sink.
-pub type Fill<'f> = dyn FnMut(u64, &mut dyn Write, &mut Progress) -> Result<()> + 'f;
+pub type Fill<'f> = dyn FnMut(u64, &mut dyn Sink, &mut Progress) -> Result<()> + 'f;
 
 /// Receives `key` into `store` (see the module docs). `fill` is called to write the content
 /// from the given offset on; if a resumed partial file turns out not to match, the file is
@@ -239,31 +450,40 @@ pub fn receive_verified(
     }
     let mut attempt_offset = len;
     loop {
-        let mut hasher = key.hash_backend().map(Hasher::new);
+        let hasher = key.hash_backend().map(Hasher::new);
+        let total = key.size.unwrap_or(u64::MAX);
+        let mut pipe = HashPipe::new(hasher, total, file, attempt_offset).ctx("reading", &tmp)?;
         if attempt_offset > 0
-            && let Some(h) = hasher.as_mut()
+            && let HashPipe::Inline(h) = &mut pipe
         {
             hash_prefix(file, attempt_offset, h).ctx("reading", &tmp)?;
         }
-        (&*file)
-            .seek(SeekFrom::Start(attempt_offset))
-            .ctx("seeking in", &tmp)?;
         progress.start_at(attempt_offset);
-        let remaining = key.size.unwrap_or(u64::MAX).saturating_sub(attempt_offset);
-        let mut pipe = HashPipe::new(hasher, remaining);
         let mut sink = HashingSink {
             file,
             hasher: &mut pipe,
+            start: attempt_offset,
             written: 0,
+            handed: 0,
+            flushed: 0,
         };
-        if let Err(e) = fill(attempt_offset, &mut sink, progress) {
+        let filled = fill(attempt_offset, &mut sink, progress);
+        sink.hand_over(true);
+        let transferred = sink.written;
+        if let Err(e) = filled {
+            // The hashing thread ends before the lock is released.
+            let _ = pipe.finish();
             // Keep a partial file for a resume; an empty one is only clutter.
-            if attempt_offset + sink.written == 0 {
+            if attempt_offset + transferred == 0 {
                 let _ = fs::remove_file(&tmp);
             }
             return Err(e);
         }
-        let transferred = sink.written;
+        // Big content: flushed now, while the hashing thread finishes (writeback started
+        // early, so little is left). Small content is flushed by the caller, a batch at once.
+        if transferred >= THREAD_HASH_MIN {
+            file.sync_all().ctx("syncing", &tmp)?;
+        }
         let total = attempt_offset + transferred;
         let digest = pipe.finish()?;
         let bad = match (key.size, digest) {
@@ -319,26 +539,50 @@ fn hash_prefix(file: &File, n: u64, h: &mut Hasher) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Copies `src` from `offset` on into `sink` in 1 MiB chunks, reporting progress and honouring
-/// cancellation between chunks.
+/// Copies `src` from `offset` on into `sink` (inside the kernel when the sink can, else in 1 MiB
+/// chunks), reporting progress and honouring cancellation between chunks.
 pub fn copy_from_file(
     src: &Path,
     offset: u64,
-    sink: &mut dyn Write,
+    sink: &mut dyn Sink,
     progress: &mut Progress,
 ) -> Result<()> {
-    let mut f = File::open(src).ctx("reading", src)?;
-    f.seek(SeekFrom::Start(offset)).ctx("seeking in", src)?;
-    let mut buf = vec![0u8; 1 << 20];
+    use std::os::fd::AsRawFd;
+    let f = File::open(src).ctx("reading", src)?;
+    // SAFETY: a valid descriptor; only a hint to the kernel's readahead.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    // Inside the kernel when the sink can, then (or else) through buffers.
+    let mut offset = sink.copy_file_tail(&f, offset, progress)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
     loop {
         progress.check_cancel()?;
-        let n = match f.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::io(format!("reading {}", src.display()), e)),
+        buf.clear();
+        buf.reserve(CHUNK);
+        // SAFETY: the kernel writes at most `CHUNK` bytes into the spare capacity, and
+        // `set_len` covers only the bytes it reports as read.
+        let n = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                CHUNK,
+                offset as libc::off_t,
+            )
         };
-        sink.write_all(&buf[..n])
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::io(format!("reading {}", src.display()), e));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        // SAFETY: see above.
+        unsafe { buf.set_len(n as usize) };
+        offset += n as u64;
+        buf = sink
+            .write_chunk(buf)
             .map_err(|e| Error::io("writing received content", e))?;
         progress.advance(n as u64)?;
     }
@@ -698,6 +942,89 @@ mod tests {
         fs::write(&tmp, &data[..(3 << 20)]).unwrap();
         let r = receive(&s, &key, &data).unwrap();
         assert_eq!(r.resumed_from, 3 << 20);
+        assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
+    }
+
+    /// Receives `key` by copying the file `src` (the local-remote path).
+    fn receive_file(s: &Store, key: &Key, src: &Path) -> Result<Received> {
+        let cancel = AtomicBool::new(false);
+        let mut cb = |_| {};
+        let mut p = Progress::new(key, &cancel, &mut cb);
+        receive_into(s, key, &mut p, &mut |off, sink, p| {
+            copy_from_file(src, off, sink, p)
+        })
+    }
+
+    #[test]
+    fn big_files_are_copied_through_pooled_buffers_and_verified() {
+        let (d, s) = store();
+        // More than POOL buffers of CHUNK bytes, and not a multiple of CHUNK.
+        let len = (POOL + 5) * CHUNK + 12_345;
+        let data: Vec<u8> = (0..len as u32).map(|i| (i % 253) as u8).collect();
+        let key = key_for(&data);
+        let src = d.path().join("src.bin");
+        let mut bad = data.clone();
+        bad[len - 3] ^= 1;
+        fs::write(&src, &bad).unwrap();
+        let e = receive_file(&s, &key, &src).unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        assert!(s.find(&key).is_none());
+        // A kept partial file is hashed on the thread, the rest is copied.
+        fs::write(&src, &data).unwrap();
+        let tmp = s.tmp_dir().unwrap().join(key_component(&key).unwrap());
+        fs::write(&tmp, &data[..(10 << 20) + 7]).unwrap();
+        let r = receive_file(&s, &key, &src).unwrap();
+        assert_eq!(r.resumed_from, (10 << 20) + 7);
+        assert_eq!(r.transferred, len as u64 - r.resumed_from);
+        assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
+    }
+
+    #[test]
+    fn plain_writes_and_handed_buffers_are_hashed_in_order() {
+        let (_d, s) = store();
+        let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 239) as u8).collect();
+        let key = key_for(&data);
+        let cancel = AtomicBool::new(false);
+        let mut cb = |_| {};
+        let mut p = Progress::new(&key, &cancel, &mut cb);
+        receive_into(&s, &key, &mut p, &mut |off, sink, p| {
+            let mut rest = &data[off as usize..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                // Alternate odd-sized borrowed writes with owned buffers.
+                let n = rest.len().min(if i % 2 == 0 { 300_001 } else { CHUNK });
+                if i % 2 == 0 {
+                    sink.write_all(&rest[..n]).unwrap();
+                } else {
+                    sink.write_chunk(rest[..n].to_vec()).unwrap();
+                }
+                p.advance(n as u64)?;
+                rest = &rest[n..];
+                i += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
+    }
+
+    #[test]
+    fn unhashed_content_is_copied_in_the_kernel_and_resumes() {
+        let (d, s) = store();
+        let data: Vec<u8> = (0..(9u32 << 20) + 5).map(|i| (i % 247) as u8).collect();
+        let key = Key {
+            variety: "WORM".into(),
+            size: Some(data.len() as u64),
+            mtime: Some(1),
+            chunk: None,
+            name: b"f.bin".to_vec(),
+        };
+        let src = d.path().join("src.bin");
+        fs::write(&src, &data).unwrap();
+        let tmp = s.tmp_dir().unwrap().join(key_component(&key).unwrap());
+        fs::write(&tmp, &data[..1000]).unwrap();
+        let r = receive_file(&s, &key, &src).unwrap();
+        assert_eq!(r.resumed_from, 1000);
         assert_eq!(fs::read(s.find(&key).unwrap()).unwrap(), data);
     }
 
