@@ -168,6 +168,13 @@ impl Branch {
         self.read_committed(path)
     }
 
+    /// The location log of `key` (journal first), empty when there is none.
+    pub fn location_log(&self, key: &crate::key::Key) -> Result<crate::logs::LocationLog> {
+        Ok(crate::logs::LocationLog::parse(
+            &self.read(&location_log_path(key))?.unwrap_or_default(),
+        ))
+    }
+
     /// Like [`Branch::read`] for many files, with one git process for the committed ones.
     pub fn read_many(&self, paths: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
         let jdir = self.journal_dir();

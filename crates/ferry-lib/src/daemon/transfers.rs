@@ -22,7 +22,7 @@ use super::{PushMsg, Shared};
 use crate::annexed::{AnnexedFile, annexed_files};
 use crate::key::Key;
 use crate::ops::content::{ContentOptions, Events, FileOutcome};
-use crate::remote::{Remote, TransferError};
+use crate::remote::{Remote, Remotes, TransferError};
 use crate::repo::Repo;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -281,7 +281,7 @@ pub(super) struct Ctx {
     cancel: Arc<AtomicBool>,
     queue: Queue,
     /// The remotes content moves with, read again by each planning round.
-    remotes: RwLock<Arc<Vec<Arc<dyn Remote>>>>,
+    remotes: RwLock<Arc<Remotes>>,
     last_publish: Mutex<Instant>,
 }
 
@@ -350,7 +350,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     let log = |m: &str| (ctx.shared.log)(m);
     let mut all_next = false;
     // The remotes, read at the first round and again after git config changed.
-    let mut loaded: Option<(Vec<Arc<dyn Remote>>, bool)> = None;
+    let mut loaded: Option<(Arc<Remotes>, bool)> = None;
     let mut last_warnings: Vec<String> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut all = std::mem::take(&mut all_next);
@@ -374,9 +374,8 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         if loaded.is_none() {
             match crate::remote::configured(repo) {
                 Ok((remotes, unusable)) => {
-                    let remotes: Vec<Arc<dyn Remote>> =
-                        remotes.into_iter().map(Arc::from).collect();
-                    *ctx.remotes.write().unwrap() = Arc::new(remotes.clone());
+                    let remotes = Arc::new(remotes);
+                    *ctx.remotes.write().unwrap() = remotes.clone();
                     loaded = Some((remotes, !unusable.is_empty()));
                 }
                 Err(e) => {
@@ -386,8 +385,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 }
             }
         }
-        let (remotes, some_unusable) = loaded.as_ref().expect("loaded above");
-        let (remotes, some_unusable) = (remotes.clone(), *some_unusable);
+        let (remotes, some_unusable) = loaded.clone().expect("loaded above");
         if remotes.is_empty() {
             all_next = some_unusable;
             continue;
@@ -461,26 +459,19 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             .collect();
         all_next |= some_unusable;
         let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, mincopies);
-        let store = repo.store();
-        let mut seen = HashSet::new();
         let mut items = Vec::new();
-        for f in files {
-            if !seen.insert(f.key.clone()) {
-                continue;
-            }
-            let locations: Vec<String> = repo
-                .branch
-                .read(&crate::branch::location_log_path(&f.key))
-                .ok()
-                .flatten()
-                .map(|l| crate::logs::LocationLog::parse(&l).present())
-                .unwrap_or_default();
-            let plan = planner.plan(&crate::preferred::FileInfo {
-                path: Some(&f.path),
-                key: &f.key,
-                locations: &locations,
-                present_here: store.find(&f.key).is_some(),
-            });
+        for f in crate::ops::content::one_per_key(files) {
+            let plan = match planner.plan_file(repo, &f) {
+                Ok(p) => p,
+                Err(e) => {
+                    log(&format!(
+                        "planning {} failed: {e}",
+                        String::from_utf8_lossy(&f.path)
+                    ));
+                    all_next = true;
+                    continue;
+                }
+            };
             let item = |dir, remote: Option<&dyn Remote>| Item {
                 dir,
                 file: f.clone(),
@@ -534,17 +525,16 @@ fn worker(ctx: &Ctx, small_only: bool) {
         ctx.publish();
         let t0 = Instant::now();
         let remotes = ctx.remotes.read().unwrap().clone();
-        let (done, retry, ok, failed) = run_batch(ctx, run, &remotes, batch);
+        let Booked {
+            done,
+            retry,
+            ok,
+            failed,
+        } = run_batch(ctx, run, &remotes, batch);
         ctx.queue.finish(run, done, retry);
         if ok + failed > 0 {
-            let rs: Vec<&dyn Remote> = remotes.iter().map(|r| r.as_ref() as &dyn Remote).collect();
-            for r in &rs {
-                if let Err(e) = r.flush() {
-                    (ctx.shared.log)(&format!("recording locations in {} failed: {e}", r.name()));
-                }
-            }
-            if let Err(e) = ctx.repo.branch.commit(None, "update") {
-                (ctx.shared.log)(&format!("committing the location log failed: {e}"));
+            if let Err(e) = crate::ops::content::finish_bookkeeping(&ctx.repo, &remotes) {
+                (ctx.shared.log)(&format!("recording the new locations failed: {e}"));
             }
             let ms = t0.elapsed().as_millis() as u64;
             (ctx.shared.log)(&format!(
@@ -559,23 +549,29 @@ fn worker(ctx: &Ctx, small_only: bool) {
     }
 }
 
-type RunResult = (Vec<Item>, Vec<(Instant, Item)>, usize, usize);
+/// What became of a batch's items.
+#[derive(Default)]
+struct Booked {
+    /// Done, or given up: forgotten by the queue.
+    done: Vec<Item>,
+    /// To be tried again, and when.
+    retry: Vec<(Instant, Item)>,
+    /// Items that moved or dropped content, and failures.
+    ok: usize,
+    failed: usize,
+}
 
-/// Runs one batch; returns (items done or given up, items to retry and when, ok, failed).
-fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>) -> RunResult {
+/// Runs one batch.
+fn run_batch(ctx: &Ctx, run: u64, remotes: &Remotes, batch: Vec<Item>) -> Booked {
     let repo = &ctx.repo;
     let opts = ContentOptions {
         jobs: 1,
         cancel: &ctx.cancel,
     };
     let events = Report { ctx, run };
-    let by_name: HashMap<&str, &dyn Remote> = remotes
-        .iter()
-        .map(|r| (r.name(), r.as_ref() as &dyn Remote))
-        .collect();
-    let mut done = Vec::new();
-    let mut retry = Vec::new();
-    let (mut ok, mut failed) = (0, 0);
+    let by_name: HashMap<&str, &dyn Remote> =
+        remotes.iter().map(|r| (r.name(), r.as_ref())).collect();
+    let mut booked = Booked::default();
     // Groups: (direction, remote name) -> items.
     let mut groups: BTreeMap<(Dir, String), Vec<Item>> = BTreeMap::new();
     let store = repo.store();
@@ -583,14 +579,14 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>)
         match it.dir {
             Dir::Download => {
                 if store.find(&it.file.key).is_some() {
-                    done.push(it);
+                    booked.done.push(it);
                     continue;
                 }
                 match pick_source(repo, remotes, &it) {
                     Some(src) => groups.entry((Dir::Download, src)).or_default().push(it),
                     // No reachable remote has it: a later round (a remote back, new locations)
                     // queues it again.
-                    None => done.push(it),
+                    None => booked.done.push(it),
                 }
             }
             Dir::Upload | Dir::DropFrom => {
@@ -598,7 +594,7 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>)
                 if by_name.contains_key(name.as_str()) {
                     groups.entry((it.dir, name)).or_default().push(it);
                 } else {
-                    done.push(it); // the remote is gone from the config
+                    booked.done.push(it); // the remote is gone from the config
                 }
             }
             Dir::DropHere => groups
@@ -607,39 +603,31 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>)
                 .push(it),
         }
     }
-    let boxed: Vec<Box<dyn Remote>> = remotes
-        .iter()
-        .map(|r| Box::new(r.clone()) as Box<dyn Remote>)
-        .collect();
-    let policy = std::cell::OnceCell::new();
-    let drop_policy = || {
-        policy
-            .get_or_init(|| crate::ops::drop::DropPolicy::load(repo).map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(|e| crate::Error::from(TransferError::Other(e.clone())))
-    };
+    let policy = groups
+        .keys()
+        .any(|(d, _)| matches!(d, Dir::DropFrom | Dir::DropHere))
+        .then(|| crate::ops::drop::DropPolicy::load(repo));
     for ((dir, name), items) in groups {
         let files: Vec<&AnnexedFile> = items.iter().map(|i| &i.file).collect();
         let remote = by_name.get(name.as_str()).copied();
+        let drops = |drop: &dyn Fn(&crate::ops::drop::DropPolicy, &Key) -> crate::Result<bool>| {
+            match policy.as_ref().expect("loaded when there are drops") {
+                Ok(p) => files.iter().map(|f| drop(p, &f.key)).collect(),
+                Err(e) => crate::remote::fail_all(files.len(), e),
+            }
+        };
         let results: Vec<crate::Result<bool>> = match (dir, remote) {
-            (Dir::DropHere, _) => files
-                .iter()
-                .map(|f| {
-                    drop_policy().and_then(|p| crate::ops::drop::drop_here(repo, &boxed, p, &f.key))
-                })
-                .collect(),
+            (Dir::DropHere, _) => {
+                drops(&|p, key| crate::ops::drop::drop_here(repo, remotes, p, key))
+            }
             // Grouped by a configured remote above, so not expected: forget them.
             (_, None) => {
-                done.extend(items);
+                booked.done.extend(items);
                 continue;
             }
-            (Dir::DropFrom, Some(remote)) => files
-                .iter()
-                .map(|f| {
-                    drop_policy()
-                        .and_then(|p| crate::ops::drop::drop_from(repo, &boxed, p, remote, &f.key))
-                })
-                .collect(),
+            (Dir::DropFrom, Some(remote)) => {
+                drops(&|p, key| crate::ops::drop::drop_from(repo, remotes, p, remote, key))
+            }
             (Dir::Download, Some(remote)) if items.len() == 1 && !items[0].small() => {
                 vec![
                     crate::ops::content::download(repo, remote, files[0], &opts, &events)
@@ -659,75 +647,69 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &[Arc<dyn Remote>], batch: Vec<Item>)
                     .collect()
             }
         };
-        settle(
-            ctx,
-            dir,
-            &name,
-            items,
-            results,
-            &mut done,
-            &mut retry,
-            &mut ok,
-            &mut failed,
-        );
+        booked.settle(ctx, dir, &name, items, results);
     }
-    (done, retry, ok, failed)
+    booked
 }
 
-/// Books the results of one group: successes are done, failures wait for a retry (or are
-/// given up), content another transfer is receiving is looked at again soon.
-#[allow(clippy::too_many_arguments)]
-fn settle(
-    ctx: &Ctx,
-    dir: Dir,
-    name: &str,
-    items: Vec<Item>,
-    results: Vec<crate::Result<bool>>,
-    done: &mut Vec<Item>,
-    retry: &mut Vec<(Instant, Item)>,
-    ok: &mut usize,
-    failed: &mut usize,
-) {
-    for (mut it, r) in items.into_iter().zip(results) {
-        match r {
-            Ok(moved) => {
-                *ok += usize::from(moved);
-                done.push(it);
-            }
-            Err(_) if ctx.cancel.load(Ordering::Relaxed) => done.push(it),
-            // Someone else (this clone's other side, or git-annex) is delivering it: look
-            // again shortly, without counting an attempt.
-            Err(crate::Error::Transfer(TransferError::InProgress(_))) => {
-                retry.push((Instant::now() + IN_PROGRESS_RECHECK, it));
-            }
-            Err(e) => {
-                let e = e.to_string();
-                *failed += 1;
-                it.attempts += 1;
-                let (what, towards) = match dir {
-                    Dir::Download => ("download of", "from"),
-                    Dir::Upload => ("upload of", "to"),
-                    Dir::DropFrom => ("drop of", "from"),
-                    Dir::DropHere => ("drop of", "in"),
-                };
-                (ctx.shared.log)(&format!(
-                    "{what} {} {towards} {name} failed (attempt {}): {e}",
-                    String::from_utf8_lossy(&it.file.path),
-                    it.attempts
-                ));
-                if dir == Dir::Download {
-                    it.avoid.push(name.to_string());
+impl Booked {
+    /// Books the results of one group: successes are done, failures wait for a retry (or are
+    /// given up), content another transfer is receiving is looked at again soon.
+    fn settle(
+        &mut self,
+        ctx: &Ctx,
+        dir: Dir,
+        name: &str,
+        items: Vec<Item>,
+        results: Vec<crate::Result<bool>>,
+    ) {
+        let Booked {
+            done,
+            retry,
+            ok,
+            failed,
+        } = self;
+        for (mut it, r) in items.into_iter().zip(results) {
+            match r {
+                Ok(moved) => {
+                    *ok += usize::from(moved);
+                    done.push(it);
                 }
-                it.last_error = Some(e);
-                if it.attempts >= MAX_ATTEMPTS {
+                Err(_) if ctx.cancel.load(Ordering::Relaxed) => done.push(it),
+                // Someone else (this clone's other side, or git-annex) is delivering it: look
+                // again shortly, without counting an attempt.
+                Err(crate::Error::Transfer(TransferError::InProgress(_))) => {
+                    retry.push((Instant::now() + IN_PROGRESS_RECHECK, it));
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    *failed += 1;
+                    it.attempts += 1;
+                    let (what, towards) = match dir {
+                        Dir::Download => ("download of", "from"),
+                        Dir::Upload => ("upload of", "to"),
+                        Dir::DropFrom => ("drop of", "from"),
+                        Dir::DropHere => ("drop of", "in"),
+                    };
                     (ctx.shared.log)(&format!(
-                        "giving up on {} after {} attempts (a later change or a restart tries again)",
+                        "{what} {} {towards} {name} failed (attempt {}): {e}",
                         String::from_utf8_lossy(&it.file.path),
                         it.attempts
                     ));
-                    done.push(it);
-                } else {
-                    retry.push((Instant::now() + backoff(it.attempts), it));
+                    if dir == Dir::Download {
+                        it.avoid.push(name.to_string());
+                    }
+                    it.last_error = Some(e);
+                    if it.attempts >= MAX_ATTEMPTS {
+                        (ctx.shared.log)(&format!(
+                            "giving up on {} after {} attempts (a later change or a restart tries again)",
+                            String::from_utf8_lossy(&it.file.path),
+                            it.attempts
+                        ));
+                        done.push(it);
+                    } else {
+                        retry.push((Instant::now() + backoff(it.attempts), it));
+                    }
                 }
             }
         }
@@ -736,15 +718,10 @@ fn settle(
 
 /// The remote to download `it` from: the cheapest reachable one the location log says has
 /// the content, preferring sources that have not failed for this item.
-fn pick_source(repo: &Repo, remotes: &[Arc<dyn Remote>], it: &Item) -> Option<String> {
-    let log = crate::logs::LocationLog::parse(
-        &repo
-            .branch
-            .read(&crate::branch::location_log_path(&it.file.key))
-            .ok()??,
-    );
+fn pick_source(repo: &Repo, remotes: &Remotes, it: &Item) -> Option<String> {
+    let log = repo.branch.location_log(&it.file.key).ok()?;
     let holders: HashSet<String> = log.present().into_iter().collect();
-    let candidates: Vec<&Arc<dyn Remote>> = remotes
+    let candidates: Vec<&Box<dyn Remote>> = remotes
         .iter()
         .filter(|r| holders.contains(r.uuid()) && r.check_available().is_ok())
         .collect();

@@ -11,7 +11,7 @@ use crate::annexed::{AnnexedFile, annexed_files};
 use crate::error::Result;
 use crate::key::Key;
 use crate::lock::LockKind;
-use crate::logs::{LocationLog, Presence};
+use crate::logs::Presence;
 use crate::remote::{Progress, Remote, TransferError, Unusable};
 use crate::repo::Repo;
 use crate::transfer::{Direction, TransferGuard, lock_content, log_presence, receive_into};
@@ -68,6 +68,69 @@ pub struct FileOutcome {
     pub resumed_from: Option<u64>,
     /// Bytes moved by this transfer.
     pub bytes: u64,
+}
+
+impl FileOutcome {
+    /// A success for `f`, saying what was done.
+    pub fn done(f: &AnnexedFile, note: impl Into<String>) -> FileOutcome {
+        FileOutcome {
+            path: f.path.clone(),
+            key: f.key.to_string(),
+            success: true,
+            note: Some(note.into()),
+            ..Default::default()
+        }
+    }
+
+    /// A transfer of `f` that moved `bytes`, after `resumed_from` bytes kept from before.
+    fn moved(f: &AnnexedFile, note: impl Into<String>, resumed_from: u64, bytes: u64) -> Self {
+        FileOutcome {
+            resumed_from: (resumed_from > 0).then_some(resumed_from),
+            bytes,
+            ..FileOutcome::done(f, note)
+        }
+    }
+
+    /// A failure for `f`.
+    pub fn failed(f: &AnnexedFile, e: impl std::fmt::Display) -> FileOutcome {
+        FileOutcome {
+            path: f.path.clone(),
+            key: f.key.to_string(),
+            success: false,
+            error: Some(e.to_string()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Counts outcomes into a [`Summary`] and hands each to the [`Events`].
+struct Tally<'e> {
+    summary: Mutex<Summary>,
+    events: &'e dyn Events,
+}
+
+impl<'e> Tally<'e> {
+    fn new(events: &'e dyn Events) -> Self {
+        Tally {
+            summary: Mutex::new(Summary::default()),
+            events,
+        }
+    }
+
+    fn report(&self, o: FileOutcome) {
+        let mut s = self.summary.lock().unwrap();
+        if o.success {
+            s.ok += 1;
+        } else {
+            s.failed += 1;
+        }
+        drop(s);
+        self.events.done(&o);
+    }
+
+    fn summary(self) -> Summary {
+        self.summary.into_inner().unwrap()
+    }
 }
 
 /// Where results and progress go. Called from worker threads.
@@ -134,11 +197,7 @@ pub fn transfer(
     }
     // One transfer per key: other files with the same content are served by it (unlocked
     // ones are populated for the key), so parallel workers never wait on each other.
-    let mut seen = HashSet::new();
-    let files: Vec<AnnexedFile> = annexed_files(&repo.git, pathspecs)?
-        .into_iter()
-        .filter(|f| seen.insert(f.key.clone()))
-        .collect();
+    let files = one_per_key(annexed_files(&repo.git, pathspecs)?);
     let policy = match action {
         Action::MoveTo(_) | Action::MoveFrom(_) => Some(crate::ops::drop::DropPolicy::load(repo)?),
         _ => None,
@@ -163,12 +222,8 @@ pub fn transfer(
                 if !dropped {
                     return Ok(o);
                 }
-                let mut o = o.unwrap_or_else(|| FileOutcome {
-                    path: f.path.clone(),
-                    key: f.key.to_string(),
-                    success: true,
-                    note: Some(format!("already in {}", named.unwrap().name())),
-                    ..Default::default()
+                let mut o = o.unwrap_or_else(|| {
+                    FileOutcome::done(f, format!("already in {}", named.unwrap().name()))
                 });
                 o.note = Some(format!("{}, dropped here", o.note.unwrap_or_default()));
                 Ok(Some(o))
@@ -186,49 +241,28 @@ pub fn transfer(
                                 r.name()
                             ))
                         })?;
-                    let mut o = o.unwrap_or_else(|| FileOutcome {
-                        path: f.path.clone(),
-                        key: f.key.to_string(),
-                        success: true,
-                        ..Default::default()
-                    });
-                    o.note = Some(match o.note {
-                        Some(n) => format!("{n}, dropped from {}", r.name()),
-                        None => format!("dropped from {}", r.name()),
-                    });
+                    let dropped = format!("dropped from {}", r.name());
+                    let o = match o {
+                        Some(mut o) => {
+                            o.note = Some(format!("{}, {dropped}", o.note.unwrap_or_default()));
+                            o
+                        }
+                        None => FileOutcome::done(f, dropped),
+                    };
                     Ok(Some(o))
                 })
             }
         };
-        match r {
-            Ok(o) => o,
-            Err(e) => Some(FileOutcome {
-                path: f.path.clone(),
-                key: f.key.to_string(),
-                success: false,
-                error: Some(e.to_string()),
-                ..Default::default()
-            }),
-        }
+        r.unwrap_or_else(|e| Some(FileOutcome::failed(f, e)))
     };
-    let summary = Mutex::new(Summary::default());
-    let report = |o: FileOutcome| {
-        let mut s = summary.lock().unwrap();
-        if o.success {
-            s.ok += 1;
-        } else {
-            s.failed += 1;
-        }
-        drop(s);
-        events.done(&o);
-    };
+    let tally = Tally::new(events);
     run_pool(&files, opts.jobs, |f| {
         if let Some(o) = run_one(f) {
-            report(o);
+            tally.report(o);
         }
     });
     finish_bookkeeping(repo, remotes)?;
-    Ok(summary.into_inner().unwrap())
+    Ok(tally.summary())
 }
 
 pub(crate) fn readonly_error(r: &dyn Remote) -> crate::Error {
@@ -255,15 +289,6 @@ pub fn finish_bookkeeping(repo: &Repo, remotes: &[Box<dyn Remote>]) -> Result<()
     }
 }
 
-fn location_log(repo: &Repo, key: &Key) -> Result<LocationLog> {
-    Ok(LocationLog::parse(
-        &repo
-            .branch
-            .read(&crate::branch::location_log_path(key))?
-            .unwrap_or_default(),
-    ))
-}
-
 fn get_one(
     repo: &Repo,
     remotes: &[Box<dyn Remote>],
@@ -276,8 +301,12 @@ fn get_one(
     if repo.store().find(&f.key).is_some() {
         return Ok(None);
     }
-    let log = location_log(repo, &f.key)?;
-    let holders: HashSet<String> = log.present().into_iter().collect();
+    let holders: HashSet<String> = repo
+        .branch
+        .location_log(&f.key)?
+        .present()
+        .into_iter()
+        .collect();
     let candidates: Vec<&dyn Remote> = match from {
         Some(r) => vec![r],
         None => remotes
@@ -286,22 +315,33 @@ fn get_one(
             .map(|r| r.as_ref())
             .collect(),
     };
-    if candidates.is_empty() {
-        return Err(no_source_error(repo, remotes, unusable, &holders)?);
+    match download_first(repo, candidates, f, opts, events) {
+        Some(r) => r.map(Some),
+        None => Err(no_source_error(repo, unusable, &holders)?),
     }
+}
+
+/// Downloads `f` from the first of `candidates` that succeeds (all errors are reported when
+/// none does); `None` when there is no candidate.
+fn download_first<'r>(
+    repo: &Repo,
+    candidates: impl IntoIterator<Item = &'r dyn Remote>,
+    f: &AnnexedFile,
+    opts: &ContentOptions,
+    events: &dyn Events,
+) -> Option<Result<FileOutcome>> {
     let mut errors = Vec::new();
     for r in candidates {
         match download(repo, r, f, opts, events) {
-            Ok(o) => return Ok(Some(o)),
+            Ok(o) => return Some(Ok(o)),
             Err(e) => errors.push(e.to_string()),
         }
     }
-    Err(TransferError::Other(errors.join("; ")).into())
+    (!errors.is_empty()).then(|| Err(TransferError::Other(errors.join("; ")).into()))
 }
 
 fn no_source_error(
     repo: &Repo,
-    remotes: &[Box<dyn Remote>],
     unusable: &[Unusable],
     holders: &HashSet<String>,
 ) -> Result<crate::Error> {
@@ -331,7 +371,6 @@ fn no_source_error(
         })
         .collect();
     where_.sort();
-    let _ = remotes;
     Ok(TransferError::Other(format!(
         "no usable remote has this content; it is in: {}. Add one of these repositories as a remote (git remote add NAME PATH) and try again",
         where_.join(", ")
@@ -402,15 +441,7 @@ pub fn download(
     guard.finish(r.is_ok());
     let r = r?;
     log_presence(repo, &f.key, repo.uuid(), Presence::Present)?;
-    let mut outcome = FileOutcome {
-        path: f.path.clone(),
-        key: f.key.to_string(),
-        success: true,
-        note: Some(note),
-        resumed_from: (r.resumed_from > 0).then_some(r.resumed_from),
-        bytes: r.transferred,
-        error: None,
-    };
+    let mut outcome = FileOutcome::moved(f, note, r.resumed_from, r.transferred);
     if !repo.is_bare()
         && let Err(e) = crate::ops::unlock::populate(repo, &f.key)
     {
@@ -477,15 +508,12 @@ pub fn upload(
     guard.finish(r.is_ok());
     let (stored, done) = r?;
     log_presence(repo, &f.key, remote.uuid(), Presence::Present)?;
-    Ok(FileOutcome {
-        path: f.path.clone(),
-        key: f.key.to_string(),
-        success: true,
-        note: Some(note),
-        resumed_from: (stored.resumed_from > 0).then_some(stored.resumed_from),
-        bytes: done.saturating_sub(stored.resumed_from),
-        error: None,
-    })
+    Ok(FileOutcome::moved(
+        f,
+        note,
+        stored.resumed_from,
+        done.saturating_sub(stored.resumed_from),
+    ))
 }
 
 /// [`download`] for a batch of small files from one remote: each is received and verified,
@@ -532,13 +560,7 @@ pub fn download_many(
         match r {
             Ok((crate::transfer::Verified::AlreadyPresent, guard)) => {
                 guard.finish(true);
-                out[i] = Some(Ok(FileOutcome {
-                    path: f.path.clone(),
-                    key: f.key.to_string(),
-                    success: true,
-                    note: Some("already here".into()),
-                    ..Default::default()
-                }));
+                out[i] = Some(Ok(FileOutcome::done(f, "already here")));
             }
             Ok((crate::transfer::Verified::Pending(p), guard)) => {
                 held.push((i, guard));
@@ -566,15 +588,7 @@ pub fn download_many(
         guard.finish(r.is_ok());
         out[i] = Some(r.map(|r| {
             arrived.push(f.key.clone());
-            FileOutcome {
-                path: f.path.clone(),
-                key: f.key.to_string(),
-                success: true,
-                note: Some(note.clone()),
-                resumed_from: (r.resumed_from > 0).then_some(r.resumed_from),
-                bytes: r.transferred,
-                error: None,
-            }
+            FileOutcome::moved(f, &note, r.resumed_from, r.transferred)
         }));
     }
     if !repo.is_bare()
@@ -660,19 +674,25 @@ pub fn upload_many(
         drop(keep);
         out[i] = Some(r.map(|stored| {
             events.progress(f, f.key.size.unwrap_or(0));
-            Some(FileOutcome {
-                path: f.path.clone(),
-                key: f.key.to_string(),
-                success: true,
-                note: Some(note.clone()),
-                resumed_from: (stored.resumed_from > 0).then_some(stored.resumed_from),
-                bytes: f.key.size.unwrap_or(0).saturating_sub(stored.resumed_from),
-                error: None,
-            })
+            Some(FileOutcome::moved(
+                f,
+                &note,
+                stored.resumed_from,
+                f.key.size.unwrap_or(0).saturating_sub(stored.resumed_from),
+            ))
         }));
     }
     out.into_iter()
         .map(|r| r.expect("every file has a result"))
+        .collect()
+}
+
+/// The first file of each key: the same content under two names moves once.
+pub(crate) fn one_per_key(files: Vec<AnnexedFile>) -> Vec<AnnexedFile> {
+    let mut seen = HashSet::new();
+    files
+        .into_iter()
+        .filter(|f| seen.insert(f.key.clone()))
         .collect()
 }
 
@@ -718,45 +738,13 @@ pub fn sync_content(
     let policy = crate::ops::drop::DropPolicy::load(repo)?;
     let planner = Planner::new(&prefs, repo.uuid(), &chosen, policy.mincopies);
     let store = repo.store();
-    let plan_for = |f: &AnnexedFile| -> Result<Plan> {
-        let holders = location_log(repo, &f.key)?.present();
-        Ok(planner.plan(&crate::preferred::FileInfo {
-            path: Some(&f.path),
-            key: &f.key,
-            locations: &holders,
-            present_here: store.find(&f.key).is_some(),
-        }))
-    };
-    let files = annexed_files(&repo.git, paths)?;
-    let summary = Mutex::new(Summary::default());
-    let report = |o: FileOutcome| {
-        let mut s = summary.lock().unwrap();
-        if o.success {
-            s.ok += 1;
-        } else {
-            s.failed += 1;
-        }
-        drop(s);
-        events.done(&o);
-    };
-    let failed = |f: &AnnexedFile, e: crate::Error| FileOutcome {
-        path: f.path.clone(),
-        key: f.key.to_string(),
-        success: false,
-        error: Some(e.to_string()),
-        ..Default::default()
-    };
-    // One entry per key: the same content under two names moves once.
-    let mut seen = HashSet::new();
+    let tally = Tally::new(events);
     let mut planned: Vec<(AnnexedFile, Plan)> = Vec::new();
-    for f in files {
-        if !seen.insert(f.key.clone()) {
-            continue;
-        }
-        match plan_for(&f) {
+    for f in one_per_key(annexed_files(&repo.git, paths)?) {
+        match planner.plan_file(repo, &f) {
             Ok(p) if p.is_empty() => {}
             Ok(p) => planned.push((f, p)),
-            Err(e) => report(failed(&f, e)),
+            Err(e) => tally.report(FileOutcome::failed(&f, e)),
         }
     }
 
@@ -765,19 +753,18 @@ pub fn sync_content(
         if !plan.download || opts.cancel.load(Ordering::Relaxed) || store.find(&f.key).is_some() {
             return;
         }
-        let holders: HashSet<String> = match location_log(repo, &f.key) {
+        let holders: HashSet<String> = match repo.branch.location_log(&f.key) {
             Ok(l) => l.present().into_iter().collect(),
-            Err(e) => return report(failed(f, e)),
+            Err(e) => return tally.report(FileOutcome::failed(f, e)),
         };
-        let mut errors = Vec::new();
-        for r in chosen.iter().filter(|r| holders.contains(r.uuid())) {
-            match download(repo, *r, f, opts, events) {
-                Ok(o) => return report(o),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        if !errors.is_empty() {
-            report(failed(f, TransferError::Other(errors.join("; ")).into()));
+        let sources = chosen
+            .iter()
+            .copied()
+            .filter(|r| holders.contains(r.uuid()));
+        match download_first(repo, sources, f, opts, events) {
+            Some(Ok(o)) => tally.report(o),
+            Some(Err(e)) => tally.report(FileOutcome::failed(f, e)),
+            None => {}
         }
     });
 
@@ -792,9 +779,9 @@ pub fn sync_content(
             return;
         }
         match put_one(repo, *r, f, opts, events) {
-            Ok(Some(o)) => report(o),
+            Ok(Some(o)) => tally.report(o),
             Ok(None) => {}
-            Err(e) => report(failed(f, e)),
+            Err(e) => tally.report(FileOutcome::failed(f, e)),
         }
     });
 
@@ -806,16 +793,10 @@ pub fn sync_content(
         };
         match r {
             Ok(false) => {}
-            Ok(true) => report(FileOutcome {
-                path: f.path.clone(),
-                key: f.key.to_string(),
-                success: true,
-                note: Some(note),
-                ..Default::default()
-            }),
-            Err(e) => report(FileOutcome {
+            Ok(true) => tally.report(FileOutcome::done(f, note)),
+            Err(e) => tally.report(FileOutcome {
                 note: Some(note.replace("dropped", "drop")),
-                ..failed(f, e)
+                ..FileOutcome::failed(f, e)
             }),
         }
     };
@@ -823,10 +804,10 @@ pub fn sync_content(
         if opts.cancel.load(Ordering::Relaxed) {
             break;
         }
-        let plan = match plan_for(f) {
+        let plan = match planner.plan_file(repo, f) {
             Ok(p) => p,
             Err(e) => {
-                report(failed(f, e));
+                tally.report(FileOutcome::failed(f, e));
                 continue;
             }
         };
@@ -847,5 +828,5 @@ pub fn sync_content(
         }
     }
     finish_bookkeeping(repo, remotes)?;
-    Ok(summary.into_inner().unwrap())
+    Ok(tally.summary())
 }

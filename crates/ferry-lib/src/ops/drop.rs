@@ -13,7 +13,7 @@ use crate::annexed::annexed_files;
 use crate::error::Result;
 use crate::key::Key;
 use crate::lock::LockKind;
-use crate::logs::{LocationLog, Presence, Timestamp, UuidLog};
+use crate::logs::{Presence, Timestamp, UuidLog};
 use crate::ops::content::{ContentOptions, Events, FileOutcome, Summary, find_remote};
 use crate::remote::{ContentLock, Remote, TransferError, Unusable};
 use crate::repo::Repo;
@@ -132,12 +132,7 @@ fn prove_copies(
     key: &Key,
     excluding: &str,
 ) -> Result<Proof> {
-    let log = LocationLog::parse(
-        &repo
-            .branch
-            .read(&crate::branch::location_log_path(key))?
-            .unwrap_or_default(),
-    );
+    let log = repo.branch.location_log(key)?;
     let (trust, descs) = (&policy.trust, &policy.descs);
     let mut p = Proof {
         count: 0,
@@ -418,13 +413,7 @@ mod tests {
         *n.unavailable.lock().unwrap() = None;
         assert!(drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key).unwrap());
         assert!(repo.store().find(&key).is_none());
-        let log = LocationLog::parse(
-            &repo
-                .branch
-                .read(&crate::branch::location_log_path(&key))
-                .unwrap()
-                .unwrap(),
-        );
+        let log = repo.branch.location_log(&key).unwrap();
         assert_eq!(log.status_of(repo.uuid()), Some(Presence::Absent));
     }
 

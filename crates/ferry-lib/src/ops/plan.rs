@@ -109,6 +109,22 @@ impl<'a> Planner<'a> {
         self.prefs.wants_drop(uuid, file) && !self.prefs.requires_keeping(uuid, file)
     }
 
+    /// The plan for an annexed file of `repo`: its location log (journal first) and whether
+    /// its content is in the store are read here.
+    pub fn plan_file(
+        &self,
+        repo: &crate::repo::Repo,
+        f: &crate::annexed::AnnexedFile,
+    ) -> crate::Result<Plan> {
+        let locations = repo.branch.location_log(&f.key)?.present();
+        Ok(self.plan(&FileInfo {
+            path: Some(&f.path),
+            key: &f.key,
+            locations: &locations,
+            present_here: repo.store().find(&f.key).is_some(),
+        }))
+    }
+
     /// The plan for one file. `file.locations` is the location log (the present UUIDs),
     /// `file.present_here` whether the content is in this repository's store.
     pub fn plan(&self, file: &FileInfo) -> Plan {

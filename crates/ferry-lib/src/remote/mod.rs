@@ -171,7 +171,7 @@ pub fn fail_all<T>(n: usize, e: &crate::Error) -> Vec<Result<T>> {
 /// Remotes usable for content, cheapest first.
 pub type Remotes = Vec<Box<dyn Remote>>;
 
-/// A shared remote is a remote (the daemon hands one to several workers).
+/// A shared remote is a remote (tests keep a handle on the remotes they hand over).
 impl<T: Remote + ?Sized> Remote for std::sync::Arc<T> {
     fn name(&self) -> &str {
         (**self).name()

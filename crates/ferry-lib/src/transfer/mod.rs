@@ -831,13 +831,12 @@ pub fn log_presence_many(
     }
     let lock = repo.branch.lock_journal()?;
     for key in keys {
-        let path = crate::branch::location_log_path(key);
-        let mut log =
-            crate::logs::LocationLog::parse(&repo.branch.read(&path)?.unwrap_or_default());
+        let mut log = repo.branch.location_log(key)?;
         if log.status_of(uuid) == Some(status) {
             continue;
         }
         log.set(uuid, status, repo.branch.now());
+        let path = crate::branch::location_log_path(key);
         repo.branch.write(&lock, &path, &log.render())?;
     }
     Ok(())
