@@ -438,7 +438,7 @@ pub fn download(
             remote.retrieve(&f.key, off, sink, p)
         })
     };
-    guard.finish(r.is_ok());
+    guard.finish_with(&r);
     let r = r?;
     log_presence(repo, &f.key, repo.uuid(), Presence::Present)?;
     let mut outcome = FileOutcome::moved(f, note, r.resumed_from, r.transferred);
@@ -505,7 +505,7 @@ pub fn upload(
             .store(&f.key, &obj, &mut progress)
             .map(|s| (s, progress.done()))
     };
-    guard.finish(r.is_ok());
+    guard.finish_with(&r);
     let (stored, done) = r?;
     log_presence(repo, &f.key, remote.uuid(), Presence::Present)?;
     Ok(FileOutcome::moved(
@@ -552,7 +552,7 @@ pub fn download_many(
                 match r {
                     Ok(v) => Ok((v, guard)),
                     Err(e) => {
-                        guard.finish(false);
+                        guard.failed(&e);
                         Err(e)
                     }
                 }
@@ -585,7 +585,7 @@ pub fn download_many(
             Ok(()) => Ok(r),
             Err(e) => Err(TransferError::Other(e.clone()).into()),
         });
-        guard.finish(r.is_ok());
+        guard.finish_with(&r);
         out[i] = Some(r.map(|r| {
             arrived.push(f.key.clone());
             FileOutcome::moved(f, &note, r.resumed_from, r.transferred)
@@ -670,7 +670,7 @@ pub fn upload_many(
             Ok(()) => Ok(stored),
             Err(e) => Err(TransferError::Other(e.clone()).into()),
         });
-        guard.finish(r.is_ok());
+        guard.finish_with(&r);
         drop(keep);
         out[i] = Some(r.map(|stored| {
             events.progress(f, f.key.size.unwrap_or(0));

@@ -717,16 +717,35 @@ impl TransferGuard {
     /// Ends the transfer: removes the info and lock files; a failure is recorded under
     /// `failed/`, a success clears an earlier failure record.
     pub fn finish(mut self, ok: bool) {
-        self.end(ok);
+        self.end(Some(ok));
     }
 
-    fn end(&mut self, ok: bool) {
+    /// [`TransferGuard::finish`] by the transfer's result. Content that another transfer is
+    /// receiving right now ([`TransferError::InProgress`]) is no failure of this one: the
+    /// failure record is left as it was.
+    pub fn finish_with<T>(self, r: &Result<T>) {
+        match r {
+            Ok(_) => self.finish(true),
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// Ends the transfer with the error `e` (see [`TransferGuard::finish_with`]).
+    pub fn failed(mut self, e: &Error) {
+        let in_progress = matches!(e, Error::Transfer(TransferError::InProgress(_)));
+        self.end((!in_progress).then_some(false));
+    }
+
+    /// `ok`: `None` leaves the failure record alone.
+    fn end(&mut self, ok: Option<bool>) {
         let Some(lock) = self.lock.take() else {
             return;
         };
-        if ok {
+        if ok == Some(true) {
             let _ = fs::remove_file(&self.failed);
-        } else if let Some(d) = self.failed.parent() {
+        } else if ok == Some(false)
+            && let Some(d) = self.failed.parent()
+        {
             let _ = fs::create_dir_all(d);
             let mut v = format!("{}\n", self.started).into_bytes();
             v.extend_from_slice(&self.file);
@@ -741,7 +760,7 @@ impl TransferGuard {
 
 impl Drop for TransferGuard {
     fn drop(&mut self) {
-        self.end(false);
+        self.end(Some(false));
     }
 }
 
@@ -1049,6 +1068,39 @@ mod tests {
         assert!(s.find(&key).is_none());
         let tmp = s.tmp_dir().unwrap().join(key_component(&key).unwrap());
         assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn content_received_elsewhere_is_no_failure_of_this_transfer() {
+        let d = tempfile::tempdir().unwrap();
+        let key = key_for(b"x");
+        let cancel = AtomicBool::new(false);
+        let begin = || {
+            TransferGuard::begin(
+                d.path(),
+                Direction::Upload,
+                "u-1",
+                &key,
+                b"f",
+                Timestamp { secs: 1, pico: 0 },
+                false,
+                &cancel,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let failed = d
+            .path()
+            .join("transfer/failed/upload/u-1")
+            .join(key.to_string());
+        begin().failed(&TransferError::InProgress(key.to_string()).into());
+        assert!(!failed.exists(), "a busy receiver is not a failure");
+        begin().finish_with::<()>(&Err(TransferError::Other("disk full".into()).into()));
+        assert!(failed.exists(), "a real failure is recorded");
+        begin().failed(&TransferError::InProgress(key.to_string()).into());
+        assert!(failed.exists(), "and stays until a success");
+        begin().finish_with(&Ok(()));
+        assert!(!failed.exists());
     }
 
     #[test]
