@@ -157,9 +157,7 @@ fn excluded_directory_is_never_downloaded_and_transfer_repo_lets_go_once_clients
 fn upload_only_and_git_only_clones() {
     let Hub { env, a, b, c, t } = hub();
     env.annex(&c, &["wanted", ".", "present"]).assert_ok();
-    write(&c, "c.txt", "from the upload-only clone\n");
-    env.ferry(&c, &["add", "c.txt"]).assert_ok();
-    env.git(&c, &["commit", "-qm", "c"]).assert_ok();
+    add_committed(&env, &c, "c.txt", "from the upload-only clone\n");
     let ck = key(&c, "c.txt");
 
     // Git only for t: the branch goes, the content does not.

@@ -122,9 +122,7 @@ fn get_from_ferry_clone_and_copy_back_updates_both_logs() {
     env.annex(&b, &["fsck"]).assert_ok();
 
     // New content in b goes back with copy --to; the receiving repository records it itself.
-    write(&b, "new.bin", "from b\n");
-    env.ferry(&b, &["add", "new.bin"]).assert_ok();
-    env.git(&b, &["commit", "-qm", "new"]).assert_ok();
+    add_committed(&env, &b, "new.bin", "from b\n");
     env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
     env.git(&a, &["fetch", "-q", "b"]).assert_ok();
     env.git(&a, &["merge", "-q", "b/main"]).assert_ok();
@@ -182,9 +180,7 @@ fn ferry_gets_from_a_git_annex_repo_and_copies_to_it() {
     env.annex(&b, &["fsck"]).assert_ok();
 
     // And the other way: ferry sends to the git-annex repository, which can verify it.
-    write(&b, "b.txt", "made by ferry\n");
-    env.ferry(&b, &["add", "b.txt"]).assert_ok();
-    env.git(&b, &["commit", "-qm", "b"]).assert_ok();
+    add_committed(&env, &b, "b.txt", "made by ferry\n");
     env.ferry(&b, &["copy", "--to", "origin", "b.txt"])
         .assert_ok();
     env.git(&g, &["pull", "-q", "../b", "main"]).assert_ok();
@@ -729,12 +725,8 @@ fn sync_content_floods_every_reachable_remote() {
     let a = ferry_origin(&env, &[("fa.txt", b"from a\n")]);
     let b = ferry_clone(&env, "a", "b");
     let c = ferry_clone(&env, "a", "c");
-    write(&b, "fb.txt", "from b\n");
-    env.ferry(&b, &["add", "fb.txt"]).assert_ok();
-    env.git(&b, &["commit", "-qm", "b"]).assert_ok();
-    write(&c, "fc.txt", "from c\n");
-    env.ferry(&c, &["add", "fc.txt"]).assert_ok();
-    env.git(&c, &["commit", "-qm", "c"]).assert_ok();
+    add_committed(&env, &b, "fb.txt", "from b\n");
+    add_committed(&env, &c, "fc.txt", "from c\n");
     env.git(&b, &["remote", "add", "c", "../c"]).assert_ok();
     // A remote that is not there is skipped, not fatal for the content part.
     env.git(&b, &["remote", "add", "gone", "../gone"])

@@ -193,6 +193,13 @@ pub fn write(dir: &Path, rel: impl AsRef<[u8]>, content: impl AsRef<[u8]>) -> Pa
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
+/// Writes `rel`, annexes it with `ferry add` and commits it.
+pub fn add_committed(env: &Env, dir: &Path, rel: &str, content: &str) {
+    write(dir, rel, content);
+    env.ferry(dir, &["add", rel]).assert_ok();
+    env.git(dir, &["commit", "-qm", rel]).assert_ok();
+}
+
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
