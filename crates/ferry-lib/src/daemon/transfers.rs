@@ -371,6 +371,10 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         if ctx.cancel.load(Ordering::Relaxed) {
             return;
         }
+        // annex.synccontent=false: git only (a config change brings a full round).
+        if crate::ops::plan::synccontent(repo) == Some(false) {
+            continue;
+        }
         if loaded.is_none() {
             match crate::remote::configured(repo) {
                 Ok((remotes, unusable)) => {
@@ -426,10 +430,6 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             files.extend(known);
         }
         if files.is_empty() {
-            continue;
-        }
-        // annex.synccontent=false: git only.
-        if crate::ops::plan::synccontent(repo) == Some(false) {
             continue;
         }
         let prefs = match crate::preferred::Preferences::load(repo) {
