@@ -18,7 +18,7 @@
 //! - The queue is published in the daemon's status (`ferry status`, `ferry transfers`).
 
 use super::status::{Event, TransferEntry, TransfersStatus, now_ms};
-use super::{PushMsg, Shared};
+use super::{PushMsg, Shared, WHOLE_TREE_ABOVE};
 use crate::annexed::{AnnexedFile, annexed_files};
 use crate::key::Key;
 use crate::ops::content::{ContentOptions, Events, FileOutcome};
@@ -38,8 +38,6 @@ const BATCH: usize = 256;
 const MAX_ATTEMPTS: u32 = 8;
 const RETRY_BASE: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(600);
-/// Past this many changed files, one walk of everything is cheaper than a huge pathspec.
-const WHOLE_TREE_ABOVE: usize = 2000;
 /// When content another transfer is receiving is looked at again.
 const IN_PROGRESS_RECHECK: Duration = Duration::from_millis(300);
 /// How often the progress of a running big transfer is published.
@@ -500,8 +498,10 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     }
 }
 
+/// The pusher's doubling backoff, with a lower cap (content is retried sooner than a push
+/// that keeps failing).
 fn backoff(attempts: u32) -> Duration {
-    (RETRY_BASE * 2u32.saturating_pow(attempts.saturating_sub(1).min(20))).min(RETRY_CAP)
+    super::backoff(RETRY_BASE, attempts).min(RETRY_CAP)
 }
 
 /// Progress of a worker's run, into the queue's status (published at most once a second).
