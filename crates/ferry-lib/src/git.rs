@@ -534,3 +534,112 @@ mod tests {
         assert_eq!(read_ref(g, "HEAD^{tree}"), None, "not a plain ref: ask git");
     }
 }
+
+/// One writer of the work tree's index at a time within this process: the daemon's committer,
+/// merger and transfer workers all touch it, and git refuses (`index.lock: File exists`) rather
+/// than waits. Reentrant, so a merge that holds it can stage files.
+pub struct IndexGuard(());
+
+static INDEX_OWNER: std::sync::Mutex<(Option<std::thread::ThreadId>, usize)> =
+    std::sync::Mutex::new((None, 0));
+static INDEX_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Takes this process's index lock (see [`IndexGuard`]); released on drop.
+pub fn index_lock() -> IndexGuard {
+    let me = std::thread::current().id();
+    let mut owner = INDEX_OWNER.lock().unwrap_or_else(|e| e.into_inner());
+    while owner.0.is_some_and(|t| t != me) {
+        owner = INDEX_FREED.wait(owner).unwrap_or_else(|e| e.into_inner());
+    }
+    owner.0 = Some(me);
+    owner.1 += 1;
+    IndexGuard(())
+}
+
+impl Drop for IndexGuard {
+    fn drop(&mut self) {
+        let mut owner = INDEX_OWNER.lock().unwrap_or_else(|e| e.into_inner());
+        owner.1 -= 1;
+        if owner.1 == 0 {
+            owner.0 = None;
+            INDEX_FREED.notify_all();
+        }
+    }
+}
+
+/// Whether a git failure is another process holding the index lock (a user's `git status`
+/// refreshing the index, git-annex): worth waiting for.
+pub fn is_index_lock_busy(e: &Error) -> bool {
+    matches!(e, Error::Git { stderr, .. } if stderr.contains("index.lock") && stderr.contains("File exists"))
+}
+
+impl Git {
+    /// Runs a git command that writes the index: holds this process's index lock, and waits
+    /// (up to 10 s) while another process holds git's.
+    pub fn run_index<I, S>(&self, args: I, input: &[u8]) -> Result<Vec<u8>>
+    where
+        I: IntoIterator<Item = S> + Clone,
+        S: AsRef<OsStr>,
+    {
+        let _guard = index_lock();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            match self.run_with_input(args.clone(), input) {
+                Err(e) if is_index_lock_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod index_lock_tests {
+    use super::*;
+
+    #[test]
+    fn index_lock_is_reentrant_and_excludes_other_threads() {
+        let outer = index_lock();
+        let inner = index_lock(); // same thread: no deadlock
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let t = {
+            let taken = taken.clone();
+            std::thread::spawn(move || {
+                let _g = index_lock();
+                taken.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!taken.load(std::sync::atomic::Ordering::SeqCst));
+        drop(inner);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !taken.load(std::sync::atomic::Ordering::SeqCst),
+            "still held once"
+        );
+        drop(outer);
+        t.join().unwrap();
+        assert!(taken.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn run_index_waits_for_another_processes_index_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let git = Git::new(d.path());
+        git.run(["init", "-q"]).unwrap();
+        std::fs::write(d.path().join("f"), "x").unwrap();
+        let lock = d.path().join(".git/index.lock");
+        std::fs::write(&lock, "").unwrap();
+        let l = lock.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::fs::remove_file(l).unwrap();
+        });
+        git.run_index(["add", "f"], &[]).unwrap();
+        t.join().unwrap();
+        assert!(git.run_str(["ls-files"]).unwrap().contains('f'));
+    }
+}

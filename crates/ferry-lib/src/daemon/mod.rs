@@ -696,7 +696,9 @@ impl MainLoop {
     /// Commits the index if it differs from HEAD; returns the new commit.
     fn commit_index(&mut self) -> Result<Option<String>> {
         let repo = &self.repo;
-        let tree = repo.git.run_str(["write-tree"])?;
+        let tree = String::from_utf8_lossy(&repo.git.run_index(["write-tree"], &[])?)
+            .trim_end()
+            .to_string();
         let head = repo.git.rev_parse("HEAD")?;
         let head_tree = match (&head, &self.last_commit) {
             (Some(h), Some((c, t))) if h == c => Some(t.clone()),

@@ -33,7 +33,6 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
 pub struct AddOptions {
@@ -876,40 +875,30 @@ fn stage_with(repo: &Repo, paths: &[Vec<u8>], largefiles: &str) -> Result<()> {
         input.extend_from_slice(p);
         input.push(0);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        // annex.largefiles=nothing: if git-annex's clean filter is configured, files we decided
-        // to put in git must go to git.
-        let setting = format!("annex.largefiles={largefiles}");
-        let r = repo.git.run_with_input(
-            [
-                "-c",
-                setting.as_str(),
-                "update-index",
-                "--add",
-                "--remove",
-                "-z",
-                "--stdin",
-            ],
-            &input,
-        );
-        match r {
-            Ok(_) => return Ok(()),
-            Err(Error::Git { stderr, .. })
-                if stderr.contains("index.lock") && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(Error::Git { command, stderr }) => {
-                return Err(Error::Git {
-                    command,
-                    stderr: format!(
-                        "{stderr}\n(the content is safe in the store; run ferry add again to stage it)"
-                    ),
-                });
-            }
-            Err(e) => return Err(e),
-        }
+    // annex.largefiles=nothing: if git-annex's clean filter is configured, files we decided
+    // to put in git must go to git.
+    let setting = format!("annex.largefiles={largefiles}");
+    let r = repo.git.run_index(
+        [
+            "-c",
+            setting.as_str(),
+            "update-index",
+            "--add",
+            "--remove",
+            "-z",
+            "--stdin",
+        ],
+        &input,
+    );
+    match r {
+        Ok(_) => Ok(()),
+        Err(Error::Git { command, stderr }) => Err(Error::Git {
+            command,
+            stderr: format!(
+                "{stderr}\n(the content is safe in the store; run ferry add again to stage it)"
+            ),
+        }),
+        Err(e) => Err(e),
     }
 }
 

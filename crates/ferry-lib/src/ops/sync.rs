@@ -195,14 +195,17 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
             .run(["status", "--porcelain", "--untracked-files=no", "-z"])?;
         if !dirty.is_empty() {
             let desc = repo.description(repo.uuid())?.unwrap_or_default();
-            repo.git.run([
-                "commit",
-                "-a",
-                "-q",
-                "--no-verify",
-                "-m",
-                &format!("git-annex in {desc}"),
-            ])?;
+            repo.git.run_index(
+                [
+                    "commit",
+                    "-a",
+                    "-q",
+                    "--no-verify",
+                    "-m",
+                    &format!("git-annex in {desc}"),
+                ],
+                &[],
+            )?;
             report.committed = true;
         }
     }
@@ -484,6 +487,8 @@ pub fn fetch_and_merge(
 }
 
 fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
+    // The daemon's transfer workers stage files while this merges: one index writer at a time.
+    let _index = crate::git::index_lock();
     let lock = repo.branch.lock_journal()?;
     let siblings = repo.branch.sibling_refs()?;
     repo.branch.merge_refs(&lock, &siblings)?;
@@ -508,7 +513,8 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
             let Some(first) = all.lines().next() else {
                 return Ok(());
             };
-            repo.git.run(["checkout", "-q", "-B", branch, first])?;
+            repo.git
+                .run_index(["checkout", "-q", "-B", branch, first], &[])?;
             repo.git.refs_not_merged_into_ids("HEAD", &patterns)?
         }
     };
@@ -549,24 +555,59 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
         let _ = std::fs::create_dir_all(marker.parent().unwrap());
         std::fs::write(&marker, format!("{}\n", std::process::id()))
             .map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
-        let merged = git_try(&repo.git, &merge);
+        let merged = merge_waiting_for_index(repo, &merge);
         if let Err(e) = merged {
-            if repo.git_dir.join("MERGE_HEAD").exists() && resolve_conflicts(repo)? {
-                let _ = std::fs::remove_file(&marker);
-                report.resolved.push(c.clone());
-                continue;
+            let resolved = if repo.git_dir.join("MERGE_HEAD").exists() {
+                resolve_conflicts(repo)
+            } else {
+                Ok(false)
+            };
+            match resolved {
+                Ok(true) => {
+                    let _ = std::fs::remove_file(&marker);
+                    report.resolved.push(c.clone());
+                    continue;
+                }
+                Ok(false) => {
+                    let _ = repo.git.run_index(["merge", "--abort"], &[]);
+                    let _ = std::fs::remove_file(&marker);
+                    report.errors.push(format!(
+                        "merging {c} failed and was undone ({}); conflicts between files that are not annexed are left to you (git merge {c})",
+                        e.lines().last().filter(|l| !l.is_empty()).unwrap_or("conflicting changes")
+                    ));
+                }
+                Err(err) => {
+                    // Resolving failed part way (a full disk, a lock): undo the whole merge so
+                    // the next attempt starts clean, and say why.
+                    let _ = repo.git.run_index(["merge", "--abort"], &[]);
+                    let _ = std::fs::remove_file(&marker);
+                    return Err(err);
+                }
             }
-            let _ = repo.git.run(["merge", "--abort"]);
-            let _ = std::fs::remove_file(&marker);
-            report.errors.push(format!(
-                "merging {c} failed and was undone ({}); conflicts between files that are not annexed are left to you (git merge {c})",
-                e.lines().last().filter(|l| !l.is_empty()).unwrap_or("conflicting changes")
-            ));
         } else {
             let _ = std::fs::remove_file(&marker);
         }
     }
     Ok(())
+}
+
+/// Runs `git merge`, waiting (up to 10 s) while another process holds the index lock: such a
+/// merge stops before it changes anything.
+fn merge_waiting_for_index(repo: &Repo, merge: &[&str]) -> std::result::Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match git_try(&repo.git, merge) {
+            Err(e)
+                if e.contains("index.lock")
+                    && e.contains("File exists")
+                    && !repo.git_dir.join("MERGE_HEAD").exists()
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Written (with our pid) while sync runs a merge, removed after: a marker left by a process
@@ -575,23 +616,18 @@ fn merge_marker(repo: &Repo) -> PathBuf {
     repo.annex_dir().join("ferry").join("sync-merging")
 }
 
-/// Undoes the half-done merge of a sync that was killed (`kill -9`, power loss), so the next
-/// sync starts clean and redoes it. A merge someone started by hand is never touched.
+/// Undoes the half-done merge of a sync that was killed (`kill -9`, power loss) or that failed
+/// part way, so the next sync starts clean and redoes it. Called with the sync lock held: every
+/// merge runs under it, so a marker seen now belongs to no running merge (not even when it holds
+/// this process's pid: that is an earlier attempt of this daemon). A merge someone started by
+/// hand (no marker) is never touched.
 fn recover_interrupted_merge(repo: &Repo) -> Result<()> {
     let marker = merge_marker(repo);
-    let Ok(content) = std::fs::read_to_string(&marker) else {
+    if !marker.exists() {
         return Ok(());
-    };
-    let pid: i32 = content.trim().parse().unwrap_or(0);
-    // SAFETY: kill with signal 0 only checks whether the process exists.
-    let alive = pid > 0 && unsafe { libc::kill(pid, 0) } == 0;
-    if alive {
-        return Err(Error::Unsupported(format!(
-            "another ferry sync (pid {pid}) is merging in this repository; wait for it"
-        )));
     }
     if repo.git_dir.join("MERGE_HEAD").exists() {
-        repo.git.run(["merge", "--abort"])?;
+        repo.git.run_index(["merge", "--abort"], &[])?;
     }
     let _ = std::fs::remove_file(&marker);
     Ok(())
@@ -757,7 +793,7 @@ fn resolve_conflicts(repo: &Repo) -> Result<bool> {
             let _ = std::fs::remove_file(&w);
         }
     }
-    repo.git.run_with_input(
+    repo.git.run_index(
         ["update-index", "-z", "--force-remove", "--stdin"],
         &rm_input,
     )?;
@@ -823,16 +859,19 @@ fn resolve_conflicts(repo: &Repo) -> Result<bool> {
     )?;
     drop(lock);
     repo.git
-        .run_with_input(["update-index", "-z", "--index-info"], &stage_input)?;
+        .run_index(["update-index", "-z", "--index-info"], &stage_input)?;
     let paths_to_refresh: Vec<Vec<u8>> = info.iter().map(|(_, _, p, _)| p.clone()).collect();
     let _ = crate::ops::add::stage(repo, &paths_to_refresh);
-    repo.git.run([
-        "commit",
-        "--no-verify",
-        "-q",
-        "-m",
-        "git-annex automatic merge conflict fix",
-    ])?;
+    repo.git.run_index(
+        [
+            "commit",
+            "--no-verify",
+            "-q",
+            "-m",
+            "git-annex automatic merge conflict fix",
+        ],
+        &[],
+    )?;
     Ok(true)
 }
 
@@ -840,19 +879,22 @@ fn resolve_conflicts(repo: &Repo) -> Result<bool> {
 mod tests {
     use super::*;
 
+    /// Runs git in `dir` as a user would; `check`: fail the test when git fails.
+    fn git_in(dir: &std::path::Path, args: &[&str], check: bool) -> String {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(!check || out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     #[test]
     fn local_synced_ref_never_moves_over_an_unmerged_push() {
         let d = tempfile::tempdir().unwrap();
-        let git = |args: &[&str]| {
-            let out = std::process::Command::new("git")
-                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-                .args(args)
-                .current_dir(d.path())
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "git {args:?}: {out:?}");
-            String::from_utf8(out.stdout).unwrap().trim().to_string()
-        };
+        let git = |args: &[&str]| git_in(d.path(), args, true);
         let (repo, _) = Repo::init(d.path(), None, "test", &Default::default()).unwrap();
         git(&["commit", "-q", "--allow-empty", "-m", "one"]);
         let one = git(&["rev-parse", "HEAD"]);
@@ -879,6 +921,42 @@ mod tests {
         git(&["update-ref", "refs/heads/synced/main", &theirs]);
         advance_synced(&repo, "main");
         assert_eq!(synced(), theirs);
+    }
+
+    #[test]
+    fn a_merge_left_half_done_by_this_very_process_is_undone_and_redone() {
+        // A daemon whose merge failed part way once left its own pid in the marker and then
+        // refused every later merge ("another ferry sync (pid <itself>) is merging").
+        let d = tempfile::tempdir().unwrap();
+        // `git merge` of the conflict exits non-zero: that is the point.
+        let git = |args: &[&str]| git_in(d.path(), args, false);
+        let (repo, _) = Repo::init(d.path(), None, "test", &Default::default()).unwrap();
+        std::fs::write(d.path().join("f.txt"), "base\n").unwrap();
+        git(&["add", "f.txt"]);
+        git(&["commit", "-q", "-m", "base"]);
+        git(&["checkout", "-q", "-b", "other"]);
+        std::fs::write(d.path().join("f.txt"), "theirs\n").unwrap();
+        git(&["commit", "-q", "-am", "theirs"]);
+        let theirs = git(&["rev-parse", "HEAD"]);
+        git(&["checkout", "-q", "main"]);
+        std::fs::write(d.path().join("f.txt"), "ours\n").unwrap();
+        git(&["commit", "-q", "-am", "ours"]);
+        git(&["update-ref", "refs/heads/synced/main", &theirs]);
+        git(&["merge", "-q", &theirs]); // conflicts: MERGE_HEAD is left
+        assert!(repo.git_dir.join("MERGE_HEAD").exists());
+        let marker = merge_marker(&repo);
+        std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+        std::fs::write(&marker, format!("{}\n", std::process::id())).unwrap();
+
+        let report = merge_incoming(&repo).expect("the stale merge is undone, not waited for");
+        assert!(!repo.git_dir.join("MERGE_HEAD").exists());
+        assert!(!marker.exists());
+        // The redone merge of a conflict between non-annexed files is undone and reported.
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("f.txt")).unwrap(),
+            "ours\n"
+        );
     }
 
     #[test]

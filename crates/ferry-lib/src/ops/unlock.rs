@@ -396,7 +396,7 @@ pub fn unlock(repo: &Repo, pathspecs: &[Vec<u8>], on: &mut dyn FnMut(&Changed)) 
     drop(lock);
     if !info.is_empty() {
         repo.git
-            .run_with_input(["update-index", "-z", "--index-info"], &info)?;
+            .run_index(["update-index", "-z", "--index-info"], &info)?;
         crate::ops::add::stage(
             repo,
             &staged.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
