@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// A foreground daemon started by the test; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn start(env: &Env, dir: &Path) -> Daemon {
+    pub(crate) fn start(env: &Env, dir: &Path) -> Daemon {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let log = env.path(&format!("{name}.daemon.log"));
         let err = std::fs::OpenOptions::new()
@@ -48,7 +48,7 @@ impl Daemon {
         d
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -83,13 +83,13 @@ impl Drop for Daemon {
 }
 
 /// Every daemon's log, for a failure message.
-fn logs(ds: &[&Daemon]) -> String {
+pub(crate) fn logs(ds: &[&Daemon]) -> String {
     ds.iter()
         .map(|d| format!("--- {}\n{}", d.log.display(), d.log_text()))
         .collect()
 }
 
-fn status(env: &Env, dir: &Path) -> serde_json::Value {
+pub(crate) fn status(env: &Env, dir: &Path) -> serde_json::Value {
     let r = env.ferry(dir, &["status", "--json"]);
     serde_json::from_str(r.stdout().trim()).unwrap_or(serde_json::Value::Null)
 }
@@ -135,7 +135,7 @@ fn pair(env: &Env) -> (PathBuf, PathBuf) {
     (a, b)
 }
 
-fn fast_retries(env: &Env, dir: &Path) {
+pub(crate) fn fast_retries(env: &Env, dir: &Path) {
     env.git(dir, &["config", "ferry.retrydelay", "0.2"])
         .assert_ok();
 }
@@ -723,5 +723,19 @@ fn running_daemons_follow_preferred_content() {
         std::fs::read_to_string(b.join("big/skip.bin")).unwrap(),
         format!("/annex/objects/{key}\n"),
         "B's unwanted file stays a pointer"
+    );
+
+    // B changes its mind while both run: the new expression is planned without a restart.
+    env.ferry(&b, &["wanted", "here", "anything"]).assert_ok();
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(b.join("big/skip.bin"))
+            .is_ok_and(|c| c == "not for b\n")),
+        "B fetches what it now wants; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    assert!(
+        db.log_text().contains("trust changed: planning"),
+        "B re-planned from its file cache; logs:\n{}",
+        logs(&[&db])
     );
 }

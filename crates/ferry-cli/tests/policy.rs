@@ -312,3 +312,51 @@ fn explain_reports_unreachable_failed_and_queued() {
         r.stderr()
     );
 }
+
+#[test]
+fn running_daemons_carry_content_through_the_transfer_repo_and_drain_it() {
+    // a and b reach each other only through the bare transfer repository t: a push there by
+    // one is fetched by the other's daemon at once, the content goes through t, and t lets it
+    // go as soon as both clients have it.
+    use crate::assistant::{Daemon, WAIT, fast_retries, logs};
+    let Hub { env, a, b, t, .. } = hub();
+    env.ferry(&b, &["sync"]).assert_ok();
+    fast_retries(&env, &a);
+    fast_retries(&env, &b);
+    let da = Daemon::start(&env, &a);
+    let db = Daemon::start(&env, &b);
+    // What a had before: b fetches f.txt (not big/), and t drops f.txt.
+    let (f, x) = (key(&a, "f.txt"), key(&a, "big/x.bin"));
+    assert!(
+        wait_until(WAIT, || has_key(&b, &f) && !has_key(&t, &f)),
+        "f.txt reaches b through t, and t lets it go; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    // New in a while both run.
+    write(&a, "new.txt", "written while both run\n");
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(b.join("new.txt"))
+            .is_ok_and(|c| c == "written while both run\n")),
+        "new.txt reaches b through t; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    // The daemon annexes new files unlocked: the key is in the committed pointer.
+    let n = env.git(&a, &["cat-file", "-p", "HEAD:new.txt"]).stdout();
+    let n = n.trim().rsplit('/').next().unwrap().to_string();
+    assert!(
+        wait_until(WAIT, || !has_key(&t, &n)),
+        "t drops new.txt once both clients have it; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    assert!(has_key(&a, &n) && has_key(&b, &n));
+    assert!(
+        has_key(&t, &x),
+        "t keeps big/x.bin: client b does not have it"
+    );
+    assert!(!has_key(&b, &x));
+    // git-annex reads the same story from b's location logs.
+    let w = env.annex(&b, &["whereis", "new.txt"]);
+    w.assert_ok();
+    let out = w.stdout();
+    assert!(out.contains("(2 copies)"), "{out}");
+}

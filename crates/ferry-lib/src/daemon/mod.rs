@@ -235,7 +235,8 @@ impl Daemon {
             s.watcher.watched_dirs = watched;
             s.watcher.limited = limited;
         });
-        spawn_watcher(w, self.tx.clone(), shared.clone());
+        w.watch_remotes(&local_remote_git_dirs(&repo));
+        spawn_watcher(w, self.tx.clone(), shared.clone(), repo.clone());
 
         let (push_tx, push_rx) = channel();
         let (xfer_tx, xfer_rx) = channel::<Round>();
@@ -303,6 +304,9 @@ impl Daemon {
         let mut pending: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut merge_wanted = false;
         let mut config_changed = false;
+        let mut annex_changed = false;
+        // Local remotes whose branches another clone moved.
+        let mut remote_moved: BTreeSet<String> = BTreeSet::new();
         let mut rejected: BTreeSet<String> = BTreeSet::new();
         let mut stop = false;
         loop {
@@ -329,6 +333,8 @@ impl Daemon {
                     rescan |= b.rescan;
                     merge_wanted |= b.refs;
                     config_changed |= b.config;
+                    annex_changed |= b.annex;
+                    remote_moved.extend(b.remotes);
                 }
                 Msg::Rejected(r) => {
                     rejected.insert(r);
@@ -369,6 +375,10 @@ impl Daemon {
                 pending.clear();
                 pending.insert(Vec::new());
             }
+            if std::mem::take(&mut annex_changed) {
+                // Location logs or preferred content changed: the planner looks at what.
+                let _ = main.push_tx.send(PushMsg::Content(Round::Annex));
+            }
             if std::mem::take(&mut config_changed) {
                 let _ = main.push_tx.send(PushMsg::Reload);
                 match self::settings(&main.repo) {
@@ -403,6 +413,12 @@ impl Daemon {
             let annexed = std::mem::take(&mut main.annexed);
             if head_mid != head_before && !annexed.is_empty() {
                 let _ = main.push_tx.send(PushMsg::Content(Round::Files(annexed)));
+            }
+            for remote in std::mem::take(&mut remote_moved) {
+                // This clone's own pushes move them too: fetch only what differs.
+                if !rejected.contains(&remote) && main.remote_differs(&remote) {
+                    rejected.insert(remote);
+                }
             }
             for remote in std::mem::take(&mut rejected) {
                 changed |= main.fetch_merge(&remote);
@@ -500,7 +516,23 @@ fn watch_limit_message() -> String {
         .into()
 }
 
-fn spawn_watcher(mut w: watcher::Watcher, tx: Sender<Msg>, shared: Arc<Shared>) {
+/// The bare repositories among the remotes synced with that are local paths (see
+/// [`watcher::Watcher::watch_remotes`]): a central repository on a share or a drive, where
+/// nobody runs a daemon and changes arrive only as other clones' pushes. A clone with a work
+/// tree is left out: its own daemon pushes here, and fetching each of its commits as well would
+/// do the work twice.
+fn local_remote_git_dirs(repo: &Repo) -> Vec<(String, std::path::PathBuf)> {
+    crate::ops::sync::remotes(repo, &[])
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| {
+            let p = r.local_path?;
+            (!p.join(".git").exists() && p.join("refs/heads").is_dir()).then_some((r.name, p))
+        })
+        .collect()
+}
+
+fn spawn_watcher(mut w: watcher::Watcher, tx: Sender<Msg>, shared: Arc<Shared>, repo: Arc<Repo>) {
     let _ = std::thread::Builder::new()
         .name("watcher".into())
         .spawn(move || {
@@ -518,7 +550,16 @@ fn spawn_watcher(mut w: watcher::Watcher, tx: Sender<Msg>, shared: Arc<Shared>) 
                             s.watcher.watched_dirs = dirs;
                             s.watcher.limited = w.limited;
                         }
-                        if (b.paths.is_empty() && !b.rescan && !b.refs && !b.config)
+                        if b.config {
+                            // A remote added, removed or moved: watch the new set.
+                            w.watch_remotes(&local_remote_git_dirs(&repo));
+                        }
+                        if (b.paths.is_empty()
+                            && !b.rescan
+                            && !b.refs
+                            && !b.config
+                            && !b.annex
+                            && b.remotes.is_empty())
                             || tx.send(Msg::Batch(b)).is_ok()
                         {
                             continue;
@@ -789,6 +830,37 @@ impl MainLoop {
             self.shared.hook("merge", c, None);
         }
         true
+    }
+
+    /// Whether a local remote's branches differ from what this clone last fetched or pushed
+    /// there (its remote-tracking refs).
+    fn remote_differs(&self, remote: &str) -> bool {
+        let Some((_, dir)) = local_remote_git_dirs(&self.repo)
+            .into_iter()
+            .find(|(n, _)| n == remote)
+        else {
+            return false;
+        };
+        let list = |git: &crate::git::Git, prefix: &str| {
+            git.run_str([
+                "for-each-ref",
+                &format!(
+                    "--format=%(objectname) %(refname:strip={})",
+                    prefix.matches('/').count()
+                ),
+                prefix,
+            ])
+            .ok()
+        };
+        let theirs = list(&crate::git::Git::new(&dir), "refs/heads/");
+        let ours = list(&self.repo.git, &format!("refs/remotes/{remote}/"));
+        match (theirs, ours) {
+            (Some(t), Some(o)) => {
+                let o: BTreeSet<&str> = o.lines().collect();
+                t.lines().any(|l| !o.contains(l))
+            }
+            _ => true,
+        }
     }
 
     fn fetch_merge(&mut self, remote: &str) -> bool {

@@ -53,6 +53,130 @@ pub(super) enum Round {
     Files(Vec<AnnexedFile>),
     /// git config changed: read the remotes again, and look at everything.
     Reload,
+    /// The git-annex branch moved: plan the files whose keys' location logs changed, or every
+    /// known file when preferred content, groups, numcopies or trust changed.
+    Annex,
+}
+
+/// How often the planner looks at the git-annex branch when nothing told it to (changes made
+/// while no event reached the daemon, e.g. in a remote's repository by hand).
+const ANNEX_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// The annexed files as the planner last saw them, by path and by key: a change to a key's
+/// location log, or to preferred content, is planned without listing the tree again.
+#[derive(Default)]
+struct FileCache {
+    /// Holds every annexed file of HEAD (false until a full listing, and after a round that
+    /// was skipped or failed, when some change may not have reached it).
+    complete: bool,
+    by_path: HashMap<Vec<u8>, AnnexedFile>,
+    by_key: HashMap<Key, BTreeSet<Vec<u8>>>,
+}
+
+impl FileCache {
+    fn reset(&mut self, files: &[AnnexedFile]) {
+        self.by_path.clear();
+        self.by_key.clear();
+        for f in files {
+            self.insert(f.clone());
+        }
+        self.complete = true;
+    }
+
+    fn insert(&mut self, f: AnnexedFile) {
+        self.remove(&f.path);
+        self.by_key
+            .entry(f.key.clone())
+            .or_default()
+            .insert(f.path.clone());
+        self.by_path.insert(f.path.clone(), f);
+    }
+
+    fn remove(&mut self, path: &[u8]) {
+        if let Some(old) = self.by_path.remove(path)
+            && let Some(paths) = self.by_key.get_mut(&old.key)
+        {
+            paths.remove(path);
+            if paths.is_empty() {
+                self.by_key.remove(&old.key);
+            }
+        }
+    }
+
+    /// `paths` changed; `now` are those of them that are annexed now.
+    fn update(&mut self, paths: &BTreeSet<Vec<u8>>, now: &[AnnexedFile]) {
+        for p in paths {
+            self.remove(p);
+        }
+        for f in now {
+            self.insert(f.clone());
+        }
+    }
+
+    fn with_keys<'a>(&self, keys: impl IntoIterator<Item = &'a Key>) -> Vec<AnnexedFile> {
+        keys.into_iter()
+            .filter_map(|k| self.by_key.get(k))
+            .flatten()
+            .filter_map(|p| self.by_path.get(p).cloned())
+            .collect()
+    }
+}
+
+/// What changed on the git-annex branch between two of its commits.
+#[derive(Debug, Default, PartialEq)]
+struct AnnexChanges {
+    /// Keys whose location log changed.
+    keys: BTreeSet<Key>,
+    /// Preferred content, groups, numcopies, trust or repositories changed: every file's plan
+    /// may differ.
+    policy: bool,
+}
+
+/// Reads the branch diff `from..to` (names only: no log is read).
+fn annex_changes(repo: &Repo, from: &str, to: &str) -> crate::Result<AnnexChanges> {
+    let out = repo.git.run([
+        "diff-tree",
+        "-r",
+        "-z",
+        "--name-only",
+        "--no-renames",
+        from,
+        to,
+    ])?;
+    Ok(classify_annex_paths(
+        out.split(|&c| c == 0).filter(|p| !p.is_empty()),
+    ))
+}
+
+fn classify_annex_paths<'a>(paths: impl Iterator<Item = &'a [u8]>) -> AnnexChanges {
+    const POLICY: &[&[u8]] = &[
+        b"preferred-content.log",
+        b"required-content.log",
+        b"group.log",
+        b"group-preferred-content.log",
+        b"numcopies.log",
+        b"mincopies.log",
+        b"trust.log",
+        b"uuid.log",
+        b"remote.log",
+    ];
+    let mut c = AnnexChanges::default();
+    for p in paths {
+        if POLICY.contains(&p) {
+            c.policy = true;
+            continue;
+        }
+        // A location log: `<hashdir>/<hashdir>/<keyFile>.log` (other per-key logs have longer
+        // suffixes: `.log.met`, `.log.web`, ...).
+        let name = p.rsplit(|&b| b == b'/').next().unwrap_or(p);
+        if p.iter().filter(|&&b| b == b'/').count() == 2
+            && let Some(file) = name.strip_suffix(b".log")
+            && let Ok(k) = Key::from_file_name(file)
+        {
+            c.keys.insert(k);
+        }
+    }
+    c
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -342,7 +466,10 @@ pub(super) fn start(
 
 /// Turns content rounds into queue items. Requests that arrive while a round is planned are
 /// merged into the next one. A round that could not reach every remote makes the next one
-/// look at everything.
+/// look at everything. The git-annex branch is followed from the commit the last round saw:
+/// only files whose keys' location logs changed are planned again (all known files when the
+/// policy changed), from a cache of the tree's annexed files, so neither a copy made elsewhere
+/// nor a new `wanted` expression needs a listing of the tree.
 fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     let repo = &ctx.repo;
     let log = |m: &str| (ctx.shared.log)(m);
@@ -350,7 +477,15 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     // The remotes, read at the first round and again after git config changed.
     let mut loaded: Option<(Arc<Remotes>, bool)> = None;
     let mut last_warnings: Vec<String> = Vec::new();
-    while let Ok(first) = rx.recv() {
+    let mut cache = FileCache::default();
+    // The git-annex branch commit the last completed round planned against.
+    let mut annex_seen: Option<String> = None;
+    loop {
+        let first = match rx.recv_timeout(ANNEX_CHECK_EVERY) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Round::Annex,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut all = std::mem::take(&mut all_next);
         let mut ranges = Vec::new();
         let mut known: Vec<AnnexedFile> = Vec::new();
@@ -364,11 +499,14 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                     loaded = None;
                     all = true;
                 }
+                Round::Annex => {}
             }
         }
         if ctx.cancel.load(Ordering::Relaxed) {
             return;
         }
+        // Until this round completes, the cache may miss a change.
+        let cache_ok = std::mem::take(&mut cache.complete);
         // annex.synccontent=false: git only (a config change brings a full round).
         if crate::ops::plan::synccontent(repo) == Some(false) {
             continue;
@@ -392,6 +530,19 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             all_next = some_unusable;
             continue;
         }
+        // What the git-annex branch says changed since the last round.
+        let annex_now = repo.git.rev_parse("refs/heads/git-annex").ok().flatten();
+        let mut changes = AnnexChanges::default();
+        if !all
+            && let (Some(seen), Some(now)) = (&annex_seen, &annex_now)
+            && seen != now
+        {
+            match annex_changes(repo, seen, now) {
+                Ok(c) => changes = c,
+                Err(_) => all = true,
+            }
+        }
+        all |= !cache_ok && (changes.policy || !changes.keys.is_empty());
         let mut paths: BTreeSet<Vec<u8>> = BTreeSet::new();
         if !all && !ranges.is_empty() {
             for (b, a) in &ranges {
@@ -409,14 +560,17 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             }
             all |= paths.len() > WHOLE_TREE_ABOVE;
         }
-        let files = if all {
+        // A merge can bring files that a round skipped earlier never saw: without a complete
+        // cache, only a full listing knows every file.
+        all |= !cache_ok && !ranges.is_empty();
+        let listed = if all {
             annexed_files(&repo.git, &[])
         } else if paths.is_empty() {
             Ok(Vec::new())
         } else {
-            annexed_files(&repo.git, &paths.into_iter().collect::<Vec<_>>())
+            annexed_files(&repo.git, &paths.iter().cloned().collect::<Vec<_>>())
         };
-        let mut files = match files {
+        let listed = match listed {
             Ok(f) => f,
             Err(e) => {
                 log(&format!("listing annexed files for transfers failed: {e}"));
@@ -424,78 +578,114 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 continue;
             }
         };
-        if !all {
-            files.extend(known);
-        }
-        if files.is_empty() {
+        let files = if all {
+            cache.reset(&listed);
+            listed
+        } else {
+            cache.update(&paths, &listed);
+            for f in &known {
+                cache.insert(f.clone());
+            }
+            cache.complete = cache_ok;
+            if changes.policy {
+                log(&format!(
+                    "preferred content, groups, numcopies or trust changed: planning {} files again",
+                    cache.by_path.len()
+                ));
+                cache.by_path.values().cloned().collect()
+            } else {
+                let mut files = listed;
+                files.extend(known);
+                files.extend(cache.with_keys(&changes.keys));
+                files
+            }
+        };
+        let complete = cache.complete;
+        cache.complete = false;
+        if !files.is_empty() && !plan_round(ctx, repo, &remotes, files, &mut last_warnings) {
+            all_next = true;
             continue;
         }
-        let prefs = match crate::preferred::Preferences::load(repo) {
+        all_next |= some_unusable;
+        cache.complete = complete;
+        annex_seen = annex_now;
+    }
+}
+
+/// Plans `files` and queues what has to move; false when some of it could not be planned
+/// (an unreachable remote, a log that could not be read): the next round looks at everything.
+fn plan_round(
+    ctx: &Ctx,
+    repo: &Repo,
+    remotes: &Remotes,
+    files: Vec<AnnexedFile>,
+    last_warnings: &mut Vec<String>,
+) -> bool {
+    let log = |m: &str| (ctx.shared.log)(m);
+    let prefs = match crate::preferred::Preferences::load(repo) {
+        Ok(p) => p,
+        Err(e) => {
+            log(&format!("reading preferred content failed: {e}"));
+            return false;
+        }
+    };
+    if prefs.warnings != *last_warnings {
+        for w in &prefs.warnings {
+            log(&format!("preferred content: {w}"));
+        }
+        *last_warnings = prefs.warnings.clone();
+    }
+    let mut complete = true;
+    let mincopies = crate::ops::drop::mincopies(repo).unwrap_or(1);
+    let content: Vec<&dyn Remote> = crate::ops::plan::content_remotes(repo, remotes, &[])
+        .into_iter()
+        .filter(|r| match r.check_available() {
+            Ok(()) => true,
+            Err(_) => {
+                complete = false;
+                false
+            }
+        })
+        .collect();
+    let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, mincopies);
+    let mut items = Vec::new();
+    for f in crate::ops::content::one_per_key(files) {
+        let plan = match planner.plan_file(repo, &f) {
             Ok(p) => p,
             Err(e) => {
-                log(&format!("reading preferred content failed: {e}"));
-                all_next = true;
+                log(&format!(
+                    "planning {} failed: {e}",
+                    String::from_utf8_lossy(&f.path)
+                ));
+                complete = false;
                 continue;
             }
         };
-        if prefs.warnings != last_warnings {
-            for w in &prefs.warnings {
-                log(&format!("preferred content: {w}"));
-            }
-            last_warnings = prefs.warnings.clone();
+        let item = |dir, remote: Option<&dyn Remote>| Item {
+            dir,
+            file: f.clone(),
+            remote: remote.map(|r| r.name().to_string()),
+            attempts: 0,
+            avoid: Vec::new(),
+            last_error: None,
+        };
+        if plan.download {
+            items.push(item(Dir::Download, None));
         }
-        let mincopies = crate::ops::drop::mincopies(repo).unwrap_or(1);
-        let content: Vec<&dyn Remote> = crate::ops::plan::content_remotes(repo, &remotes, &[])
-            .into_iter()
-            .filter(|r| match r.check_available() {
-                Ok(()) => true,
-                Err(_) => {
-                    all_next = true;
-                    false
-                }
-            })
-            .collect();
-        all_next |= some_unusable;
-        let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, mincopies);
-        let mut items = Vec::new();
-        for f in crate::ops::content::one_per_key(files) {
-            let plan = match planner.plan_file(repo, &f) {
-                Ok(p) => p,
-                Err(e) => {
-                    log(&format!(
-                        "planning {} failed: {e}",
-                        String::from_utf8_lossy(&f.path)
-                    ));
-                    all_next = true;
-                    continue;
-                }
-            };
-            let item = |dir, remote: Option<&dyn Remote>| Item {
-                dir,
-                file: f.clone(),
-                remote: remote.map(|r| r.name().to_string()),
-                attempts: 0,
-                avoid: Vec::new(),
-                last_error: None,
-            };
-            if plan.download {
-                items.push(item(Dir::Download, None));
-            }
-            for &i in &plan.upload {
-                items.push(item(Dir::Upload, Some(content[i])));
-            }
-            for &i in &plan.drop_from {
-                items.push(item(Dir::DropFrom, Some(content[i])));
-            }
-            if plan.drop_here {
-                items.push(item(Dir::DropHere, None));
-            }
+        for &i in &plan.upload {
+            items.push(item(Dir::Upload, Some(content[i])));
         }
-        let n = ctx.queue.push(items);
-        if n > 0 {
-            ctx.publish();
+        for &i in &plan.drop_from {
+            items.push(item(Dir::DropFrom, Some(content[i])));
+        }
+        if plan.drop_here {
+            items.push(item(Dir::DropHere, None));
         }
     }
+    if ctx.queue.push(items) > 0 {
+        ctx.publish();
+    }
+    complete
 }
 
 /// The pusher's doubling backoff, with a lower cap (content is retried sooner than a push
@@ -755,6 +945,72 @@ mod tests {
             avoid: Vec::new(),
             last_error: None,
         }
+    }
+
+    #[test]
+    fn git_annex_branch_paths_are_sorted_into_keys_and_policy() {
+        let k = item(5, 1).file.key;
+        let log = crate::branch::location_log_path(&k);
+        let met = [log.clone(), b".met".to_vec()].concat();
+        let c = classify_annex_paths(
+            [
+                log.as_slice(),
+                met.as_slice(),
+                b"uuid.log".as_slice(),
+                b"a/b/not a key.log".as_slice(),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(c.keys.into_iter().collect::<Vec<_>>(), vec![k]);
+        assert!(
+            c.policy,
+            "uuid.log names repositories that preferred content refers to"
+        );
+        let c = classify_annex_paths([met.as_slice()].into_iter());
+        assert!(!c.policy && c.keys.is_empty());
+        for policy in [
+            "preferred-content.log",
+            "group.log",
+            "group-preferred-content.log",
+            "required-content.log",
+            "numcopies.log",
+            "trust.log",
+        ] {
+            assert!(classify_annex_paths([policy.as_bytes()].into_iter()).policy);
+        }
+    }
+
+    #[test]
+    fn the_file_cache_follows_renames_deletions_and_shared_keys() {
+        let a = item(5, 1).file;
+        let mut b = a.clone();
+        b.path = b"copy".to_vec(); // same key, second path
+        let c = item(6, 2).file;
+        let mut cache = FileCache::default();
+        cache.reset(&[a.clone(), b.clone(), c.clone()]);
+        let paths = |v: Vec<AnnexedFile>| {
+            let mut p: Vec<_> = v.into_iter().map(|f| f.path).collect();
+            p.sort();
+            p
+        };
+        assert_eq!(
+            paths(cache.with_keys([&a.key])),
+            vec![b"copy".to_vec(), b"f1".to_vec()]
+        );
+        // "f1" deleted, "f2" now holds a's key.
+        let mut moved = a.clone();
+        moved.path = b"f2".to_vec();
+        let changed: BTreeSet<Vec<u8>> = [b"f1".to_vec(), b"f2".to_vec()].into();
+        cache.update(&changed, &[moved]);
+        assert_eq!(
+            paths(cache.with_keys([&a.key])),
+            vec![b"copy".to_vec(), b"f2".to_vec()]
+        );
+        assert!(
+            cache.with_keys([&c.key]).is_empty(),
+            "f2 no longer holds c's key"
+        );
+        assert_eq!(cache.by_path.len(), 2);
     }
 
     #[test]

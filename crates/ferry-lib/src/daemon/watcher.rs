@@ -28,6 +28,11 @@ pub struct Batch {
     pub refs: bool,
     /// `.git/config` was rewritten.
     pub config: bool,
+    /// Local remotes (by name) whose branches moved: another clone pushed there.
+    pub remotes: std::collections::BTreeSet<String>,
+    /// This repository's git-annex branch moved (a merge, a commit of location changes, a
+    /// `git annex` or `ferry` command run by hand): content plans may have changed.
+    pub annex: bool,
 }
 
 pub struct Watcher {
@@ -38,6 +43,8 @@ pub struct Watcher {
     dirs: HashMap<i32, Vec<u8>>,
     /// Ref directories: watch descriptor → absolute path.
     ref_dirs: HashMap<i32, PathBuf>,
+    /// Branch directories of remotes that are local paths: watch descriptor → remote name.
+    remote_dirs: HashMap<i32, (String, PathBuf)>,
     /// The watch for the git directory itself (for `packed-refs`).
     git_wd: Option<i32>,
     /// Set when the watch limit was hit: some directories are not watched.
@@ -71,6 +78,7 @@ impl Watcher {
             git_dir: git_dir.to_path_buf(),
             dirs: HashMap::new(),
             ref_dirs: HashMap::new(),
+            remote_dirs: HashMap::new(),
             git_wd: None,
             limited: false,
             buf: vec![0u8; 256 * 1024],
@@ -136,15 +144,22 @@ impl Watcher {
 
     /// Watches a ref directory and every directory below it.
     fn watch_ref_tree(&mut self, root: PathBuf) {
+        for (wd, d) in self.add_ref_watches(root) {
+            self.ref_dirs.insert(wd, d);
+        }
+    }
+
+    fn add_ref_watches(&self, root: PathBuf) -> Vec<(i32, PathBuf)> {
         const REF_MASK: u32 = inotify::IN_CREATE
             | inotify::IN_MOVED_TO
             | inotify::IN_DELETE
             | inotify::IN_CLOSE_WRITE
             | inotify::IN_ONLYDIR;
+        let mut added = Vec::new();
         let mut stack = vec![root];
         while let Some(d) = stack.pop() {
             if let Ok(wd) = self.ino.add_watch(&d, REF_MASK) {
-                self.ref_dirs.insert(wd, d.clone());
+                added.push((wd, d.clone()));
             }
             if let Ok(rd) = std::fs::read_dir(&d) {
                 for ent in rd.flatten() {
@@ -152,6 +167,22 @@ impl Watcher {
                         stack.push(ent.path());
                     }
                 }
+            }
+        }
+        added
+    }
+
+    /// Watches the branches of the remotes that are local paths (a bare repository on a
+    /// server share or a drive, another clone), given as (name, git directory): a push there
+    /// by another clone is fetched and merged here at once, not at this clone's next push.
+    /// Replaces the previous set (git config changed).
+    pub fn watch_remotes(&mut self, remotes: &[(String, PathBuf)]) {
+        for (wd, _) in std::mem::take(&mut self.remote_dirs) {
+            self.ino.rm_watch(wd);
+        }
+        for (name, git_dir) in remotes {
+            for (wd, d) in self.add_ref_watches(git_dir.join("refs/heads")) {
+                self.remote_dirs.insert(wd, (name.clone(), d));
             }
         }
     }
@@ -182,6 +213,23 @@ impl Watcher {
             }
             return;
         }
+        if let Some((name, dir)) = self.remote_dirs.get(&ev.wd).cloned() {
+            if ev.mask & IN_IGNORED != 0 {
+                self.remote_dirs.remove(&ev.wd);
+                return;
+            }
+            if ev.name.ends_with(b".lock") || ev.name.is_empty() {
+                return;
+            }
+            if ev.mask & IN_ISDIR != 0 && ev.mask & (IN_CREATE | IN_MOVED_TO) != 0 {
+                for (wd, d) in self.add_ref_watches(dir.join(std::ffi::OsStr::from_bytes(&ev.name)))
+                {
+                    self.remote_dirs.insert(wd, (name.clone(), d));
+                }
+            }
+            batch.remotes.insert(name);
+            return;
+        }
         if let Some(dir) = self.ref_dirs.get(&ev.wd).cloned() {
             if ev.mask & IN_IGNORED != 0 {
                 self.ref_dirs.remove(&ev.wd);
@@ -196,6 +244,7 @@ impl Watcher {
             } else if dir == self.git_dir.join("refs/heads") {
                 // This repository's own branches (its commits and merges): nothing to merge.
                 // What others push arrives under `synced/`.
+                batch.annex |= ev.name == b"git-annex";
                 return;
             }
             batch.refs = true;
