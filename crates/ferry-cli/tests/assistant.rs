@@ -734,7 +734,9 @@ fn running_daemons_follow_preferred_content() {
         logs(&[&da, &db])
     );
     assert!(
-        db.log_text().contains("trust changed: planning"),
+        wait_until(WAIT, || db
+            .log_text()
+            .contains("trust changed: planned 3 files again")),
         "B re-planned from its file cache; logs:\n{}",
         logs(&[&db])
     );

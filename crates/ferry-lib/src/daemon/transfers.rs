@@ -588,10 +588,6 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             }
             cache.complete = cache_ok;
             if changes.policy {
-                log(&format!(
-                    "preferred content, groups, numcopies or trust changed: planning {} files again",
-                    cache.by_path.len()
-                ));
                 cache.by_path.values().cloned().collect()
             } else {
                 let mut files = listed;
@@ -602,9 +598,17 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         };
         let complete = cache.complete;
         cache.complete = false;
+        let (started, n) = (Instant::now(), files.len());
         if !files.is_empty() && !plan_round(ctx, repo, &remotes, files, &mut last_warnings) {
             all_next = true;
             continue;
+        }
+        if changes.policy && !all {
+            log(&format!(
+                "preferred content, groups, numcopies or trust changed: planned {n} files again \
+                 ({} ms)",
+                started.elapsed().as_millis()
+            ));
         }
         all_next |= some_unusable;
         cache.complete = complete;
@@ -649,43 +653,54 @@ fn plan_round(
         .collect();
     let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, mincopies);
     let mut items = Vec::new();
-    for f in crate::ops::content::one_per_key(files) {
-        let plan = match planner.plan_file(repo, &f) {
+    let files = crate::ops::content::one_per_key(files);
+    // In slices: the logs of one slice are in memory at a time.
+    for slice in files.chunks(10_000) {
+        let plans = match planner.plan_files(repo, slice) {
             Ok(p) => p,
             Err(e) => {
-                log(&format!(
-                    "planning {} failed: {e}",
-                    String::from_utf8_lossy(&f.path)
-                ));
+                log(&format!("planning transfers failed: {e}"));
                 complete = false;
                 continue;
             }
         };
-        let item = |dir, remote: Option<&dyn Remote>| Item {
-            dir,
-            file: f.clone(),
-            remote: remote.map(|r| r.name().to_string()),
-            attempts: 0,
-            avoid: Vec::new(),
-            last_error: None,
-        };
-        if plan.download {
-            items.push(item(Dir::Download, None));
-        }
-        for &i in &plan.upload {
-            items.push(item(Dir::Upload, Some(content[i])));
-        }
-        for &i in &plan.drop_from {
-            items.push(item(Dir::DropFrom, Some(content[i])));
-        }
-        if plan.drop_here {
-            items.push(item(Dir::DropHere, None));
+        for (f, plan) in slice.iter().zip(plans) {
+            push_items(&mut items, f, &plan, &content);
         }
     }
     if ctx.queue.push(items) > 0 {
         ctx.publish();
     }
     complete
+}
+
+/// The queue items of one file's plan.
+fn push_items(
+    items: &mut Vec<Item>,
+    f: &AnnexedFile,
+    plan: &crate::ops::plan::Plan,
+    content: &[&dyn Remote],
+) {
+    let item = |dir, remote: Option<&dyn Remote>| Item {
+        dir,
+        file: f.clone(),
+        remote: remote.map(|r| r.name().to_string()),
+        attempts: 0,
+        avoid: Vec::new(),
+        last_error: None,
+    };
+    if plan.download {
+        items.push(item(Dir::Download, None));
+    }
+    for &i in &plan.upload {
+        items.push(item(Dir::Upload, Some(content[i])));
+    }
+    for &i in &plan.drop_from {
+        items.push(item(Dir::DropFrom, Some(content[i])));
+    }
+    if plan.drop_here {
+        items.push(item(Dir::DropHere, None));
+    }
 }
 
 /// The pusher's doubling backoff, with a lower cap (content is retried sooner than a push

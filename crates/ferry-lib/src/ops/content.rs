@@ -739,14 +739,13 @@ pub fn sync_content(
     let planner = Planner::new(&prefs, repo.uuid(), &chosen, policy.mincopies);
     let store = repo.store();
     let tally = Tally::new(events);
-    let mut planned: Vec<(AnnexedFile, Plan)> = Vec::new();
-    for f in one_per_key(annexed_files(&repo.git, paths)?) {
-        match planner.plan_file(repo, &f) {
-            Ok(p) if p.is_empty() => {}
-            Ok(p) => planned.push((f, p)),
-            Err(e) => tally.report(FileOutcome::failed(&f, e)),
-        }
-    }
+    let files = one_per_key(annexed_files(&repo.git, paths)?);
+    let plans = planner.plan_files(repo, &files)?;
+    let planned: Vec<(AnnexedFile, Plan)> = files
+        .into_iter()
+        .zip(plans)
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
 
     // 1. Get what here wants from the cheapest reachable remote that has it.
     run_pool(&planned, opts.jobs, |(f, plan)| {

@@ -125,6 +125,34 @@ impl<'a> Planner<'a> {
         }))
     }
 
+    /// [`Planner::plan_file`] for many files, with their location logs read in one pipelined
+    /// `cat-file` run (a round trip per file made re-planning 100,000 files take a minute).
+    pub fn plan_files(
+        &self,
+        repo: &crate::repo::Repo,
+        files: &[crate::annexed::AnnexedFile],
+    ) -> crate::Result<Vec<Plan>> {
+        let paths: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| crate::branch::location_log_path(&f.key))
+            .collect();
+        let logs = repo.branch.read_many(&paths)?;
+        let store = repo.store();
+        Ok(files
+            .iter()
+            .zip(logs)
+            .map(|(f, log)| {
+                let locations = crate::logs::LocationLog::parse(&log.unwrap_or_default()).present();
+                self.plan(&FileInfo {
+                    path: Some(&f.path),
+                    key: &f.key,
+                    locations: &locations,
+                    present_here: store.find(&f.key).is_some(),
+                })
+            })
+            .collect())
+    }
+
     /// The plan for one file. `file.locations` is the location log (the present UUIDs),
     /// `file.present_here` whether the content is in this repository's store.
     pub fn plan(&self, file: &FileInfo) -> Plan {
