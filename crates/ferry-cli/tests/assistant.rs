@@ -741,3 +741,71 @@ fn running_daemons_follow_preferred_content() {
         logs(&[&db])
     );
 }
+
+#[test]
+fn a_bandwidth_limit_changed_while_running_applies_to_the_running_transfer() {
+    // The upload to b starts under b's 1 MiB/s limit (16 s for 16 MiB); raising the limit
+    // while it runs finishes it in a fraction of that. A bad limit is reported, not fatal.
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    env.git(&a, &["config", "annex.bwlimit", "fast"])
+        .assert_ok();
+    env.git(&a, &["config", "remote.b.annex-bwlimit", "1MiB"])
+        .assert_ok();
+    let d = Daemon::start(&env, &a);
+    let reported = || {
+        status(&env, &a)["problems"].as_array().is_some_and(|p| {
+            p.iter().any(|p| {
+                p.as_str()
+                    .is_some_and(|p| p.contains("annex.bwlimit = \"fast\": not a size"))
+            })
+        })
+    };
+    assert!(
+        wait_until(WAIT, reported),
+        "the bad limit is in the status; log:\n{}",
+        d.log_text()
+    );
+    let content: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    write(&a, "big.bin", &content);
+    assert!(wait_until(WAIT, || committed(&env, &a, "big.bin")));
+    let pointer = env.git(&a, &["cat-file", "-p", "HEAD:big.bin"]).stdout();
+    let key = pointer.trim().rsplit('/').next().unwrap().to_string();
+    let partial = b.join(".git/annex/tmp").join(&key);
+    assert!(
+        wait_until(WAIT, || std::fs::metadata(&partial)
+            .is_ok_and(|m| m.len() >= 1 << 20)),
+        "the upload runs; log:\n{}",
+        d.log_text()
+    );
+    let done = std::fs::metadata(&partial).map_or(0, |m| m.len());
+    assert!(!has_key(&b, &key), "not done at 1 MiB/s yet");
+    env.git(&a, &["config", "remote.b.annex-bwlimit", "1GiB"])
+        .assert_ok();
+    env.git(&a, &["config", "--unset", "annex.bwlimit"])
+        .assert_ok();
+    let changed = std::time::Instant::now();
+    assert!(
+        wait_until(WAIT, || has_key(&b, &key)),
+        "the content arrives; log:\n{}",
+        d.log_text()
+    );
+    // At 1 MiB/s the rest would have taken this long (about 15 s).
+    let old_rate = Duration::from_secs_f64((content.len() as u64 - done) as f64 / (1 << 20) as f64);
+    assert!(
+        changed.elapsed() < old_rate / 2,
+        "the new limit did not apply to the running upload: {:?} after the change, {old_rate:?} at the old limit; log:\n{}",
+        changed.elapsed(),
+        d.log_text()
+    );
+    assert!(
+        wait_until(WAIT, || !reported()),
+        "the fixed setting leaves the status; log:\n{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("bandwidth limits: remote.b.annex-bwlimit = 1GiB"),
+        "{log}"
+    );
+}

@@ -760,3 +760,157 @@ fn sync_content_floods_every_reachable_remote() {
         .collect();
     assert!(moved.is_empty(), "{moved:?}");
 }
+
+/// `n` bytes of content that differs by `seed`.
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+/// Asserts that moving `bytes` took as long as a limit of `limit` bytes per second says: a
+/// limit is an upper bound, so never more than 10% faster; a busy machine may be slower, but
+/// not by half.
+#[track_caller]
+fn assert_limited(what: &str, took: Duration, bytes: u64, limit: u64) {
+    let expected = bytes as f64 / limit as f64;
+    let secs = took.as_secs_f64();
+    let rate = bytes as f64 / secs;
+    assert!(
+        secs >= 0.9 * expected,
+        "{what}: {secs:.3} s, expected {expected:.3} s"
+    );
+    assert!(
+        rate <= 1.1 * limit as f64,
+        "{what}: {rate:.0} B/s over a limit of {limit} B/s"
+    );
+    assert!(
+        secs <= 1.5 * expected,
+        "{what}: {secs:.3} s, far slower than the {expected:.3} s expected"
+    );
+}
+
+#[test]
+fn a_bandwidth_limit_holds_a_20_mib_copy_and_get() {
+    // 20 MiB at 10 MiB/s: 2 s each way, the upload held by the remote's limit, the download by
+    // the global one.
+    const SIZE: usize = 20 << 20;
+    const LIMIT: u64 = 10 << 20;
+    let env = Env::new();
+    let a = ferry_origin(&env, &[("big.bin", &pattern(SIZE, 1))]);
+    let key = link_key(&a.join("big.bin"));
+    let b = ferry_clone(&env, "a", "b");
+    let c = ferry_clone(&env, "a", "c");
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    env.git(&a, &["config", "remote.b.annex-bwlimit", "10MiB"])
+        .assert_ok();
+    env.git(&c, &["config", "annex.bwlimit", "10 MiB"])
+        .assert_ok();
+    let timed = |dir: &Path, args: &[&str]| {
+        let t0 = std::time::Instant::now();
+        env.ferry(dir, args).assert_ok();
+        t0.elapsed()
+    };
+    let up = timed(&a, &["copy", "--to", "b", "big.bin"]);
+    assert!(has_key(&b, &key));
+    let down = timed(&c, &["get", "big.bin"]);
+    assert_eq!(std::fs::read(c.join("big.bin")).unwrap().len(), SIZE);
+    assert_limited("copy --to", up, SIZE as u64, LIMIT);
+    assert_limited("get", down, SIZE as u64, LIMIT);
+}
+
+#[test]
+fn parallel_transfers_share_one_bandwidth_limit() {
+    // Two 8 MiB files at once under one 8 MiB/s limit take 2 s together, and neither gets
+    // ahead of the other: each gets half, so both finish near the end.
+    const SIZE: usize = 8 << 20;
+    let env = Env::new();
+    let a = ferry_origin(
+        &env,
+        &[
+            ("one.bin", &pattern(SIZE, 1)),
+            ("two.bin", &pattern(SIZE, 2)),
+        ],
+    );
+    let _b = ferry_clone(&env, "a", "b");
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    env.git(&a, &["config", "annex.bwlimit", "8MiB"])
+        .assert_ok();
+    let t0 = std::time::Instant::now();
+    let mut child = env
+        .cmd(
+            &a,
+            ferry_bin(),
+            &["copy", "--to", "b", "-J", "2", "--json"].map(std::ffi::OsStr::new),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let finished: Vec<(Duration, String)> = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map(|l| (t0.elapsed(), l.unwrap()))
+        .collect();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(finished.len(), 2, "{finished:?}");
+    assert!(finished.iter().all(|(_, l)| l.contains("\"success\":true")));
+    let (first, last) = (finished[0].0, finished[1].0);
+    assert_limited("copy -J 2", last, 2 * SIZE as u64, 8 << 20);
+    assert!(
+        first.as_secs_f64() >= 0.8 * last.as_secs_f64(),
+        "one transfer got ahead: done after {first:?}, the other after {last:?}"
+    );
+}
+
+#[test]
+fn a_bad_bandwidth_limit_stops_a_command_before_anything_moves() {
+    let env = Env::new();
+    let a = ferry_origin(&env, &[("f.txt", b"content\n")]);
+    let b = ferry_clone(&env, "a", "b");
+    for (key, value, says) in [
+        ("annex.bwlimit", "fast", "not a size per second"),
+        (
+            "remote.origin.annex-bwlimit",
+            "0",
+            "a limit of 0 would stop every transfer",
+        ),
+        (
+            "annex.bwlimit-download",
+            "-5MiB",
+            "a limit cannot be negative",
+        ),
+    ] {
+        env.git(&b, &["config", key, value]).assert_ok();
+        for args in [
+            &["get"][..],
+            &["copy", "--from", "origin"],
+            &["move", "--from", "origin"],
+            &["sync", "--content"],
+        ] {
+            let r = env.ferry(&b, args);
+            r.assert_fails();
+            let err = r.stderr();
+            assert!(
+                err.contains(&format!("{key} = \"{value}\": {says}; write"))
+                    && err.contains("1MiB"),
+                "{args:?} with {key}={value}: {err}"
+            );
+            assert!(!b.join("f.txt").exists(), "{args:?} moved content");
+            assert!(tmp_files(&b).is_empty(), "{args:?} started a transfer");
+        }
+        env.git(&b, &["config", "--unset", key]).assert_ok();
+    }
+    // sync --content stopped before the git-level sync too.
+    assert!(
+        !env.git(
+            &a,
+            &["rev-parse", "--verify", "-q", "refs/heads/synced/main"]
+        )
+        .ok()
+    );
+    env.git(&b, &["config", "annex.bwlimit", "1MiB/s"])
+        .assert_ok();
+    env.ferry(&b, &["get"]).assert_ok();
+    assert_eq!(std::fs::read(b.join("f.txt")).unwrap(), b"content\n");
+}

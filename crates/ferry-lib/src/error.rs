@@ -39,6 +39,13 @@ pub enum Error {
     NoSuchRepository(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A git config setting whose value ferry cannot use.
+    #[error("{key} = {value:?}: {why}")]
+    BadSetting {
+        key: String,
+        value: String,
+        why: String,
+    },
     #[error(
         "repository {0} has a newer or unknown annex.version {1}; this ferry supports version 10"
     )]

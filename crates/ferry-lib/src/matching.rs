@@ -298,6 +298,11 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "mib" | "mebibyte" => 1024.0 * 1024.0,
         "gib" | "gibibyte" => 1024.0 * 1024.0 * 1024.0,
         "tib" | "tebibyte" => 1024f64.powi(4),
+        // Bandwidth units (bits, powers of ten), as git-annex reads them.
+        "kbit" | "kilobit" => 125.0,
+        "mbit" | "megabit" => 125e3,
+        "gbit" | "gigabit" => 125e6,
+        "tbit" | "terabit" => 125e9,
         _ => return None,
     };
     Some((num * mult).round() as u64)

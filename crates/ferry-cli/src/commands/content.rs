@@ -3,6 +3,7 @@
 use crate::ui;
 use ferry_lib::annexed::AnnexedFile;
 use ferry_lib::ops::content::{Action, ContentOptions, Events, FileOutcome, transfer};
+use ferry_lib::transfer::bwlimit::Limits;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -202,12 +203,15 @@ fn run_action(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let repo = ui::open_repo()?;
+    // A bad bandwidth limit is an error before anything moves.
+    let limits = Limits::from_config(repo.config())?;
     let (paths, missing) = ui::resolve_paths(&repo, paths)?;
     let (remotes, unusable) = ferry_lib::remote::configured(&repo)?;
     let printer = Printer::new(command, json);
     let opts = ContentOptions {
         jobs: jobs.max(1),
         cancel: cancel_on_interrupt(),
+        limits: &limits,
     };
     let s = transfer(&repo, &remotes, &unusable, &paths, &action, &opts, &printer)?;
     if let Some(code) = interrupted(command) {
@@ -253,6 +257,7 @@ pub fn drop(a: DropArgs) -> anyhow::Result<ExitCode> {
     let opts = ContentOptions {
         jobs: 1,
         cancel: cancel_on_interrupt(),
+        limits: &Limits::default(),
     };
     let s = ferry_lib::ops::drop::drop(
         &repo,
@@ -311,12 +316,14 @@ pub fn sync_content(
     only: &[String],
     jobs: usize,
     json: bool,
+    limits: &Limits,
 ) -> anyhow::Result<(bool, usize)> {
     let (remotes, _unusable) = ferry_lib::remote::configured(repo)?;
     let printer = Printer::new("sync", json);
     let opts = ContentOptions {
         jobs: jobs.max(1),
         cancel: cancel_on_interrupt(),
+        limits,
     };
     let s = ferry_lib::ops::content::sync_content(repo, &remotes, only, &[], &opts, &printer)?;
     Ok((s.failed == 0, s.ok))

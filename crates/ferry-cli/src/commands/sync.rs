@@ -1,5 +1,6 @@
 use crate::ui;
 use ferry_lib::ops::sync::{Outcome, SyncOptions, sync};
+use ferry_lib::transfer::bwlimit::Limits;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -24,6 +25,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let repo = ui::open_repo()?;
+    let content = a.content || ferry_lib::ops::plan::synccontent(&repo).unwrap_or(false);
+    // A bad bandwidth limit is an error before anything is synced.
+    let limits = content
+        .then(|| Limits::from_config(repo.config()))
+        .transpose()?;
     let opts = SyncOptions {
         remotes: a.remotes,
         no_commit: a.no_commit,
@@ -66,9 +72,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let mut content_ok = true;
-    if a.content || ferry_lib::ops::plan::synccontent(&repo).unwrap_or(false) {
+    if let Some(limits) = &limits {
         let (ok, moved) =
-            crate::commands::content::sync_content(&repo, &opts.remotes, a.jobs, a.json)?;
+            crate::commands::content::sync_content(&repo, &opts.remotes, a.jobs, a.json, limits)?;
         content_ok = ok;
         if moved > 0 {
             // Tell the remotes what moved: push the updated location logs.

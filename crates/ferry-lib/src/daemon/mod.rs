@@ -111,6 +111,27 @@ impl Shared {
         self.publish();
     }
 
+    /// A problem the daemon lives with: an event, and in the status (the last 20).
+    fn problem(&self, message: String) {
+        self.event(Event::Problem {
+            message: message.clone(),
+        });
+        self.update(|s| {
+            s.problems.push(message);
+            let n = s.problems.len();
+            if n > 20 {
+                s.problems.drain(..n - 20);
+            }
+        });
+    }
+
+    /// Problems that are over leave the status.
+    fn resolved(&self, messages: &[String]) {
+        if !messages.is_empty() {
+            self.update(|s| s.problems.retain(|p| !messages.contains(p)));
+        }
+    }
+
     /// Runs `ferry.changehook` without waiting for it; its failure is logged.
     fn hook(&self, kind: &str, commit: &str, remote: Option<&str>) {
         let Some(hook) = &self.hook else {
@@ -646,16 +667,7 @@ impl MainLoop {
     }
 
     fn problem(&self, message: String) {
-        self.shared.event(Event::Problem {
-            message: message.clone(),
-        });
-        self.shared.update(|s| {
-            s.problems.push(message);
-            let n = s.problems.len();
-            if n > 20 {
-                s.problems.drain(..n - 20);
-            }
-        });
+        self.shared.problem(message);
     }
 
     fn try_commit(&mut self, paths: Vec<Vec<u8>>) -> Result<Option<String>> {

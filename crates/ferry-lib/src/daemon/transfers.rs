@@ -24,6 +24,7 @@ use crate::key::Key;
 use crate::ops::content::{ContentOptions, Events, FileOutcome};
 use crate::remote::{Remote, Remotes, TransferError};
 use crate::repo::Repo;
+use crate::transfer::bwlimit::Limits;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -404,6 +405,8 @@ pub(super) struct Ctx {
     queue: Queue,
     /// The remotes content moves with, read again by each planning round.
     remotes: RwLock<Arc<Remotes>>,
+    /// Bandwidth limits, updated in place when git config changes.
+    limits: Limits,
     last_publish: Mutex<Instant>,
 }
 
@@ -440,6 +443,7 @@ pub(super) fn start(
         cancel,
         queue: Queue::new(),
         remotes: RwLock::new(Arc::new(Vec::new())),
+        limits: Limits::default(),
         last_publish: Mutex::new(Instant::now()),
     });
     let mut handles = Vec::new();
@@ -480,6 +484,8 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     let mut cache = FileCache::default();
     // The git-annex branch commit the last completed round planned against.
     let mut annex_seen: Option<String> = None;
+    let mut limits_seen = LimitsSeen::default();
+    reload_limits(ctx, &mut limits_seen);
     loop {
         let first = match rx.recv_timeout(ANNEX_CHECK_EVERY) {
             Ok(r) => r,
@@ -498,6 +504,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 Round::Reload => {
                     loaded = None;
                     all = true;
+                    reload_limits(ctx, &mut limits_seen);
                 }
                 Round::Annex => {}
             }
@@ -703,6 +710,50 @@ fn push_items(
     }
 }
 
+/// The bandwidth limits last applied: the settings in effect and the bad ones.
+#[derive(Default)]
+struct LimitsSeen {
+    active: Vec<String>,
+    problems: Vec<String>,
+}
+
+/// Reads the bandwidth limits from git config again; running transfers follow at their next
+/// chunk. A bad setting is logged and listed in the status's problems until it is fixed, and
+/// limits nothing: the daemon carries on without it rather than stop.
+fn reload_limits(ctx: &Ctx, seen: &mut LimitsSeen) {
+    let log = |m: &str| (ctx.shared.log)(m);
+    let config = match ctx.repo.git.config_map() {
+        Ok(c) => c,
+        Err(e) => return log(&format!("reading bandwidth limits failed: {e}")),
+    };
+    let applied = ctx.limits.update(&config);
+    if applied.active != seen.active {
+        if applied.active.is_empty() {
+            log("bandwidth limits: none");
+        } else {
+            log(&format!("bandwidth limits: {}", applied.active.join(", ")));
+        }
+        seen.active = applied.active;
+    }
+    let problems: Vec<String> = applied
+        .problems
+        .iter()
+        .map(|e| format!("{e} (ignored: transfers run without this limit)"))
+        .collect();
+    let over: Vec<String> = seen
+        .problems
+        .iter()
+        .filter(|p| !problems.contains(p))
+        .cloned()
+        .collect();
+    ctx.shared.resolved(&over);
+    for p in problems.iter().filter(|p| !seen.problems.contains(p)) {
+        log(p);
+        ctx.shared.problem(p.clone());
+    }
+    seen.problems = problems;
+}
+
 /// The pusher's doubling backoff, with a lower cap (content is retried sooner than a push
 /// that keeps failing).
 fn backoff(attempts: u32) -> Duration {
@@ -772,6 +823,7 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &Remotes, batch: Vec<Item>) -> Booked
     let opts = ContentOptions {
         jobs: 1,
         cancel: &ctx.cancel,
+        limits: &ctx.limits,
     };
     let events = Report { ctx, run };
     let by_name: HashMap<&str, &dyn Remote> =

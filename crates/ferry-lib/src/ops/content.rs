@@ -14,6 +14,7 @@ use crate::lock::LockKind;
 use crate::logs::Presence;
 use crate::remote::{Progress, Remote, TransferError, Unusable};
 use crate::repo::Repo;
+use crate::transfer::bwlimit::{Limits, Throttle};
 use crate::transfer::{Direction, TransferGuard, lock_content, log_presence, receive_into};
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -49,6 +50,16 @@ pub struct ContentOptions<'a> {
     /// Set to stop: running transfers end at their next chunk (partial files are kept for a
     /// resume), no new ones start.
     pub cancel: &'a AtomicBool,
+    /// Bandwidth limits (`annex.bwlimit`, `remote.NAME.annex-bwlimit`), shared by every
+    /// transfer.
+    pub limits: &'a Limits,
+}
+
+impl ContentOptions<'_> {
+    /// The bandwidth limit of a transfer with `remote`.
+    fn throttle<'r>(&'r self, remote: &'r dyn Remote, direction: Direction) -> Throttle<'r> {
+        self.limits.throttle(remote.name(), direction)
+    }
 }
 
 /// The result for one file.
@@ -433,7 +444,8 @@ pub fn download(
             guard.update(n);
             events.progress(f, n);
         };
-        let mut progress = Progress::new(&f.key, opts.cancel, &mut cb);
+        let mut progress = Progress::new(&f.key, opts.cancel, &mut cb)
+            .throttled(Some(opts.throttle(remote, Direction::Download)));
         receive_into(&store, &f.key, &mut progress, &mut |off, sink, p| {
             remote.retrieve(&f.key, off, sink, p)
         })
@@ -500,7 +512,8 @@ pub fn upload(
             guard.update(n);
             events.progress(f, n);
         };
-        let mut progress = Progress::new(&f.key, opts.cancel, &mut cb);
+        let mut progress = Progress::new(&f.key, opts.cancel, &mut cb)
+            .throttled(Some(opts.throttle(remote, Direction::Upload)));
         remote
             .store(&f.key, &obj, &mut progress)
             .map(|s| (s, progress.done()))
@@ -541,7 +554,8 @@ pub fn download_many(
             .and_then(|mut guard| {
                 events.started(f, &note);
                 let mut cb = |n: u64| guard.update(n);
-                let mut progress = Progress::new(&f.key, opts.cancel, &mut cb);
+                let mut progress = Progress::new(&f.key, opts.cancel, &mut cb)
+                    .throttled(Some(opts.throttle(remote, Direction::Download)));
                 let r = crate::transfer::receive_verified(
                     &store,
                     &f.key,
@@ -654,7 +668,8 @@ pub fn upload_many(
             Err(e) => out[i] = Some(Err(e)),
         }
     }
-    let results = remote.store_many(&items, opts.cancel);
+    let throttle = opts.throttle(remote, Direction::Upload);
+    let results = remote.store_many(&items, opts.cancel, Some(&throttle));
     let ok_keys: Vec<Key> = items
         .iter()
         .zip(&results)

@@ -12,6 +12,7 @@ use crate::lock::{Lock, LockKind};
 use crate::logs::Presence;
 use crate::repo::{Repo, RepoOptions};
 use crate::store::Store;
+use crate::transfer::bwlimit::Throttle;
 use crate::transfer::{
     Verified, copy_from_file, ingest_pending, lock_content, log_presence, log_presence_many,
     receive_into, receive_verified, remove_object,
@@ -201,7 +202,12 @@ impl Remote for LocalRemote {
         })
     }
 
-    fn store_many(&self, items: &[(Key, PathBuf)], cancel: &AtomicBool) -> Vec<Result<Stored>> {
+    fn store_many(
+        &self,
+        items: &[(Key, PathBuf)],
+        cancel: &AtomicBool,
+        throttle: Option<&Throttle>,
+    ) -> Vec<Result<Stored>> {
         let repo = match self.refuse_if_readonly().and_then(|()| self.open_repo()) {
             Ok(r) => r,
             Err(e) => {
@@ -222,7 +228,7 @@ impl Remote for LocalRemote {
                 continue;
             }
             let mut cb = |_| {};
-            let mut progress = Progress::new(key, cancel, &mut cb);
+            let mut progress = Progress::new(key, cancel, &mut cb).throttled(throttle.cloned());
             let r = crate::transfer::check_free_space(&repo, key, 0).and_then(|()| {
                 receive_verified(
                     &store,

@@ -134,7 +134,7 @@ impl Remote for MemoryRemote {
             return Err(TransferError::Other("connection broken".into()).into());
         }
         while !rest.is_empty() {
-            let n = rest.len().min(64 * 1024);
+            let n = rest.len().min(progress.chunk(64 * 1024));
             sink.write_all(&rest[..n])
                 .map_err(|e| crate::Error::io("writing", e))?;
             self.bytes_sent.fetch_add(n, Ordering::Relaxed);

@@ -16,6 +16,7 @@ pub mod memory;
 
 use crate::error::Result;
 use crate::key::Key;
+use crate::transfer::bwlimit::Throttle;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -41,17 +42,20 @@ pub enum TransferError {
     Other(String),
 }
 
-/// Progress reporting and cancellation for one transfer.
+/// Progress reporting, cancellation and the bandwidth limit for one transfer.
 ///
 /// `on_bytes` is called with the total number of bytes of the key that are in place at the
 /// receiving end (including bytes resumed from an earlier partial transfer), at most every
 /// chunk. [`Progress::advance`] returns an error once `cancel` is set, which makes the transfer
-/// stop at the next chunk; the partial file stays for a later resume.
+/// stop at the next chunk; the partial file stays for a later resume. Under a bandwidth limit
+/// ([`Progress::throttled`]) `advance` also waits as long as the limit says, and
+/// [`Progress::chunk`] tells the transfer to move smaller chunks.
 pub struct Progress<'a> {
     on_bytes: &'a mut dyn FnMut(u64),
     cancel: &'a AtomicBool,
     done: u64,
     key: String,
+    throttle: Option<Throttle<'a>>,
 }
 
 impl<'a> Progress<'a> {
@@ -61,6 +65,21 @@ impl<'a> Progress<'a> {
             cancel,
             done: 0,
             key: key.to_string(),
+            throttle: None,
+        }
+    }
+
+    /// Holds the transfer to the bandwidth limit of `throttle` (none: unlimited).
+    pub fn throttled(mut self, throttle: Option<Throttle<'a>>) -> Self {
+        self.throttle = throttle;
+        self
+    }
+
+    /// How many bytes to move next, at most `max` (fewer under a bandwidth limit).
+    pub fn chunk(&mut self, max: usize) -> usize {
+        match &mut self.throttle {
+            Some(t) => t.chunk(max),
+            None => max,
         }
     }
 
@@ -73,6 +92,9 @@ impl<'a> Progress<'a> {
     pub fn advance(&mut self, n: u64) -> Result<()> {
         self.done += n;
         (self.on_bytes)(self.done);
+        if let Some(t) = &mut self.throttle {
+            t.take(n, self.cancel);
+        }
         self.check_cancel()
     }
 
@@ -123,13 +145,19 @@ pub trait Remote: Send + Sync {
     fn store(&self, key: &Key, src: &Path, progress: &mut Progress) -> Result<Stored>;
     /// [`Remote::store`] for many (small) items at once, where the remote can do better than
     /// one by one (a local repository flushes the whole batch with one `syncfs`). One result
-    /// per item, in order. No byte progress: the items are small.
-    fn store_many(&self, items: &[(Key, PathBuf)], cancel: &AtomicBool) -> Vec<Result<Stored>> {
+    /// per item, in order. No byte progress: the items are small. Each item is held to the
+    /// bandwidth limit of `throttle`.
+    fn store_many(
+        &self,
+        items: &[(Key, PathBuf)],
+        cancel: &AtomicBool,
+        throttle: Option<&Throttle>,
+    ) -> Vec<Result<Stored>> {
         items
             .iter()
             .map(|(key, src)| {
                 let mut cb = |_| {};
-                let mut progress = Progress::new(key, cancel, &mut cb);
+                let mut progress = Progress::new(key, cancel, &mut cb).throttled(throttle.cloned());
                 self.store(key, src, &mut progress)
             })
             .collect()
@@ -194,8 +222,13 @@ impl<T: Remote + ?Sized> Remote for std::sync::Arc<T> {
     fn store(&self, key: &Key, src: &Path, progress: &mut Progress) -> Result<Stored> {
         (**self).store(key, src, progress)
     }
-    fn store_many(&self, items: &[(Key, PathBuf)], cancel: &AtomicBool) -> Vec<Result<Stored>> {
-        (**self).store_many(items, cancel)
+    fn store_many(
+        &self,
+        items: &[(Key, PathBuf)],
+        cancel: &AtomicBool,
+        throttle: Option<&Throttle>,
+    ) -> Vec<Result<Stored>> {
+        (**self).store_many(items, cancel, throttle)
     }
     fn cheap_presence(&self) -> bool {
         (**self).cheap_presence()

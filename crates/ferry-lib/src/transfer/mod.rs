@@ -12,6 +12,10 @@
 //! - [`lock_content`] / [`remove_object`]: the v10 content lock (`<keyFile>.lck` in the
 //!   object's directory). Shared means "keep this content" (a drop elsewhere counts on it);
 //!   exclusive is taken just before removing it.
+//! - [`bwlimit`]: bandwidth limits (`annex.bwlimit`, `remote.NAME.annex-bwlimit`), applied as
+//!   bytes move through [`Progress`].
+
+pub mod bwlimit;
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::Hasher;
@@ -301,7 +305,7 @@ impl Sink for HashingSink<'_> {
                     &mut off_in,
                     self.file.as_raw_fd(),
                     &mut off_out,
-                    COPY_CHUNK,
+                    progress.chunk(COPY_CHUNK),
                     0,
                 )
             };
@@ -540,7 +544,8 @@ fn hash_prefix(file: &File, n: u64, h: &mut Hasher) -> std::io::Result<()> {
 }
 
 /// Copies `src` from `offset` on into `sink` (inside the kernel when the sink can, else in 1 MiB
-/// chunks), reporting progress and honouring cancellation between chunks.
+/// chunks, smaller under a bandwidth limit), reporting progress and honouring cancellation
+/// between chunks.
 pub fn copy_from_file(
     src: &Path,
     offset: u64,
@@ -556,15 +561,16 @@ pub fn copy_from_file(
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
     loop {
         progress.check_cancel()?;
+        let chunk = progress.chunk(CHUNK);
         buf.clear();
-        buf.reserve(CHUNK);
-        // SAFETY: the kernel writes at most `CHUNK` bytes into the spare capacity, and
+        buf.reserve(chunk);
+        // SAFETY: the kernel writes at most `chunk` bytes into the spare capacity, and
         // `set_len` covers only the bytes it reports as read.
         let n = unsafe {
             libc::pread(
                 f.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
-                CHUNK,
+                chunk,
                 offset as libc::off_t,
             )
         };
