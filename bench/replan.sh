@@ -43,8 +43,9 @@ git remote add b ../b
 "$FERRY" assistant --foreground 2>"$WORK/a.log" &
 DAEMON=$!
 trap 'kill $DAEMON 2>/dev/null; wait $DAEMON 2>/dev/null; chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
-# Started and done with its first full round (its status says idle with an empty queue).
-until "$FERRY" status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s.get("idle") and s["transfers"]["queued"]==0 else 1)' 2>/dev/null; do sleep 0.2; done
+# Started and done with its first full round (the startup scan).
+until grep -q "planned all" "$WORK/a.log" 2>/dev/null; do sleep 0.1; done
+echo "startup: $(grep "planned all" "$WORK/a.log" | head -1 | sed -E 's/.*\] //')"
 
 exprs=("present or exclude=d00*" "include=d0* or present" "largerthan=5 or present" "exclude=d01* or present" "anything")
 ferry_ms=()

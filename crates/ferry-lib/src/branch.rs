@@ -29,7 +29,15 @@ pub struct Branch {
     fixed_clock: Option<u64>,
     /// The committer identity, asked of git once.
     ident: std::sync::OnceLock<String>,
+    /// Blobs read by [`Branch::read_many`]'s listing path, by object id: a long-running
+    /// process (the daemon re-planning after a preferred-content change) reads only the logs
+    /// that changed since. Objects never change, so the cache is never stale; it is emptied
+    /// when it grows past [`BLOB_CACHE_MAX`].
+    blobs: Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>,
 }
+
+/// Most blobs [`Branch::read_many`] keeps (location logs are ~100 bytes: ~100 MiB at most).
+const BLOB_CACHE_MAX: usize = 1_000_000;
 
 /// `/` → `_`, `_` → `__` (on bytes: branch paths may hold any byte a key name holds).
 pub fn mangle(path: &[u8]) -> Vec<u8> {
@@ -89,6 +97,7 @@ impl Branch {
             cat: Mutex::new(None),
             fixed_clock,
             ident: std::sync::OnceLock::new(),
+            blobs: Mutex::new(Default::default()),
         }
     }
 
@@ -180,8 +189,27 @@ impl Branch {
         let jdir = self.journal_dir();
         let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(paths.len());
         let mut from_branch = Vec::new();
+        // For many paths, one listing of the journal (usually empty, or a few files) instead of
+        // an open that fails for nearly every path.
+        let journaled: Option<std::collections::HashSet<Vec<u8>>> = (paths.len() > 32)
+            .then(|| match std::fs::read_dir(&jdir) {
+                Ok(rd) => Some(
+                    rd.flatten()
+                        .map(|e| e.file_name().into_encoded_bytes())
+                        .collect(),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Default::default()),
+                Err(_) => None,
+            })
+            .flatten();
         for (i, p) in paths.iter().enumerate() {
-            let j = jdir.join(std::ffi::OsStr::from_bytes(&mangle(p)));
+            let name = mangle(p);
+            if journaled.as_ref().is_some_and(|j| !j.contains(&name)) {
+                out.push(None);
+                from_branch.push(i);
+                continue;
+            }
+            let j = jdir.join(std::ffi::OsStr::from_bytes(&name));
             match std::fs::read(&j) {
                 Ok(c) => out.push(Some(c)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -540,47 +568,66 @@ impl Branch {
         let Some(tree) = self.git.rev_parse(&format!("{BRANCH}^{{tree}}"))? else {
             return Ok(vec![None; paths.len()]);
         };
-        // `<tree>:<path>` makes cat-file walk the trees from the top for every path (with
-        // 100,000 keys that took minutes); for many paths, one listing of the branch names the
-        // blobs instead.
-        let revs: Vec<Vec<u8>> = if paths.len() > 1000 {
-            let listing = self
-                .git
-                .run(["ls-tree", "-r", "-z", "--full-tree", &tree])?;
-            let mut blobs: std::collections::HashMap<&[u8], &[u8]> =
-                std::collections::HashMap::new();
-            for rec in listing.split(|&b| b == 0) {
-                // "<mode> blob <sha>\t<path>"
-                let Some(tab) = rec.iter().position(|&b| b == b'\t') else {
-                    continue;
-                };
-                if let Some(sha) = rec[..tab].rsplit(|&b| b == b' ').next() {
-                    blobs.insert(&rec[tab + 1..], sha);
-                }
-            }
-            paths
-                .iter()
-                .map(|p| {
-                    blobs
-                        .get(p.as_slice())
-                        .map(|s| s.to_vec())
-                        // Surely missing: cat-file answers "missing" in order.
-                        .unwrap_or_else(|| b"0000000000000000000000000000000000000000".to_vec())
-                })
-                .collect()
-        } else {
-            paths
+        if paths.len() <= 1000 {
+            let revs: Vec<Vec<u8>> = paths
                 .iter()
                 .map(|p| {
                     let mut r = format!("{tree}:").into_bytes();
                     r.extend_from_slice(p);
                     r
                 })
-                .collect()
-        };
-        Ok(crate::git::cat_many(&self.git, &revs)?
+                .collect();
+            return Ok(crate::git::cat_many(&self.git, &revs)?
+                .into_iter()
+                .map(|b| b.filter(|(k, _)| k == "blob").map(|(_, d)| d))
+                .collect());
+        }
+        // `<tree>:<path>` makes cat-file walk the trees from the top for every path (with
+        // 100,000 keys that took minutes); for many paths, one listing of the branch names the
+        // blobs instead, and blobs read before are not read again.
+        let listing = self
+            .git
+            .run(["ls-tree", "-r", "-z", "--full-tree", &tree])?;
+        let mut ids: std::collections::HashMap<&[u8], &[u8]> = std::collections::HashMap::new();
+        for rec in listing.split(|&b| b == 0) {
+            // "<mode> blob <id>\t<path>"
+            let Some(tab) = rec.iter().position(|&b| b == b'\t') else {
+                continue;
+            };
+            if let Some(id) = rec[..tab].rsplit(|&b| b == b' ').next() {
+                ids.insert(&rec[tab + 1..], id);
+            }
+        }
+        let wanted: Vec<Option<&[u8]>> = paths
+            .iter()
+            .map(|p| ids.get(p.as_slice()).copied())
+            .collect();
+        let mut cache = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut missing: Vec<Vec<u8>> = wanted
+            .iter()
+            .flatten()
+            .filter(|id| !cache.contains_key(**id))
+            .map(|id| id.to_vec())
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if cache.len() + missing.len() > BLOB_CACHE_MAX {
+            cache.clear();
+            missing = wanted.iter().flatten().map(|id| id.to_vec()).collect();
+            missing.sort_unstable();
+            missing.dedup();
+        }
+        let read = crate::git::cat_many(&self.git, &missing)?;
+        for (id, blob) in missing.into_iter().zip(read) {
+            if let Some((kind, data)) = blob
+                && kind == "blob"
+            {
+                cache.insert(id, data);
+            }
+        }
+        Ok(wanted
             .into_iter()
-            .map(|b| b.filter(|(k, _)| k == "blob").map(|(_, d)| d))
+            .map(|id| id.and_then(|id| cache.get(id).cloned()))
             .collect())
     }
 }
@@ -696,6 +743,16 @@ mod tests {
         }
         assert_eq!(many[1499].as_deref(), Some(&changes[&paths[1499]][..]));
         assert_eq!(many[1500], None);
+        // Again, with one log changed: the cache serves the rest, the change is seen.
+        let lock = b.lock_journal().unwrap();
+        let one: BTreeMap<Vec<u8>, Vec<u8>> = [(paths[7].clone(), b"changed\n".to_vec())].into();
+        b.commit_changes(&lock, &one, &mut std::iter::empty(), "test")
+            .unwrap();
+        drop(lock);
+        let again = b.read_many(&paths).unwrap();
+        assert_eq!(again[7].as_deref(), Some(&b"changed\n"[..]));
+        assert_eq!(again[..7], many[..7]);
+        assert_eq!(again[8..], many[8..]);
     }
 
     #[test]

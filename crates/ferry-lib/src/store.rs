@@ -63,19 +63,23 @@ impl Store {
 
     /// The object's path if the content is here (either hash layout).
     pub fn find(&self, key: &Key) -> Option<PathBuf> {
-        let (first, second) = if self.bare {
-            (key.hash_dir_lower(), key.hash_dir_mixed())
-        } else {
-            (key.hash_dir_mixed(), key.hash_dir_lower())
+        let is_file = |p: &PathBuf| {
+            fs::symlink_metadata(p)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
         };
-        [first, second]
-            .into_iter()
-            .map(|hd| self.object_path_in(key, &hd))
-            .find(|p| {
-                fs::symlink_metadata(p)
-                    .map(|m| m.is_file())
-                    .unwrap_or(false)
-            })
+        // The other layout (and its md5) only when the usual one has nothing.
+        type HashDir = fn(&Key) -> String;
+        let (first, second): (HashDir, HashDir) = if self.bare {
+            (Key::hash_dir_lower, Key::hash_dir_mixed)
+        } else {
+            (Key::hash_dir_mixed, Key::hash_dir_lower)
+        };
+        let p = self.object_path_in(key, &first(key));
+        if is_file(&p) {
+            return Some(p);
+        }
+        Some(self.object_path_in(key, &second(key))).filter(is_file)
     }
 
     /// Makes the object's key directory exist and be writable. The common case (a new key) is

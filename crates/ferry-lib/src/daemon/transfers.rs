@@ -570,6 +570,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         // A merge can bring files that a round skipped earlier never saw: without a complete
         // cache, only a full listing knows every file.
         all |= !cache_ok && !ranges.is_empty();
+        let listing = Instant::now();
         let listed = if all {
             annexed_files(&repo.git, &[])
         } else if paths.is_empty() {
@@ -585,6 +586,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 continue;
             }
         };
+        let listed_in = listing.elapsed();
         let files = if all {
             cache.reset(&listed);
             listed
@@ -610,7 +612,12 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             all_next = true;
             continue;
         }
-        if changes.policy && !all {
+        if all {
+            log(&format!(
+                "planned all {n} annexed files ({} ms, listing included)",
+                listed_in.as_millis() + started.elapsed().as_millis()
+            ));
+        } else if changes.policy {
             log(&format!(
                 "preferred content, groups, numcopies or trust changed: planned {n} files again \
                  ({} ms)",
@@ -661,18 +668,17 @@ fn plan_round(
     let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, mincopies);
     let mut items = Vec::new();
     let files = crate::ops::content::one_per_key(files);
-    // In slices: the logs of one slice are in memory at a time.
-    for slice in files.chunks(10_000) {
-        let plans = match planner.plan_files(repo, slice) {
-            Ok(p) => p,
-            Err(e) => {
-                log(&format!("planning transfers failed: {e}"));
-                complete = false;
-                continue;
+    // All at once: one listing of the git-annex branch serves every file (the logs of 100,000
+    // files are ~10 MiB).
+    match planner.plan_files(repo, &files) {
+        Ok(plans) => {
+            for (f, plan) in files.iter().zip(plans) {
+                push_items(&mut items, f, &plan, &content);
             }
-        };
-        for (f, plan) in slice.iter().zip(plans) {
-            push_items(&mut items, f, &plan, &content);
+        }
+        Err(e) => {
+            log(&format!("planning transfers failed: {e}"));
+            complete = false;
         }
     }
     if ctx.queue.push(items) > 0 {

@@ -136,18 +136,29 @@ impl<'a> Planner<'a> {
             .iter()
             .map(|f| crate::branch::location_log_path(&f.key))
             .collect();
-        let logs = repo.branch.read_many(&paths)?;
         let store = repo.store();
+        // Whether each key is here (a stat each) while git reads the logs.
+        let (logs, here) = std::thread::scope(|s| {
+            let here = s.spawn(|| {
+                files
+                    .iter()
+                    .map(|f| store.find(&f.key).is_some())
+                    .collect::<Vec<bool>>()
+            });
+            let logs = repo.branch.read_many(&paths);
+            (logs, here.join().expect("stat thread"))
+        });
         Ok(files
             .iter()
-            .zip(logs)
-            .map(|(f, log)| {
+            .zip(logs?)
+            .zip(here)
+            .map(|((f, log), present_here)| {
                 let locations = crate::logs::LocationLog::parse(&log.unwrap_or_default()).present();
                 self.plan(&FileInfo {
                     path: Some(&f.path),
                     key: &f.key,
                     locations: &locations,
-                    present_here: store.find(&f.key).is_some(),
+                    present_here,
                 })
             })
             .collect())
