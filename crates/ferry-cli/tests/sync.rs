@@ -196,6 +196,7 @@ fn conflicts_resolve_to_the_same_tree_as_git_annex() {
     write(&a, "doc.txt", "ferry's edit\n");
     write(&a, "same.txt", "ferry wrote this\n");
     write(&a, "mixed.dat", "annexed by ferry\n");
+    write(&a, "fd", "a file on the ferry side\n");
     env.ferry(&a, &["add"]).assert_ok();
     env.git(&a, &["rm", "-q", "gone.txt"]).assert_ok();
     env.git(&a, &["commit", "-qm", "ferry side"]).assert_ok();
@@ -205,8 +206,12 @@ fn conflicts_resolve_to_the_same_tree_as_git_annex() {
     write(&c, "doc.txt", "annex's edit\n");
     write(&c, "gone.txt", "modified on the annex side\n");
     write(&c, "same.txt", "git-annex wrote that\n");
-    env.annex(&c, &["add", "--quiet", "doc.txt", "gone.txt", "same.txt"])
-        .assert_ok();
+    write(&c, "fd/inner.txt", "a directory on the annex side\n");
+    env.annex(
+        &c,
+        &["add", "--quiet", "doc.txt", "gone.txt", "same.txt", "fd"],
+    )
+    .assert_ok();
     write(&c, "mixed.dat", "plain git on the annex side\n");
     env.git(&c, &["add", "mixed.dat"]).assert_ok();
     env.git(
@@ -268,6 +273,17 @@ fn conflicts_resolve_to_the_same_tree_as_git_annex() {
         std::fs::read_to_string(a.join("mixed.dat")).unwrap(),
         "plain git on the annex side\n"
     );
+    // File against directory: the directory keeps the name, the file lives on as a variant,
+    // and nothing git moved aside is left in the work tree.
+    assert!(names.lines().any(|l| l == "fd/inner.txt"), "{names}");
+    assert!(
+        names.lines().any(|l| l.starts_with("fd.variant-")),
+        "{names}"
+    );
+    for d in [&a, &c] {
+        let st = env.git(d, &["status", "--porcelain"]).stdout();
+        assert_eq!(st, "", "{}: clean work tree", d.display());
+    }
     env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
     env.annex(&c, &["fsck", "--fast", "--quiet"]).assert_ok();
 }

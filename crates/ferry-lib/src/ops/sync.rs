@@ -633,6 +633,37 @@ fn recover_interrupted_merge(repo: &Repo) -> Result<()> {
     Ok(())
 }
 
+/// Removes what git left beside directory `dir` when it moved a conflicting file aside
+/// (`dir~HEAD`, `dir~<branch>`): only untracked links or pointer files naming one of `keys`,
+/// so nothing of the user's is touched.
+fn remove_moved_aside(dir: &std::path::Path, keys: &[&crate::key::Key]) {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let prefix = [name.as_bytes(), b"~"].concat();
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        if !ent.file_name().as_bytes().starts_with(&prefix) {
+            continue;
+        }
+        let p = ent.path();
+        let key = match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::read_link(&p)
+                .ok()
+                .and_then(|t| crate::store::parse_link_target(t.as_os_str().as_bytes())),
+            Ok(m) if m.is_file() && m.len() < 32 * 1024 => std::fs::read(&p)
+                .ok()
+                .and_then(|d| crate::store::parse_pointer(&d)),
+            _ => None,
+        };
+        if key.is_some_and(|k| keys.contains(&&k)) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
 /// The name git-annex gives one side of a conflicted annexed file:
 /// `dir/stem.variant-XXXX.ext`, where XXXX is the first 4 hex digits of the md5 of the key
 /// (the whole keyFile when the name is already a variant) and `.ext` the last extension.
@@ -786,11 +817,23 @@ fn resolve_conflicts(repo: &Repo) -> Result<bool> {
         rm_input.extend_from_slice(p);
         rm_input.push(0);
         let w = top.join(std::ffi::OsStr::from_bytes(p));
-        if std::fs::symlink_metadata(&w)
-            .map(|m| !m.is_dir())
-            .unwrap_or(false)
-        {
-            let _ = std::fs::remove_file(&w);
+        match std::fs::symlink_metadata(&w) {
+            Ok(m) if m.is_dir() => {
+                // A file conflicting with a directory: git moved the file aside in the work
+                // tree (`name~HEAD`, `name~<branch>`); its content lives on as the variant.
+                let keys: Vec<&crate::key::Key> = paths
+                    .get(p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|s| s.key.as_ref())
+                    .collect();
+                remove_moved_aside(&w, &keys);
+            }
+            Ok(_) => {
+                let _ = std::fs::remove_file(&w);
+            }
+            Err(_) => {}
         }
     }
     repo.git.run_index(
