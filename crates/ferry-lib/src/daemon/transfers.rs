@@ -354,6 +354,10 @@ impl Queue {
 
     fn progress(&self, run: u64, bytes: u64) {
         if let Some(e) = self.st.lock().unwrap().running.get_mut(&run) {
+            // A transfer reports where it starts first; it goes back only to start over.
+            if e.resumed_from.is_none_or(|r| bytes < r) {
+                e.resumed_from = Some(bytes);
+            }
             e.bytes = bytes;
         }
     }
@@ -410,8 +414,9 @@ pub(super) struct Ctx {
 impl Ctx {
     fn publish(&self) {
         *self.last_publish.lock().unwrap() = Instant::now();
-        let snap = self.queue.snapshot();
-        self.shared.update(|s| s.transfers = snap);
+        // Snapshot under the status lock: workers publish at once when they take work, and a
+        // snapshot taken before another worker's must not be written after it.
+        self.shared.update(|s| s.transfers = self.queue.snapshot());
     }
 }
 
@@ -821,25 +826,40 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &Remotes, batch: Vec<Item>) -> Booked
             (Dir::Download, Some(remote)) if items.len() == 1 && !items[0].small() => {
                 vec![
                     crate::ops::content::download(repo, remote, files[0], &opts, &events)
-                        .map(|_| true),
+                        .map(|o| log_resumed(ctx, &o)),
                 ]
             }
             (Dir::Download, Some(remote)) => {
                 crate::ops::content::download_many(repo, remote, &files, &opts, &events)
                     .into_iter()
-                    .map(|r| r.map(|_| true))
+                    .map(|r| r.map(|o| log_resumed(ctx, &o)))
                     .collect()
             }
             (Dir::Upload, Some(remote)) => {
                 crate::ops::content::upload_many(repo, remote, &files, &opts, &events)
                     .into_iter()
-                    .map(|r| r.map(|o| o.is_some()))
+                    .map(|r| r.map(|o| o.is_some_and(|o| log_resumed(ctx, &o))))
                     .collect()
             }
         };
         booked.settle(ctx, dir, &name, items, results);
     }
     booked
+}
+
+/// Logs a transfer that went on from the partial content an earlier attempt left (one that
+/// was interrupted, or a daemon that was killed): those bytes were not moved again. True: the
+/// content moved.
+fn log_resumed(ctx: &Ctx, o: &FileOutcome) -> bool {
+    if let Some(from) = o.resumed_from {
+        (ctx.shared.log)(&format!(
+            "{} ({}): resumed at byte {from}, {} more bytes moved",
+            String::from_utf8_lossy(&o.path),
+            o.note.as_deref().unwrap_or_default(),
+            o.bytes
+        ));
+    }
+    true
 }
 
 impl Booked {
