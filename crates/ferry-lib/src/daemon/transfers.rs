@@ -720,12 +720,27 @@ fn worker(ctx: &Ctx, small_only: bool) {
         ctx.publish();
         let t0 = Instant::now();
         let remotes = ctx.remotes.read().unwrap().clone();
+        let big = batch.len() == 1 && !batch[0].small();
         let Booked {
             done,
             retry,
             ok,
             failed,
-        } = run_batch(ctx, run, &remotes, batch);
+        } = if big {
+            // Big content moves on a thread of low CPU priority (its hashing thread and its
+            // git helpers inherit it): commits, merges, pushes and small files, which run at
+            // the normal priority, are not held up while it copies and hashes.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    lower_thread_priority();
+                    run_batch(ctx, run, &remotes, batch)
+                })
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+        } else {
+            run_batch(ctx, run, &remotes, batch)
+        };
         ctx.queue.finish(run, done, retry);
         if ok + failed > 0 {
             if let Err(e) = crate::ops::content::finish_bookkeeping(&ctx.repo, &remotes) {
@@ -741,6 +756,17 @@ fn worker(ctx: &Ctx, small_only: bool) {
             }
         }
         ctx.publish();
+    }
+}
+
+/// Nice value of the threads that move big content.
+const BIG_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority to [`BIG_NICE`] (Linux sets it per thread).
+fn lower_thread_priority() {
+    // SAFETY: setpriority on this thread's own id changes only its scheduling priority.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BIG_NICE);
     }
 }
 
