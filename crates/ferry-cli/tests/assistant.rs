@@ -5,7 +5,7 @@
 use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
@@ -48,6 +48,10 @@ impl Daemon {
         d
     }
 
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
     pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -82,6 +86,25 @@ impl Drop for Daemon {
     }
 }
 
+/// Stops the process `pid` (SIGSTOP) and waits until every thread of it is stopped (the stop
+/// takes effect asynchronously).
+fn sigstop(pid: i32) {
+    // SAFETY: signalling a child of the test.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|rd| {
+            rd.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                    // "pid (comm) S ...": the state follows the last ')'.
+                    st.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+                })
+            })
+        })
+    };
+    assert!(wait_until(WAIT, all_stopped), "the daemon did not stop");
+}
+
 /// Every daemon's log, for a failure message.
 pub(crate) fn logs(ds: &[&Daemon]) -> String {
     ds.iter()
@@ -92,6 +115,13 @@ pub(crate) fn logs(ds: &[&Daemon]) -> String {
 pub(crate) fn status(env: &Env, dir: &Path) -> serde_json::Value {
     let r = env.ferry(dir, &["status", "--json"]);
     serde_json::from_str(r.stdout().trim()).unwrap_or(serde_json::Value::Null)
+}
+
+/// The transfers line of `ferry status` (the whole text when there is none).
+fn transfers_line(env: &Env, dir: &Path) -> String {
+    let text = env.ferry(dir, &["status"]).stdout();
+    let line = text.lines().find(|l| l.starts_with("transfers: "));
+    line.map_or(text.clone(), str::to_string)
 }
 
 fn head_files(env: &Env, dir: &Path) -> Vec<String> {
@@ -107,7 +137,14 @@ fn committed(env: &Env, dir: &Path, file: &str) -> bool {
         .ok()
 }
 
-/// A and B: B a clone of A, remotes both ways (A's "b", B's "origin"), synced once.
+/// The key a file of the branch points to, if the file is there and annexed.
+fn head_key(env: &Env, dir: &Path, file: &str) -> Option<String> {
+    let r = env.git(dir, &["cat-file", "-p", &format!("HEAD:{file}")]);
+    let pointer = r.stdout();
+    let key = pointer.trim().strip_prefix("/annex/objects/")?;
+    (r.ok() && !key.contains('/')).then(|| key.to_string())
+}
+
 /// Repository "a" with `file` committed as an unlocked file.
 fn seeded(env: &Env, file: &str, content: &str) -> PathBuf {
     let a = env.ferry_repo("a");
@@ -126,6 +163,7 @@ fn clone_b(env: &Env) -> PathBuf {
     b
 }
 
+/// A and B: B a clone of A, remotes both ways (A's "b", B's "origin"), synced once.
 fn pair(env: &Env) -> (PathBuf, PathBuf) {
     let a = seeded(env, "seed.txt", "seed\n");
     let b = clone_b(env);
@@ -174,6 +212,7 @@ fn assistant_creates_the_repository_runs_detached_and_stops() {
     let text = env.ferry(&dir, &["status"]).stdout();
     assert!(text.contains("assistant: running"), "{text}");
     assert!(text.contains("last commit:"), "{text}");
+    assert_eq!(transfers_line(&env, &dir), "transfers: none", "no remotes");
     // Stop: clean, nothing left locked.
     let r = env.ferry(&dir, &["assistant", "--stop"]);
     r.assert_ok();
@@ -495,26 +534,13 @@ fn kernel_queue_overflow_is_answered_by_a_full_rescan() {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Daemon::start(&env, &a)));
     std::fs::write(knob, old.trim()).unwrap();
     let d = started.unwrap();
-    let pid = d.child.as_ref().unwrap().id() as i32;
+    let pid = d.pid();
     // The directory exists and is watched (a file in it is committed) before the flood.
     write(&a, "flood/first", "0\n");
     assert!(wait_until(WAIT, || committed(&env, &a, "flood/first")));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    // The stop takes effect asynchronously: flood only once every thread is stopped, or a
-    // busy machine lets the watcher keep draining the queue.
-    let all_stopped = || {
-        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|rd| {
-            rd.flatten().all(|t| {
-                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
-                    // "pid (comm) S ...": the state follows the last ')'.
-                    st.rsplit_once(')')
-                        .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
-                })
-            })
-        })
-    };
-    assert!(wait_until(WAIT, all_stopped), "the daemon did not stop");
+    // Flood only once every thread is stopped, or a busy machine lets the watcher keep
+    // draining the queue.
+    sigstop(pid);
     for i in 0..100 {
         write(&a, format!("flood/f{i:03}"), format!("{i}\n"));
     }
@@ -709,10 +735,7 @@ fn running_daemons_follow_preferred_content() {
         "both daemons settle; logs:\n{}",
         logs(&[&da, &db])
     );
-    let key = env
-        .git(&a, &["cat-file", "-p", "HEAD:big/skip.bin"])
-        .stdout();
-    let key = key.trim().rsplit('/').next().unwrap().to_string();
+    let key = head_key(&env, &a, "big/skip.bin").unwrap();
     assert!(has_key(&a, &key), "A keeps its copy");
     assert!(
         !has_key(&b, &key),
@@ -808,4 +831,207 @@ fn a_bandwidth_limit_changed_while_running_applies_to_the_running_transfer() {
         log.contains("bandwidth limits: remote.b.annex-bwlimit = 1GiB"),
         "{log}"
     );
+}
+
+/// The big file of the content tests: 256 MiB, pseudo-random.
+const BIG: u64 = 256 << 20;
+/// How long a big file may take (debug builds, a busy 2-core machine).
+const BIG_WAIT: Duration = Duration::from_secs(120);
+
+/// Whether `git status` finds nothing to report (without the index refresh that would take
+/// `index.lock` from under the daemon while polling).
+fn status_clean(env: &Env, dir: &Path) -> bool {
+    let r = env.git(dir, &["--no-optional-locks", "status", "--porcelain"]);
+    r.ok() && r.stdout().is_empty()
+}
+
+/// Whether B's work tree file `file` holds all of `size` bytes of content (an unlocked file is
+/// filled in by a rename, so the full size means complete).
+fn filled_in(dir: &Path, file: &str, size: u64) -> bool {
+    std::fs::metadata(dir.join(file)).is_ok_and(|m| m.len() == size)
+}
+
+#[test]
+fn a_256_mib_file_written_in_a_arrives_intact_in_b() {
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    let da = Daemon::start(&env, &a);
+    let db = Daemon::start(&env, &b);
+    let t0 = Instant::now();
+    write_random(&a.join("big.bin"), BIG, 0x5eed_0001);
+    let written = t0.elapsed();
+    assert!(
+        wait_until(BIG_WAIT, || {
+            head_key(&env, &b, "big.bin").is_some_and(|k| has_key(&b, &k))
+                && filled_in(&b, "big.bin", BIG)
+        }),
+        "256 MiB did not reach B's store and work tree within {BIG_WAIT:?}; logs:\n{}",
+        logs(&[&da, &db])
+    );
+    eprintln!(
+        "256 MiB: written in {written:?}, in B's work tree after {:?}",
+        t0.elapsed()
+    );
+    let key = head_key(&env, &b, "big.bin").unwrap();
+    assert!(key.starts_with(&format!("SHA256E-s{BIG}--")), "{key}");
+    assert_eq!(
+        sha256_file(&a.join("big.bin")),
+        key_hash(&key),
+        "A's daemon keyed the bytes that were written"
+    );
+    assert_eq!(
+        sha256_file(&b.join("big.bin")),
+        key_hash(&key),
+        "B's file holds the same bytes"
+    );
+    // The file is filled in first, then its new stat is staged (git runs the clean filter
+    // over the content for that): git status agrees a moment later.
+    assert!(
+        wait_until(WAIT, || status_clean(&env, &b)),
+        "B's filled-in unlocked file stays modified to git: {}",
+        env.git(&b, &["status", "--porcelain"]).stdout()
+    );
+    eprintln!("256 MiB test: {:?} in all", t0.elapsed());
+}
+
+#[test]
+fn a_daemon_killed_mid_download_resumes_where_it_stopped() {
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    // B's branch has a big file whose content is only in A; only B's daemon runs, so it is the
+    // one that moves the content.
+    write_random(&a.join("big.bin"), BIG, 0x5eed_0002);
+    env.ferry(&a, &["add", "--unlocked", "big.bin"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "big"]).assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    let key = head_key(&env, &a, "big.bin").unwrap();
+    let tmp = b.join(".git/annex/tmp").join(&key);
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let mut db = Daemon::start(&env, &b);
+    // Paused as soon as the first bytes are in B's partial file: caught mid-transfer.
+    assert!(
+        wait_until(BIG_WAIT, || size(&tmp) > 0),
+        "B's daemon did not start the download; log:\n{}",
+        db.log_text()
+    );
+    sigstop(db.pid());
+    let partial = size(&tmp);
+    assert!(
+        partial < BIG && !has_key(&b, &key),
+        "the download ended before it could be paused ({partial} bytes)"
+    );
+    // ferry status says what is running (the small seed.txt may be on its way too).
+    let line = transfers_line(&env, &b);
+    assert!(
+        line.contains(" running (")
+            && line.contains("download big.bin ")
+            && line.contains("256.0 MiB"),
+        "{line}"
+    );
+    db.kill9();
+    let text = env.ferry(&b, &["status"]).stdout();
+    assert!(text.contains("it was killed"), "{text}");
+    assert_eq!(size(&tmp), partial, "the partial file is kept");
+
+    let db = Daemon::start(&env, &b);
+    let t0 = Instant::now();
+    assert!(
+        wait_until(BIG_WAIT, || has_key(&b, &key)
+            && filled_in(&b, "big.bin", BIG)),
+        "the content did not arrive after the restart; log:\n{}",
+        db.log_text()
+    );
+    eprintln!(
+        "killed with {partial} of {BIG} bytes in place; the rest arrived {:?} after the restart",
+        t0.elapsed()
+    );
+    // The restarted daemon went on from the partial file: those bytes were not copied again
+    // (they were hashed in place, and the whole content checked against the key).
+    let resumed = format!(
+        "big.bin (from origin): resumed at byte {partial}, {} more bytes moved",
+        BIG - partial
+    );
+    assert!(
+        wait_until(WAIT, || db.log_text().contains(&resumed)),
+        "{}",
+        db.log_text()
+    );
+    assert_eq!(sha256_file(&b.join("big.bin")), key_hash(&key));
+    // Consistent afterwards: the file is unmodified to git (once its new stat is staged),
+    // nothing is left in the temp and transfer directories, the daemon goes idle, and
+    // git-annex's fsck agrees.
+    assert!(
+        wait_until(WAIT, || status_clean(&env, &b)),
+        "{}",
+        env.git(&b, &["status", "--porcelain"]).stdout()
+    );
+    assert!(
+        wait_until(WAIT, || {
+            let s = status(&env, &b);
+            s["idle"] == true
+                && s["transfers"]["running"]
+                    .as_array()
+                    .is_some_and(|r| r.is_empty())
+        }),
+        "B's daemon settles; log:\n{}",
+        db.log_text()
+    );
+    assert_eq!(transfers_line(&env, &b), "transfers: none");
+    assert!(!tmp.exists());
+    let info = b
+        .join(".git/annex/transfer/download")
+        .join(config(&env, &a, "annex.uuid"))
+        .join(&key);
+    assert!(!info.exists(), "the killed transfer's info file is gone");
+    env.annex(&b, &["fsck", "--fast", "big.bin"]).assert_ok();
+}
+
+#[test]
+fn a_failed_download_waits_for_its_retry_and_status_says_why() {
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    add_committed(&env, &a, "doc.txt", "the real content\n");
+    env.ferry(&a, &["sync"]).assert_ok();
+    // A's copy goes bad (same size, other bytes): B's download fails its check.
+    let link = a.join("doc.txt");
+    let obj = link
+        .parent()
+        .unwrap()
+        .join(std::fs::read_link(&link).unwrap());
+    let dir = obj.parent().unwrap().to_path_buf();
+    let set_mode = |m| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    set_mode(0o755);
+    std::fs::remove_file(&obj).unwrap();
+    std::fs::write(&obj, "the fake content\n").unwrap();
+    let db = Daemon::start(&env, &b);
+    assert!(
+        wait_until(WAIT, || status(&env, &b)["transfers"]["retrying_count"]
+            == 1),
+        "log:\n{}",
+        db.log_text()
+    );
+    let line = transfers_line(&env, &b);
+    assert!(
+        line.starts_with("transfers: 1 retrying (next in ")
+            && line.contains(" s: download doc.txt: ")
+            && line.contains("corrupt"),
+        "{line}"
+    );
+    // Repaired: a later attempt brings the content.
+    std::fs::remove_file(&obj).unwrap();
+    std::fs::write(&obj, "the real content\n").unwrap();
+    set_mode(0o555);
+    assert!(
+        wait_until(WAIT, || std::fs::read_to_string(b.join("doc.txt"))
+            .is_ok_and(|c| c == "the real content\n")),
+        "log:\n{}",
+        db.log_text()
+    );
+    assert!(wait_until(
+        WAIT,
+        || status(&env, &b)["transfers"]["retrying_count"] == 0
+    ));
 }

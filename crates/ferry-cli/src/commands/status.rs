@@ -1,4 +1,5 @@
-use crate::ui;
+use crate::ui::{self, human};
+use ferry_lib::daemon::status::{TransferEntry, TransfersStatus};
 use ferry_lib::daemon::{self, status};
 use std::process::ExitCode;
 
@@ -23,6 +24,76 @@ fn ago(ms: Option<u64>) -> String {
             }
         }
     }
+}
+
+/// One running transfer: "download big.bin 40% of 256.0 MiB, 120.0 MiB/s", "upload 37 files
+/// to b".
+fn running(e: &TransferEntry) -> String {
+    let mut s = if e.files > 1 {
+        format!("{} {} files", e.direction, e.files)
+    } else {
+        format!("{} {}", e.direction, e.file)
+    };
+    if let Some(r) = &e.remote {
+        let towards = if e.direction == "upload" {
+            "to"
+        } else {
+            "from"
+        };
+        s.push_str(&format!(" {towards} {r}"));
+    }
+    match (e.files, e.size) {
+        (1, Some(size)) if e.bytes > 0 => {
+            s.push_str(&format!(
+                " {}% of {}",
+                e.bytes.min(size) * 100 / size.max(1),
+                human(size as f64)
+            ));
+            // The rate of this run: bytes kept from an earlier attempt did not move now.
+            let moved = e.bytes.saturating_sub(e.resumed_from.unwrap_or(0));
+            let ms = e
+                .started_ms
+                .map_or(0, |t| status::now_ms().saturating_sub(t));
+            if moved > 0 && ms > 0 {
+                s.push_str(&format!(", {}/s", human(moved as f64 * 1000.0 / ms as f64)));
+            }
+        }
+        (1, Some(size)) => s.push_str(&format!(" ({})", human(size as f64))),
+        _ => {}
+    }
+    s
+}
+
+/// The transfer queue in one line: "transfers: 1 running (...), 14 queued, 1 retrying (next in
+/// 3 s: ...)".
+fn transfers_line(t: &TransfersStatus) -> String {
+    let mut parts = Vec::new();
+    if !t.running.is_empty() {
+        let each: Vec<String> = t.running.iter().map(running).collect();
+        parts.push(format!("{} running ({})", t.running.len(), each.join("; ")));
+    }
+    if t.queued > 0 {
+        parts.push(format!("{} queued", t.queued));
+    }
+    if t.retrying_count > 0 {
+        let next = t.retrying.first().map(|e| {
+            let wait = e
+                .next_attempt_ms
+                .map_or(0, |n| n.saturating_sub(status::now_ms()).div_ceil(1000));
+            let error = e.error.as_deref().unwrap_or("unknown error");
+            let error = error.lines().next().unwrap_or_default();
+            format!(" (next in {wait} s: {} {}: {error})", e.direction, e.file)
+        });
+        parts.push(format!(
+            "{} retrying{}",
+            t.retrying_count,
+            next.unwrap_or_default()
+        ));
+    }
+    if parts.is_empty() {
+        parts.push("none".into());
+    }
+    format!("transfers: {}", parts.join(", "))
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -104,8 +175,69 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         println!("{line}");
     }
+    println!("{}", transfers_line(&s.transfers));
     for p in &s.problems {
         println!("problem: {p}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(file: &str, size: u64) -> TransferEntry {
+        TransferEntry {
+            direction: "download".into(),
+            file: file.into(),
+            key: format!("SHA256E-s{size}--00"),
+            files: 1,
+            size: Some(size),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_transfers_line_is_compact_and_counts_only_bytes_moved_now() {
+        assert_eq!(
+            transfers_line(&TransfersStatus::default()),
+            "transfers: none"
+        );
+        // 100 MiB in place after 4 s, 60 MiB of them kept from an earlier attempt: 10 MiB/s.
+        let mut big = entry("big.bin", 256 << 20);
+        big.bytes = 100 << 20;
+        big.resumed_from = Some(60 << 20);
+        big.started_ms = Some(status::now_ms() - 4000);
+        let mut batch = entry("a.txt", 10);
+        batch.direction = "upload".into();
+        batch.remote = Some("b".into());
+        batch.files = 37;
+        let mut failed = entry("doc.txt", 17);
+        failed.attempts = 2;
+        failed.error = Some("corrupt content\nmore detail".into());
+        failed.next_attempt_ms = Some(status::now_ms() + 2900);
+        let t = TransfersStatus {
+            queued: 14,
+            retrying_count: 1,
+            running: vec![big, batch, entry("new.bin", 2 << 20)],
+            next: Vec::new(),
+            retrying: vec![failed],
+        };
+        let line = transfers_line(&t);
+        let (head, rest) = line
+            .split_once(" MiB/s; ")
+            .unwrap_or_else(|| panic!("{line}"));
+        let (head, rate) = head.rsplit_once(", ").unwrap();
+        assert_eq!(
+            head,
+            "transfers: 3 running (download big.bin 39% of 256.0 MiB"
+        );
+        let rate: f64 = rate.parse().unwrap();
+        assert!((8.0..=10.0).contains(&rate), "{line}");
+        assert_eq!(
+            rest,
+            "upload 37 files to b; download new.bin (2.0 MiB)), 14 queued, \
+             1 retrying (next in 3 s: download doc.txt: corrupt content)"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-use crate::ui;
+use crate::ui::{self, human};
 use ferry_lib::daemon::status;
 use ferry_lib::ops::explain::{ActiveTransfer, active_transfers};
 use std::process::ExitCode;
@@ -8,21 +8,6 @@ pub struct Args {
     /// Print the transfers as JSON
     #[arg(long)]
     json: bool,
-}
-
-fn human(n: f64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{v:.0} {}", units[u])
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 /// Bytes per second since the start, and seconds left at that rate.

@@ -192,7 +192,6 @@ pub fn write(dir: &Path, rel: impl AsRef<[u8]>, content: impl AsRef<[u8]>) -> Pa
     p
 }
 
-/// Polls `cond` until it holds or `timeout` passes.
 /// Writes `rel`, annexes it with `ferry add` and commits it.
 pub fn add_committed(env: &Env, dir: &Path, rel: &str, content: &str) {
     write(dir, rel, content);
@@ -200,6 +199,60 @@ pub fn add_committed(env: &Env, dir: &Path, rel: &str, content: &str) {
     env.git(dir, &["commit", "-qm", rel]).assert_ok();
 }
 
+/// A small deterministic pseudo-random generator (xorshift64*): picks operations, and makes
+/// big test content fast, without fixtures.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Writes `size` pseudo-random bytes (from `seed`, never 0) to `path`, 1 MiB at a time: a big
+/// buffer in this shared test process would count in the peak RSS of the children that other
+/// tests fork meanwhile.
+pub fn write_random(path: &Path, size: u64, seed: u64) {
+    use std::io::Write;
+    let mut rng = Rng(seed);
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        for word in buf[..n].chunks_mut(8) {
+            let r = rng.next().to_le_bytes();
+            word.copy_from_slice(&r[..word.len()]);
+        }
+        f.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+/// The SHA-256 of a file, by coreutils' `sha256sum` (not ferry's own hashing).
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The hash in a SHA256E key (`SHA256E-s<size>--<hex>[.ext]`).
+pub fn key_hash(key: &str) -> &str {
+    let name = key.split_once("--").map_or("", |(_, n)| n);
+    name.split('.').next().unwrap_or_default()
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {

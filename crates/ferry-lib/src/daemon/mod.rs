@@ -95,9 +95,13 @@ struct Shared {
 
 impl Shared {
     fn publish(&self) {
+        // The publisher is held while the status is read: threads that update at once write
+        // their snapshots in the order they took them, so the last one written is the newest.
+        let publisher = self.publisher.lock().unwrap();
         let mut s = self.status.lock().unwrap().clone();
         s.idle &= s.remotes.values().all(|r| !r.pushing);
-        if let Err(e) = self.publisher.lock().unwrap().status(&s) {
+        if let Err(e) = publisher.status(&s) {
+            drop(publisher);
             (self.log)(&format!("cannot write status: {e}"));
         }
     }

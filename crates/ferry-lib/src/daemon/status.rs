@@ -65,6 +65,10 @@ pub struct TransferEntry {
     /// Bytes done (running big transfers, updated about once a second).
     #[serde(default)]
     pub bytes: u64,
+    /// Bytes that were in place when the running transfer started (a partial file an earlier
+    /// attempt left): of `bytes`, only those above this moved in this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_ms: Option<u64>,
     #[serde(default)]

@@ -355,6 +355,10 @@ impl Queue {
 
     fn progress(&self, run: u64, bytes: u64) {
         if let Some(e) = self.st.lock().unwrap().running.get_mut(&run) {
+            // A transfer reports where it starts first; it goes back only to start over.
+            if e.resumed_from.is_none_or(|r| bytes < r) {
+                e.resumed_from = Some(bytes);
+            }
             e.bytes = bytes;
         }
     }
@@ -413,8 +417,9 @@ pub(super) struct Ctx {
 impl Ctx {
     fn publish(&self) {
         *self.last_publish.lock().unwrap() = Instant::now();
-        let snap = self.queue.snapshot();
-        self.shared.update(|s| s.transfers = snap);
+        // Snapshot under the status lock: workers publish at once when they take work, and a
+        // snapshot taken before another worker's must not be written after it.
+        self.shared.update(|s| s.transfers = self.queue.snapshot());
     }
 }
 
@@ -787,12 +792,27 @@ fn worker(ctx: &Ctx, small_only: bool) {
         ctx.publish();
         let t0 = Instant::now();
         let remotes = ctx.remotes.read().unwrap().clone();
+        let big = batch.len() == 1 && !batch[0].small();
         let Booked {
             done,
             retry,
             ok,
             failed,
-        } = run_batch(ctx, run, &remotes, batch);
+        } = if big {
+            // Big content moves on a thread of low CPU priority (its hashing thread and its
+            // git helpers inherit it): commits, merges, pushes and small files, which run at
+            // the normal priority, are not held up while it copies and hashes.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    lower_thread_priority();
+                    run_batch(ctx, run, &remotes, batch)
+                })
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+        } else {
+            run_batch(ctx, run, &remotes, batch)
+        };
         ctx.queue.finish(run, done, retry);
         if ok + failed > 0 {
             if let Err(e) = crate::ops::content::finish_bookkeeping(&ctx.repo, &remotes) {
@@ -808,6 +828,17 @@ fn worker(ctx: &Ctx, small_only: bool) {
             }
         }
         ctx.publish();
+    }
+}
+
+/// Nice value of the threads that move big content.
+const BIG_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority to [`BIG_NICE`] (Linux sets it per thread).
+fn lower_thread_priority() {
+    // SAFETY: setpriority on this thread's own id changes only its scheduling priority.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BIG_NICE);
     }
 }
 
@@ -894,25 +925,40 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &Remotes, batch: Vec<Item>) -> Booked
             (Dir::Download, Some(remote)) if items.len() == 1 && !items[0].small() => {
                 vec![
                     crate::ops::content::download(repo, remote, files[0], &opts, &events)
-                        .map(|_| true),
+                        .map(|o| log_resumed(ctx, &o)),
                 ]
             }
             (Dir::Download, Some(remote)) => {
                 crate::ops::content::download_many(repo, remote, &files, &opts, &events)
                     .into_iter()
-                    .map(|r| r.map(|_| true))
+                    .map(|r| r.map(|o| log_resumed(ctx, &o)))
                     .collect()
             }
             (Dir::Upload, Some(remote)) => {
                 crate::ops::content::upload_many(repo, remote, &files, &opts, &events)
                     .into_iter()
-                    .map(|r| r.map(|o| o.is_some()))
+                    .map(|r| r.map(|o| o.is_some_and(|o| log_resumed(ctx, &o))))
                     .collect()
             }
         };
         booked.settle(ctx, dir, &name, items, results);
     }
     booked
+}
+
+/// Logs a transfer that went on from the partial content an earlier attempt left (one that
+/// was interrupted, or a daemon that was killed): those bytes were not moved again. True: the
+/// content moved.
+fn log_resumed(ctx: &Ctx, o: &FileOutcome) -> bool {
+    if let Some(from) = o.resumed_from {
+        (ctx.shared.log)(&format!(
+            "{} ({}): resumed at byte {from}, {} more bytes moved",
+            String::from_utf8_lossy(&o.path),
+            o.note.as_deref().unwrap_or_default(),
+            o.bytes
+        ));
+    }
+    true
 }
 
 impl Booked {
