@@ -354,9 +354,13 @@ fn running_daemons_carry_content_through_the_transfer_repo_and_drain_it() {
         "t keeps big/x.bin: client b does not have it"
     );
     assert!(!has_key(&b, &x));
-    // git-annex reads the same story from b's location logs.
-    let w = env.annex(&b, &["whereis", "new.txt"]);
-    w.assert_ok();
-    let out = w.stdout();
-    assert!(out.contains("(2 copies)"), "{out}");
+    // git-annex reads the same story from b's location logs, once a's record of its own copy
+    // (pushed to t with a's next git-annex push) has been fetched by b.
+    let whereis = || env.annex(&b, &["whereis", "new.txt"]).stdout();
+    assert!(
+        wait_until(WAIT, || whereis().contains("(2 copies)")),
+        "{}; logs:\n{}",
+        whereis(),
+        logs(&[&da, &db])
+    );
 }
