@@ -10,6 +10,12 @@
 #           time until its name exists in B's work tree (lexists). Odd runs git-annex first.
 #   batch   same pairs: NBATCH (1000) new 1 KiB files written at once into a new dir of A; time
 #           until all names exist in B. BATCH_RUNS runs (default 1).
+#   bigsmall  pairs as above: a BIG_MB (1024) MiB file of random bytes is moved into A; once its
+#           content is on its way into B (a partial of its key in B's .git/annex/tmp), new 1 KiB
+#           files are written into A one after another, each timed until B's file holds its
+#           bytes, for as long as the big transfer lasts (at most BIGSMALL_MAX probes). Also
+#           reported: when the big file's content is in B. RUNS runs, each on a new pair of
+#           clones (started, measured, stopped, removed); even runs ferry first.
 #   idle    one repository per tool holding NIDLE committed 4 KiB files (no remotes): start one
 #           daemon, time until its process tree is idle (startup scan) and the CPU it used, then
 #           the CPU over IDLE_S seconds and the RSS of the tree (daemon + its git helpers).
@@ -20,6 +26,8 @@
 #
 # Knobs (environment):
 #   RUNS=20 NBATCH=1000 BATCH_RUNS=1 NIDLE=10000 IDLE_S=30 PHASES="single batch idle"
+#   BIG_MB=1024 BIGSMALL_MAX=20 BIG_TIMEOUT=600   bigsmall: big file size, probes per run, and
+#                         how long the big file (and a small file) may take to reach B
 #   ONLY=annex|ferry      measure one tool only (default: both; ratios need both)
 #   FERRY=path            ferry binary (default <repo>/target/release/ferry, built if missing)
 #   QUIET_WAIT=30         before each timed step wait up to this many s for the machine to be
@@ -48,6 +56,9 @@ BATCH_TIMEOUT=${BATCH_TIMEOUT:-300}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-1200}
 SETTLE_TIMEOUT=${SETTLE_TIMEOUT:-400}
 KEEP=${KEEP:-0}
+BIG_MB=${BIG_MB:-1024}
+BIGSMALL_MAX=${BIGSMALL_MAX:-20}
+BIG_TIMEOUT=${BIG_TIMEOUT:-600}
 
 case $ONLY in
     '') TOOLS=(annex ferry) ;;
@@ -117,6 +128,11 @@ def ticks(roots):
     ps = procs(); return sum(ps[p][1] for p in tree(roots, ps))
 def alive(roots):                 # any root still running (a zombie is not)
     ps = procs(); return any(r in ps and ps[r][3] not in 'ZX' for r in roots)
+def holds(path, data):            # the file (followed through a symlink) holds exactly `data`
+    try:
+        if os.stat(path).st_size != len(data): return False
+        with open(path, 'rb') as f: return f.read() == data
+    except OSError: return False
 cmd, args = sys.argv[1], sys.argv[2:]
 if cmd == 'cpu_ms':             # cpu_ms PID... -> CPU ms used so far by the trees
     print(ticks([int(x) for x in args]) * 1000 // CLK)
@@ -169,11 +185,7 @@ elif cmd == 'probe':            # probe SRCDIR DSTDIR PREFIX N SIZE POLL TIMEOUT
              first_content=None, all_content=None)
     pending = set(names); nocontent = set(names)
     def has_content(nm):  # B's file (followed through a symlink) holds the bytes written in A
-        p = os.path.join(dst, nm)
-        try:
-            if os.stat(p).st_size != size: return False
-            with open(p, 'rb') as f: return f.read() == data[nm]
-        except OSError: return False
+        return holds(os.path.join(dst, nm), data[nm])
     while True:
         if n == 1:
             if os.path.lexists(os.path.join(dst, names[0])): pending.clear()
@@ -190,11 +202,49 @@ elif cmd == 'probe':            # probe SRCDIR DSTDIR PREFIX N SIZE POLL TIMEOUT
         time.sleep(poll)
     r['visible'] = n - len(pending); r['with_content'] = n - len(nocontent)
     print(json.dumps({k: (round(v) if isinstance(v, float) else v) for k, v in r.items()}))
+elif cmd == 'bigsmall':         # bigsmall SRC DST STAGED NAME PREFIX POLL PROBE_TIMEOUT BIG_TIMEOUT MAXPROBES -> JSON
+    # Moves the big file STAGED into A as NAME (a rename: it appears whole), waits until its
+    # content is on its way into B (a non-empty partial of its key in B's .git/annex/tmp), then,
+    # one after another while that partial is there, writes a new 1 KiB file into A and times
+    # until B's file holds its bytes. Ends by waiting for the big file's content in B.
+    src, dst, staged, name, prefix = args[:5]
+    poll, probe_timeout, big_timeout, maxprobes = float(args[5]), float(args[6]), float(args[7]), int(args[8])
+    size = os.stat(staged).st_size
+    tmp = os.path.join(dst, '.git', 'annex', 'tmp')
+    mark = 'SHA256E-s%d--' % size
+    def in_flight():
+        try: return any(e.name.startswith(mark) and e.stat().st_size > 0 for e in os.scandir(tmp))
+        except OSError: return False
+    def big_done():
+        try: return os.stat(os.path.join(dst, name)).st_size == size
+        except OSError: return False
+    t0 = time.time()
+    ms = lambda: (time.time() - t0) * 1000
+    os.rename(staged, os.path.join(src, name))
+    r = dict(in_flight=None, big_done=None, probes=[], overlapped=0, missed=0)
+    while not in_flight() and not big_done() and ms() < big_timeout * 1000: time.sleep(poll)
+    if in_flight(): r['in_flight'] = ms()
+    while r['in_flight'] is not None and len(r['probes']) < maxprobes and in_flight():
+        nm = '%s%02d' % (prefix, len(r['probes']))
+        data = os.urandom(1024); p0 = time.time()
+        with open(os.path.join(src, nm), 'wb') as f: f.write(data)
+        while not holds(os.path.join(dst, nm), data) and time.time() - p0 < probe_timeout: time.sleep(poll)
+        if not holds(os.path.join(dst, nm), data): r['missed'] += 1; break
+        r['probes'].append(round((time.time() - p0) * 1000))
+        r['overlapped'] += in_flight()     # the big transfer outlasted this probe
+    while not big_done() and ms() < big_timeout * 1000: time.sleep(poll)
+    if big_done(): r['big_done'] = ms()
+    print(json.dumps({k: (round(v) if isinstance(v, float) else v) for k, v in r.items()}))
+elif cmd == 'mkbig':            # mkbig PATH MIB -> MIB MiB of random bytes
+    with open(args[0], 'wb') as f:
+        for _ in range(int(args[1])): f.write(os.urandom(1 << 20))
 elif cmd == 'mkfiles':          # mkfiles DIR N SIZE -> N files in subdirectories of 100
     d, n, size = args[0], int(args[1]), int(args[2])
     for i in range(n):
         sub = os.path.join(d, 'd%03d' % (i // 100)); os.makedirs(sub, exist_ok=True)
         with open(os.path.join(sub, 'f%06d' % i), 'wb') as f: f.write(os.urandom(size))
+elif cmd == 'jlist':            # jlist JSON KEY -> the list's items, space-separated
+    print(' '.join(str(x) for x in json.loads(args[0]).get(args[1]) or []))
 elif cmd == 'jget':             # jget JSON KEY -> value or NA
     v = json.loads(args[0]).get(args[1]); print('NA' if v is None else v)
 elif cmd == 'running':          # running JSON -> exit 0 iff it is an object with "running": true
@@ -360,7 +410,7 @@ start_pair() { # tool dir: start both daemons, wait until idle, report the small
 jget() { hp jget "$1" "$2"; }
 
 echo "# assistant benchmark $(date -u +%Y-%m-%dT%H:%MZ); $(git --version); git-annex $(git annex version --raw 2>/dev/null); nproc=$(nproc)"
-echo "# tools: ${TOOLS[*]}; PHASES=\"$PHASES\" RUNS=$RUNS NBATCH=$NBATCH BATCH_RUNS=$BATCH_RUNS NIDLE=$NIDLE IDLE_S=$IDLE_S"
+echo "# tools: ${TOOLS[*]}; PHASES=\"$PHASES\" RUNS=$RUNS NBATCH=$NBATCH BATCH_RUNS=$BATCH_RUNS NIDLE=$NIDLE IDLE_S=$IDLE_S BIG_MB=$BIG_MB"
 if want ferry; then
     echo "# ferry: $FERRY_SRC, mtime $(date -u -r "$FERRY_SRC" +%Y-%m-%dT%H:%MZ), sha256 $(sha256sum "$FERRY" | cut -c1-12), repo HEAD $(git -C "$BENCH_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 fi
@@ -432,6 +482,47 @@ if phase single || phase batch; then
     stop_all check
 fi
 
+# ---- bigsmall: a small file's content while a big one is on its way ----------------------------
+if phase bigsmall; then
+    declare -A BS=([annex]="" [ferry]="") BB=([annex]="" [ferry]="")
+    declare -A BN=([annex]=0 [ferry]=0) BO=([annex]=0 [ferry]=0) BM=([annex]=0 [ferry]=0)
+    for ((r = 1; r <= RUNS; r++)); do
+        order=("${TOOLS[@]}")
+        ((r % 2 == 0 && ${#TOOLS[@]} == 2)) && order=(ferry annex)
+        for t in "${order[@]}"; do
+            # A new pair each run, removed afterwards: three copies of a big file per clone pair
+            # add up, and removing its content behind a running daemon's back confuses it.
+            d=$WORK/$t-bigsmall$r
+            mkpair "$t" "$d"
+            hp mkbig "$WORK/big-staged" "$BIG_MB"
+            sync
+            wait_quiet
+            start_pair "$t" "$d"
+            j=$(hp bigsmall "$d/A" "$d/B" "$WORK/big-staged" big.bin "small-" 0.005 "$BIG_TIMEOUT" "$BIG_TIMEOUT" "$BIGSMALL_MAX")
+            echo "# bigsmall run $r $t: $j"
+            probes=$(hp jlist "$j" probes)
+            BS[$t]+=" $probes"; BB[$t]+=" $(jget "$j" big_done)"
+            BN[$t]=$((BN[$t] + $(wc -w <<<"$probes")))
+            BO[$t]=$((BO[$t] + $(jget "$j" overlapped)))
+            BM[$t]=$((BM[$t] + $(jget "$j" missed)))
+            [[ $(jget "$j" in_flight) == NA ]] && echo "WARN: bigsmall run $r $t: the big file's content was never seen on its way into B" >&2
+            assert_alive
+            stop_daemon "$(name_of "$t" "$d/A")"; stop_daemon "$(name_of "$t" "$d/B")"
+            chmod -R u+w "$d"; rm -rf "$d"
+        done
+    done
+    for t in "${TOOLS[@]}"; do
+        echo "# bigsmall $t: ${BN[$t]} probes started during the big transfers, ${BO[$t]} of them also ended before it did"
+        # shellcheck disable=SC2086
+        metric "${t}_assistant.bigsmall_1k_content_in_B" ms ${BS[$t]}
+        # shellcheck disable=SC2086
+        metric "${t}_assistant.bigsmall_big_content_in_B" ms ${BB[$t]}
+        if ((BM[$t] > 0)); then check "${t}_bigsmall_all_content" FAIL "${BM[$t]} small files without content in B within ${BIG_TIMEOUT}s"
+        elif ((BN[$t] == 0)); then check "${t}_bigsmall_all_content" FAIL "no small file was written while the big file was on its way"
+        else check "${t}_bigsmall_all_content" ok; fi
+    done
+fi
+
 # ---- idle: startup scan, idle CPU and RSS of one daemon in a repository of NIDLE files -----------
 if phase idle; then
     hp mkfiles "$WORK/idle-src" "$NIDLE" 4096
@@ -484,6 +575,8 @@ row "$NBATCH x 1 KiB: first visible in B" "batch${NBATCH}_first_visible_in_B" ms
 row "$NBATCH x 1 KiB: all visible in B" "batch${NBATCH}_all_visible_in_B" ms 1
 row "single 1 KiB file: content in B, median" single_1k_content_in_B ms 1
 row "$NBATCH x 1 KiB: all content in B" "batch${NBATCH}_all_content_in_B" ms 1
+row "1 KiB content in B during $BIG_MB MiB, median" bigsmall_1k_content_in_B ms 1
+row "$BIG_MB MiB file: content in B" bigsmall_big_content_in_B ms 1
 row "startup to idle, $NIDLE files" "startup_to_idle_${NIDLE}files_solo" s 0.1
 row "startup CPU, $NIDLE files" "startup_cpu_${NIDLE}files_solo" ms 10
 row "idle CPU over ${IDLE_S} s, $NIDLE files" "idle_cpu_${NIDLE}files_solo" ms 10
