@@ -391,6 +391,36 @@ fn no_source_error(
 
 /// Registers the transfer (git-annex's info file and lock). When the same transfer already runs
 /// (ferry elsewhere, or git-annex), says so and waits for it; a cancel while waiting is an error.
+/// Runs one file's transfer `body` as git-annex sees it: a transfer info file (waiting while
+/// another process moves the same key), byte progress to it and to `events`, the bandwidth
+/// limit for the direction, and a failure record if it fails.
+fn tracked<T>(
+    (repo, remote, f, opts, events): (
+        &Repo,
+        &dyn Remote,
+        &AnnexedFile,
+        &ContentOptions,
+        &dyn Events,
+    ),
+    direction: Direction,
+    note: &str,
+    body: impl FnOnce(&mut Progress) -> Result<T>,
+) -> Result<T> {
+    let mut guard = begin_transfer(repo, direction, remote, f, opts, events)?;
+    events.started(f, note);
+    let r = {
+        let mut cb = |n: u64| {
+            guard.update(n);
+            events.progress(f, n);
+        };
+        let mut progress = Progress::new(&f.key, opts.cancel, &mut cb)
+            .throttled(Some(opts.throttle(remote, direction)));
+        body(&mut progress)
+    };
+    guard.finish_with(&r);
+    r
+}
+
 fn begin_transfer(
     repo: &Repo,
     direction: Direction,
@@ -436,22 +466,17 @@ pub fn download(
         .and_then(|kc| std::fs::metadata(repo.annex_dir().join("tmp").join(kc)).ok())
         .map_or(0, |m| m.len());
     crate::transfer::check_free_space(repo, &f.key, partial)?;
-    let mut guard = begin_transfer(repo, Direction::Download, remote, f, opts, events)?;
     let note = format!("from {}", remote.name());
-    events.started(f, &note);
-    let r = {
-        let mut cb = |n: u64| {
-            guard.update(n);
-            events.progress(f, n);
-        };
-        let mut progress = Progress::new(&f.key, opts.cancel, &mut cb)
-            .throttled(Some(opts.throttle(remote, Direction::Download)));
-        receive_into(&store, &f.key, &mut progress, &mut |off, sink, p| {
-            remote.retrieve(&f.key, off, sink, p)
-        })
-    };
-    guard.finish_with(&r);
-    let r = r?;
+    let r = tracked(
+        (repo, remote, f, opts, events),
+        Direction::Download,
+        &note,
+        |progress| {
+            receive_into(&store, &f.key, progress, &mut |off, sink, p| {
+                remote.retrieve(&f.key, off, sink, p)
+            })
+        },
+    )?;
     log_presence(repo, &f.key, repo.uuid(), Presence::Present)?;
     let mut outcome = FileOutcome::moved(f, note, r.resumed_from, r.transferred);
     if !repo.is_bare()
@@ -504,22 +529,17 @@ pub fn upload(
     let obj = store
         .find(&f.key)
         .ok_or_else(|| TransferError::Other("content vanished".into()))?;
-    let mut guard = begin_transfer(repo, Direction::Upload, remote, f, opts, events)?;
     let note = format!("to {}", remote.name());
-    events.started(f, &note);
-    let r = {
-        let mut cb = |n: u64| {
-            guard.update(n);
-            events.progress(f, n);
-        };
-        let mut progress = Progress::new(&f.key, opts.cancel, &mut cb)
-            .throttled(Some(opts.throttle(remote, Direction::Upload)));
-        remote
-            .store(&f.key, &obj, &mut progress)
-            .map(|s| (s, progress.done()))
-    };
-    guard.finish_with(&r);
-    let (stored, done) = r?;
+    let (stored, done) = tracked(
+        (repo, remote, f, opts, events),
+        Direction::Upload,
+        &note,
+        |progress| {
+            remote
+                .store(&f.key, &obj, progress)
+                .map(|s| (s, progress.done()))
+        },
+    )?;
     log_presence(repo, &f.key, remote.uuid(), Presence::Present)?;
     Ok(FileOutcome::moved(
         f,
