@@ -175,10 +175,15 @@ pub(crate) fn ssh_with_sharing(repo: &Repo, user: Option<&str>) -> Result<Option
 
 /// Runs git, returning Ok or the trimmed stderr.
 pub(crate) fn git_try(git: &crate::git::Git, args: &[&str]) -> std::result::Result<(), String> {
-    git.run(args).map(|_| ()).map_err(|e| match e {
+    git.run(args).map(|_| ()).map_err(stderr_of)
+}
+
+/// What a failed git call said (its stderr), or the error itself.
+fn stderr_of(e: Error) -> String {
+    match e {
         Error::Git { stderr, .. } => stderr,
         e => e.to_string(),
-    })
+    }
 }
 
 pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
@@ -555,7 +560,13 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
         let _ = std::fs::create_dir_all(marker.parent().unwrap());
         std::fs::write(&marker, format!("{}\n", std::process::id()))
             .map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
-        let merged = merge_waiting_for_index(repo, &merge);
+        // git takes the index lock before it changes anything: a merge refused for a busy
+        // lock is simply waited for and run again (run_index).
+        let merged = repo
+            .git
+            .run_index(merge, &[])
+            .map(|_| ())
+            .map_err(stderr_of);
         if let Err(e) = merged {
             let resolved = if repo.git_dir.join("MERGE_HEAD").exists() {
                 resolve_conflicts(repo)
@@ -589,25 +600,6 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Runs `git merge`, waiting (up to 10 s) while another process holds the index lock: such a
-/// merge stops before it changes anything.
-fn merge_waiting_for_index(repo: &Repo, merge: &[&str]) -> std::result::Result<(), String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match git_try(&repo.git, merge) {
-            Err(e)
-                if e.contains("index.lock")
-                    && e.contains("File exists")
-                    && !repo.git_dir.join("MERGE_HEAD").exists()
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            r => return r,
-        }
-    }
 }
 
 /// Written (with our pid) while sync runs a merge, removed after: a marker left by a process
