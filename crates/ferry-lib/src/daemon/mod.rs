@@ -331,7 +331,8 @@ impl Daemon {
         let mut config_changed = false;
         let mut annex_changed = false;
         // Local remotes whose branches another clone moved.
-        let mut remote_moved: BTreeSet<String> = BTreeSet::new();
+        let mut remote_moved: std::collections::BTreeMap<String, std::path::PathBuf> =
+            Default::default();
         let mut rejected: BTreeSet<String> = BTreeSet::new();
         let mut stop = false;
         loop {
@@ -439,9 +440,9 @@ impl Daemon {
             if head_mid != head_before && !annexed.is_empty() {
                 let _ = main.push_tx.send(PushMsg::Content(Round::Files(annexed)));
             }
-            for remote in std::mem::take(&mut remote_moved) {
+            for (remote, git_dir) in std::mem::take(&mut remote_moved) {
                 // This clone's own pushes move them too: fetch only what differs.
-                if !rejected.contains(&remote) && main.remote_differs(&remote) {
+                if !rejected.contains(&remote) && main.remote_differs(&remote, &git_dir) {
                     rejected.insert(remote);
                 }
             }
@@ -850,13 +851,7 @@ impl MainLoop {
 
     /// Whether a local remote's branches differ from what this clone last fetched or pushed
     /// there (its remote-tracking refs).
-    fn remote_differs(&self, remote: &str) -> bool {
-        let Some((_, dir)) = local_remote_git_dirs(&self.repo)
-            .into_iter()
-            .find(|(n, _)| n == remote)
-        else {
-            return false;
-        };
+    fn remote_differs(&self, remote: &str, git_dir: &std::path::Path) -> bool {
         let list = |git: &crate::git::Git, prefix: &str| {
             git.run_str([
                 "for-each-ref",
@@ -868,7 +863,7 @@ impl MainLoop {
             ])
             .ok()
         };
-        let theirs = list(&crate::git::Git::new(&dir), "refs/heads/");
+        let theirs = list(&crate::git::Git::new(git_dir), "refs/heads/");
         let ours = list(&self.repo.git, &format!("refs/remotes/{remote}/"));
         match (theirs, ours) {
             (Some(t), Some(o)) => {

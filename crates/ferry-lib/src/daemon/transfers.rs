@@ -81,7 +81,6 @@ impl FileCache {
         for f in files {
             self.insert(f.clone());
         }
-        self.complete = true;
     }
 
     fn insert(&mut self, f: AnnexedFile) {
@@ -600,7 +599,6 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             for f in &known {
                 cache.insert(f.clone());
             }
-            cache.complete = cache_ok;
             if changes.policy {
                 cache.by_path.values().cloned().collect()
             } else {
@@ -610,8 +608,6 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 files
             }
         };
-        let complete = cache.complete;
-        cache.complete = false;
         let (started, n) = (Instant::now(), files.len());
         if !files.is_empty() && !plan_round(ctx, repo, &remotes, files, &mut last_warnings) {
             all_next = true;
@@ -630,7 +626,8 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             ));
         }
         all_next |= some_unusable;
-        cache.complete = complete;
+        // Complete again when this round started from a complete cache or listed everything.
+        cache.complete = cache_ok || all;
         annex_seen = annex_now;
     }
 }

@@ -28,8 +28,8 @@ pub struct Batch {
     pub refs: bool,
     /// `.git/config` was rewritten.
     pub config: bool,
-    /// Local remotes (by name) whose branches moved: another clone pushed there.
-    pub remotes: std::collections::BTreeSet<String>,
+    /// Local remotes whose branches moved (name → git directory): another clone pushed there.
+    pub remotes: std::collections::BTreeMap<String, PathBuf>,
     /// This repository's git-annex branch moved (a merge, a commit of location changes, a
     /// `git annex` or `ferry` command run by hand): content plans may have changed.
     pub annex: bool,
@@ -45,6 +45,8 @@ pub struct Watcher {
     ref_dirs: HashMap<i32, PathBuf>,
     /// Branch directories of remotes that are local paths: watch descriptor → remote name.
     remote_dirs: HashMap<i32, (String, PathBuf)>,
+    /// The watched remotes' git directories, by name.
+    remote_git_dirs: HashMap<String, PathBuf>,
     /// The watch for the git directory itself (for `packed-refs`).
     git_wd: Option<i32>,
     /// Set when the watch limit was hit: some directories are not watched.
@@ -79,6 +81,7 @@ impl Watcher {
             dirs: HashMap::new(),
             ref_dirs: HashMap::new(),
             remote_dirs: HashMap::new(),
+            remote_git_dirs: HashMap::new(),
             git_wd: None,
             limited: false,
             buf: vec![0u8; 256 * 1024],
@@ -180,6 +183,7 @@ impl Watcher {
         for (wd, _) in std::mem::take(&mut self.remote_dirs) {
             self.ino.rm_watch(wd);
         }
+        self.remote_git_dirs = remotes.iter().cloned().collect();
         for (name, git_dir) in remotes {
             for (wd, d) in self.add_ref_watches(git_dir.join("refs/heads")) {
                 self.remote_dirs.insert(wd, (name.clone(), d));
@@ -227,7 +231,8 @@ impl Watcher {
                     self.remote_dirs.insert(wd, (name.clone(), d));
                 }
             }
-            batch.remotes.insert(name);
+            let git_dir = self.remote_git_dirs.get(&name).cloned().unwrap_or_default();
+            batch.remotes.insert(name, git_dir);
             return;
         }
         if let Some(dir) = self.ref_dirs.get(&ev.wd).cloned() {
