@@ -697,6 +697,87 @@ fn content_follows_the_files_between_running_daemons() {
 }
 
 #[test]
+fn a_restarted_daemon_plans_only_what_changed_while_it_was_stopped() {
+    // Once everything it planned is done, a daemon saves a checkpoint (HEAD and git-annex
+    // branch as planned). Started again, it plans only the commits and location changes made
+    // since, not every file, and those still move.
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    let checkpoint = |d: &Path| d.join(".git/annex/ferry/planned");
+    let log_of = |name: &str| std::fs::read_to_string(env.path(name)).unwrap_or_default();
+    {
+        let da = Daemon::start(&env, &a);
+        let db = Daemon::start(&env, &b);
+        write(&a, "one.txt", "one\n");
+        assert!(
+            wait_until(WAIT, || std::fs::read_to_string(b.join("one.txt"))
+                .is_ok_and(|c| c == "one\n")),
+            "one.txt arrives in B; logs:\n{}",
+            logs(&[&da, &db])
+        );
+        assert!(
+            wait_until(WAIT, || checkpoint(&a).exists() && checkpoint(&b).exists()),
+            "both daemons save a checkpoint once their queues are empty; logs:\n{}",
+            logs(&[&da, &db])
+        );
+        // Without a checkpoint (the first start), every file was planned.
+        assert!(da.log_text().contains("planned all "), "{}", da.log_text());
+    }
+    let (a_seen, b_seen) = (log_of("a.daemon.log").len(), log_of("b.daemon.log").len());
+    // While both are stopped: B drops its copy of one.txt (a location change), A commits a
+    // new file.
+    env.ferry(&b, &["drop", "one.txt"]).assert_ok();
+    assert!(
+        !filled_in(&b, "one.txt", 4),
+        "the drop emptied one.txt in B"
+    );
+    write(&a, "two.txt", "two\n");
+    env.ferry(&a, &["add", "--unlocked", "two.txt"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "two"]).assert_ok();
+
+    // B alone first: it fetches both contents itself (A's daemon, not running, sends none).
+    let db = Daemon::start(&env, &b);
+    for (f, c) in [("one.txt", "one\n"), ("two.txt", "two\n")] {
+        assert!(
+            wait_until(WAIT, || std::fs::read_to_string(b.join(f))
+                .is_ok_and(|t| t == c)),
+            "{f}'s content is in B again; log:\n{}",
+            db.log_text()
+        );
+    }
+    let da = Daemon::start(&env, &a);
+    for (name, file, seen) in [("A", "a.daemon.log", a_seen), ("B", "b.daemon.log", b_seen)] {
+        let planned = || {
+            let text = log_of(file)[seen..].to_string();
+            (text.contains("continuing from the last complete round")
+                || text.contains("planned all "))
+            .then_some(text)
+        };
+        assert!(wait_until(WAIT, || planned().is_some()), "{name} planned");
+        let text = planned().unwrap();
+        assert!(
+            text.contains("continuing from the last complete round"),
+            "{name} went on from its checkpoint:\n{text}"
+        );
+        assert!(
+            !text.contains("planned all "),
+            "{name} did not plan every file again:\n{text}"
+        );
+    }
+    // A config change makes a checkpoint stale: the next start plans everything.
+    drop((da, db));
+    env.git(&b, &["config", "annex.jobs", "2"]).assert_ok();
+    let b_seen = log_of("b.daemon.log").len();
+    let db = Daemon::start(&env, &b);
+    assert!(
+        wait_until(WAIT, || log_of("b.daemon.log")[b_seen..]
+            .contains("planned all ")),
+        "B planned every file after its config changed; log:\n{}",
+        db.log_text()
+    );
+}
+
+#[test]
 fn running_daemons_follow_preferred_content() {
     // B wants everything but big/: A's daemon does not send big/ there, B's does not fetch it,
     // and the rest still flows.

@@ -307,6 +307,7 @@ impl Daemon {
             merge_started: Instant::now(),
             last_commit: None,
             annexed: Vec::new(),
+            attrs_committed: false,
         };
 
         // Startup: whatever changed while no daemon ran, then what others pushed meanwhile.
@@ -416,9 +417,7 @@ impl Daemon {
                 }
             }
             // A running check-attr may keep what it read: a changed .gitattributes needs a new one.
-            let attrs_changed = pending
-                .iter()
-                .any(|p| p.rsplit(|&b| b == b'/').next() == Some(b".gitattributes"));
+            let attrs_changed = pending.iter().any(|p| is_gitattributes(p));
             if let Some(a) = main
                 .settings
                 .add
@@ -437,8 +436,17 @@ impl Daemon {
             let head_mid = main.heads().0;
             // What this clone just annexed is known: its content moves without a diff.
             let annexed = std::mem::take(&mut main.annexed);
-            if head_mid != head_before && !annexed.is_empty() {
-                let _ = main.push_tx.send(PushMsg::Content(Round::Files(annexed)));
+            if head_mid != head_before
+                && let Some(head) = &head_mid
+            {
+                if !annexed.is_empty() {
+                    let _ = main
+                        .push_tx
+                        .send(PushMsg::Content(Round::Files(annexed, head.clone())));
+                }
+                if std::mem::take(&mut main.attrs_committed) {
+                    let _ = main.push_tx.send(PushMsg::Content(Round::Policy));
+                }
             }
             for (remote, git_dir) in std::mem::take(&mut remote_moved) {
                 // This clone's own pushes move them too: fetch only what differs.
@@ -620,8 +628,11 @@ struct MainLoop {
     merge_started: Instant,
     /// The last commit made here and its tree (saves asking git for HEAD's tree).
     last_commit: Option<(String, String)>,
-    /// Files annexed by the commits since the last content round (their content is here).
+    /// Files annexed (or locked files moved) by the commits since the last content round.
     annexed: Vec<crate::annexed::AnnexedFile>,
+    /// A `.gitattributes` was committed since the last content round (numcopies may differ
+    /// for any file).
+    attrs_committed: bool,
 }
 
 /// More paths than this in one batch: look at the whole tree instead (one `ls-files` walk is
@@ -705,6 +716,7 @@ impl MainLoop {
         let stopped: Mutex<Option<String>> = Mutex::new(None);
         let staged = std::sync::atomic::AtomicUsize::new(0);
         let annexed = Mutex::new(Vec::new());
+        let attrs = std::sync::atomic::AtomicBool::new(false);
         crate::ops::add::add(repo, &opts, &|e: &AddEvent| match e {
             AddEvent::Failed { path, error } => {
                 failed.lock().unwrap().push((path.clone(), error.clone()))
@@ -718,7 +730,25 @@ impl MainLoop {
                 });
                 staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            AddEvent::ToGit { .. } | AddEvent::Restaged { .. } | AddEvent::Removed { .. } => {
+            // A locked file moved or renamed: where it is now may change who wants it.
+            AddEvent::Restaged { path, key } => {
+                annexed.lock().unwrap().push(crate::annexed::AnnexedFile {
+                    path: path.clone(),
+                    key: key.clone(),
+                    locked: true,
+                });
+                staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            AddEvent::ToGit { path, .. } => {
+                if is_gitattributes(path) {
+                    attrs.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            AddEvent::Removed { path } => {
+                if is_gitattributes(path) {
+                    attrs.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 staged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             _ => {}
@@ -747,6 +777,7 @@ impl MainLoop {
         let commit = self.commit_index()?;
         if commit.is_some() {
             self.annexed.extend(annexed.into_inner().unwrap());
+            self.attrs_committed |= attrs.into_inner();
         }
         Ok(commit)
     }
@@ -1237,6 +1268,11 @@ fn pusher(
             }
         }
     }
+}
+
+/// A path names a `.gitattributes` file (at the top or in a directory).
+pub(crate) fn is_gitattributes(path: &[u8]) -> bool {
+    path.rsplit(|&b| b == b'/').next() == Some(b".gitattributes")
 }
 
 #[cfg(test)]

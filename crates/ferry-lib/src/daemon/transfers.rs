@@ -26,7 +26,7 @@ use crate::remote::{Remote, Remotes, TransferError};
 use crate::repo::Repo;
 use crate::transfer::bwlimit::Limits;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -50,13 +50,16 @@ pub(super) enum Round {
     All,
     /// The files that differ between two commits of the branch (a merge).
     Between(String, String),
-    /// Files this clone just annexed and committed.
-    Files(Vec<AnnexedFile>),
+    /// Files this clone just annexed, and the commit (HEAD) that holds them.
+    Files(Vec<AnnexedFile>, String),
     /// git config changed: read the remotes again, and look at everything.
     Reload,
     /// The git-annex branch moved: plan the files whose keys' location logs changed, or every
     /// known file when preferred content, groups, numcopies or trust changed.
     Annex,
+    /// Something every file's plan may depend on changed outside the git-annex branch (a
+    /// committed `.gitattributes`): plan every known file again.
+    Policy,
 }
 
 /// How often the planner looks at the git-annex branch when nothing told it to (changes made
@@ -111,6 +114,13 @@ impl FileCache {
         for f in now {
             self.insert(f.clone());
         }
+    }
+
+    fn with_paths(&self, paths: &BTreeSet<Vec<u8>>) -> Vec<AnnexedFile> {
+        paths
+            .iter()
+            .filter_map(|p| self.by_path.get(p).cloned())
+            .collect()
     }
 
     fn with_keys<'a>(&self, keys: impl IntoIterator<Item = &'a Key>) -> Vec<AnnexedFile> {
@@ -362,6 +372,12 @@ impl Queue {
         }
     }
 
+    /// Nothing queued, waiting for a retry or running.
+    fn idle(&self) -> bool {
+        let st = self.st.lock().unwrap();
+        st.queued() == 0 && st.delayed.is_empty() && st.running.is_empty()
+    }
+
     fn stop(&self) {
         self.st.lock().unwrap().stop = true;
         self.cv.notify_all();
@@ -411,6 +427,8 @@ pub(super) struct Ctx {
     /// Bandwidth limits, updated in place when git config changes.
     limits: Limits,
     last_publish: Mutex<Instant>,
+    /// Items given up so far (a checkpoint is saved only once a full round queued them again).
+    gave_up: AtomicU64,
 }
 
 impl Ctx {
@@ -449,6 +467,7 @@ pub(super) fn start(
         remotes: RwLock::new(Arc::new(Vec::new())),
         limits: Limits::default(),
         last_publish: Mutex::new(Instant::now()),
+        gave_up: AtomicU64::new(0),
     });
     let mut handles = Vec::new();
     for i in 0..=jobs {
@@ -488,6 +507,15 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     let mut cache = FileCache::default();
     // The git-annex branch commit the last completed round planned against.
     let mut annex_seen: Option<String> = None;
+    // The HEAD commit every change up to which has been planned.
+    let mut head_planned: Option<String> = None;
+    // Where the last run ended with everything planned and done: its first round goes on
+    // from there instead of planning every file.
+    let mut checkpoint = Checkpoint::load(repo);
+    let mut written = checkpoint.clone();
+    let mut planned_once = false;
+    // Give-ups forgiven by the last full round (which queued those items again).
+    let mut gave_up_seen = 0;
     let mut limits_seen = LimitsSeen::default();
     reload_limits(ctx, &mut limits_seen);
     loop {
@@ -496,20 +524,30 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Round::Annex,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        let mut all = std::mem::take(&mut all_next);
+        let mut all = std::mem::take(&mut all_next) || !planned_once;
         let mut ranges = Vec::new();
         let mut known: Vec<AnnexedFile> = Vec::new();
+        let mut head_now: Option<String> = None;
+        let mut policy = false;
         for r in std::iter::once(first).chain(rx.try_iter()) {
             match r {
                 Round::All => all = true,
-                Round::Between(b, a) => ranges.push((b, a)),
-                Round::Files(f) => known.extend(f),
+                Round::Between(b, a) => {
+                    head_now = Some(a.clone());
+                    ranges.push((b, a));
+                }
+                Round::Files(f, head) => {
+                    head_now = Some(head);
+                    known.extend(f);
+                }
                 // A new remote, or one that was set to sync again, gets what it lacks.
                 Round::Reload => {
                     loaded = None;
                     all = true;
+                    checkpoint = None;
                     reload_limits(ctx, &mut limits_seen);
                 }
+                Round::Policy => policy = true,
                 Round::Annex => {}
             }
         }
@@ -541,6 +579,33 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             all_next = some_unusable;
             continue;
         }
+        let gave_up = ctx.gave_up.load(Ordering::Relaxed);
+        // At start, a checkpoint stands for a round that planned everything: what changed
+        // since (commits, the git-annex branch) is all there is to plan.
+        let mut resumed = false;
+        if all
+            && !planned_once
+            && let Some(c) = checkpoint.take()
+            && let Some(head) = c.usable(repo)
+        {
+            log(&format!(
+                "continuing from the last complete round (HEAD {}, git-annex {}): planning only \
+                 what changed since",
+                short(&c.head),
+                short(&c.annex)
+            ));
+            if head != c.head {
+                ranges.push((c.head.clone(), head.clone()));
+            }
+            head_now = Some(head);
+            annex_seen = Some(c.annex);
+            all = false;
+            resumed = true;
+        }
+        if all {
+            // Everything is listed below: the HEAD read now is covered by it.
+            head_now = repo.git.rev_parse("HEAD").ok().flatten();
+        }
         // What the git-annex branch says changed since the last round.
         let annex_now = repo.git.rev_parse("refs/heads/git-annex").ok().flatten();
         let mut changes = AnnexChanges::default();
@@ -553,7 +618,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 Err(_) => all = true,
             }
         }
-        all |= !cache_ok && (changes.policy || !changes.keys.is_empty());
+        changes.policy |= policy;
         let mut paths: BTreeSet<Vec<u8>> = BTreeSet::new();
         if !all && !ranges.is_empty() {
             for (b, a) in &ranges {
@@ -570,12 +635,16 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 }
             }
             all |= paths.len() > WHOLE_TREE_ABOVE;
+            // A changed .gitattributes may change any file's numcopies.
+            changes.policy |= paths.iter().any(|p| super::is_gitattributes(p));
         }
-        // A merge can bring files that a round skipped earlier never saw: without a complete
-        // cache, only a full listing knows every file.
-        all |= !cache_ok && !ranges.is_empty();
+        // Without a complete cache, the files of changed keys (or every file, for a policy
+        // change) are only known from a full listing. A cache is incomplete only at start or
+        // after a round that failed, and such a round makes the next one plan everything
+        // anyway (`all_next`), so listing without planning everything misses nothing.
+        let relist = all || (!cache_ok && (changes.policy || !changes.keys.is_empty()));
         let listing = Instant::now();
-        let listed = if all {
+        let listed = if relist {
             annexed_files(&repo.git, &[])
         } else if paths.is_empty() {
             Ok(Vec::new())
@@ -591,9 +660,16 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             }
         };
         let listed_in = listing.elapsed();
-        let files = if all {
+        let files = if relist {
             cache.reset(&listed);
-            listed
+            if all || changes.policy {
+                listed
+            } else {
+                let mut files = cache.with_paths(&paths);
+                files.extend(known);
+                files.extend(cache.with_keys(&changes.keys));
+                files
+            }
         } else {
             cache.update(&paths, &listed);
             for f in &known {
@@ -608,6 +684,12 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 files
             }
         };
+        let mut files = files;
+        if !all {
+            // A file can be here both for its path and for its key.
+            let mut seen = HashSet::new();
+            files.retain(|f| seen.insert(f.path.clone()));
+        }
         let (started, n) = (Instant::now(), files.len());
         if !files.is_empty() && !plan_round(ctx, repo, &remotes, files, &mut last_warnings) {
             all_next = true;
@@ -624,11 +706,120 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                  ({} ms)",
                 started.elapsed().as_millis()
             ));
+        } else if resumed {
+            log(&format!(
+                "planned {n} files changed since the last complete round ({} ms, listing \
+                 included)",
+                listed_in.as_millis() + started.elapsed().as_millis()
+            ));
         }
         all_next |= some_unusable;
         // Complete again when this round started from a complete cache or listed everything.
-        cache.complete = cache_ok || all;
+        cache.complete = cache_ok || relist;
         annex_seen = annex_now;
+        planned_once = true;
+        if head_now.is_some() {
+            head_planned = head_now;
+        }
+        if all {
+            // Items given up before this round were queued again by it.
+            gave_up_seen = gave_up;
+        }
+        // Everything planned so far is done: a restart can go on from here.
+        if !all_next
+            && ctx.gave_up.load(Ordering::Relaxed) == gave_up_seen
+            && ctx.queue.idle()
+            && let (Some(head), Some(annex)) = (&head_planned, &annex_seen)
+        {
+            let c = Checkpoint {
+                head: head.clone(),
+                annex: annex.clone(),
+                config: Checkpoint::config_hash(repo),
+            };
+            if written.as_ref() != Some(&c) {
+                match c.save(repo) {
+                    Ok(()) => written = Some(c),
+                    Err(e) => log(&format!("saving the planning checkpoint failed: {e}")),
+                }
+            }
+        }
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(10)]
+}
+
+/// Where a daemon stood when everything it had planned was done: HEAD and the git-annex
+/// branch as planned, and the git config then (`.git/annex/ferry/planned`). A daemon that
+/// starts again plans only what changed since (a diff of each), not every file. It is not
+/// used when git config changed (remotes, preferred-content settings), when the git-annex
+/// journal holds changes not committed, or when either commit is gone; a transfer given up
+/// removes it, so that a restart tries that transfer again.
+#[derive(Clone, Debug, PartialEq)]
+struct Checkpoint {
+    head: String,
+    annex: String,
+    config: String,
+}
+
+impl Checkpoint {
+    fn path(repo: &Repo) -> std::path::PathBuf {
+        repo.annex_dir().join("ferry").join("planned")
+    }
+
+    fn load(repo: &Repo) -> Option<Checkpoint> {
+        let text = std::fs::read_to_string(Self::path(repo)).ok()?;
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        for line in text.lines() {
+            let (k, v) = line.split_once(' ')?;
+            fields.insert(k, v);
+        }
+        let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let c = Checkpoint {
+            head: fields.get("head")?.to_string(),
+            annex: fields.get("annex")?.to_string(),
+            config: fields.get("config")?.to_string(),
+        };
+        (valid(&c.head) && valid(&c.annex) && valid(&c.config)).then_some(c)
+    }
+
+    /// The current HEAD when this checkpoint can stand for a full round now.
+    fn usable(&self, repo: &Repo) -> Option<String> {
+        if Self::config_hash(repo) != self.config || !repo.branch.journal_is_empty().ok()? {
+            return None;
+        }
+        let head = repo.git.rev_parse("HEAD").ok()??;
+        let exists = |c: &str| {
+            repo.git
+                .run(["cat-file", "-e", &format!("{c}^{{commit}}")])
+                .is_ok()
+        };
+        (exists(&self.head) && exists(&self.annex)).then_some(head)
+    }
+
+    fn config_hash(repo: &Repo) -> String {
+        let mut h = crate::hash::Hasher::new(crate::hash::Backend::Sha256);
+        h.update(&std::fs::read(repo.git_dir.join("config")).unwrap_or_default());
+        h.finish_hex()
+    }
+
+    fn save(&self, repo: &Repo) -> std::io::Result<()> {
+        let path = Self::path(repo);
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            format!(
+                "head {}\nannex {}\nconfig {}\n",
+                self.head, self.annex, self.config
+            ),
+        )?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    fn remove(repo: &Repo) {
+        let _ = std::fs::remove_file(Self::path(repo));
     }
 }
 
@@ -825,6 +1016,11 @@ fn worker(ctx: &Ctx, small_only: bool) {
             }
         }
         ctx.publish();
+        // All done: the planner looks once more (this batch's own location changes), and
+        // saves a checkpoint.
+        if ctx.queue.idle() {
+            let _ = ctx.push_tx.send(PushMsg::Content(Round::Annex));
+        }
     }
 }
 
@@ -1007,6 +1203,9 @@ impl Booked {
                     }
                     it.last_error = Some(e);
                     if it.attempts >= MAX_ATTEMPTS {
+                        // A restart must try it again: no checkpoint stands for it as done.
+                        ctx.gave_up.fetch_add(1, Ordering::Relaxed);
+                        Checkpoint::remove(&ctx.repo);
                         (ctx.shared.log)(&format!(
                             "giving up on {} after {} attempts (a later change or a restart tries again)",
                             String::from_utf8_lossy(&it.file.path),
