@@ -1101,6 +1101,17 @@ fn a_failed_download_waits_for_its_retry_and_status_says_why() {
             && line.contains("corrupt"),
         "{line}"
     );
+    // With only a retry left, the daemon is not called plain idle.
+    let assistant_line = || {
+        let text = env.ferry(&b, &["status"]).stdout();
+        text.lines().next().unwrap_or_default().to_string()
+    };
+    assert!(
+        wait_until(WAIT, || assistant_line()
+            .ends_with(", idle until transfers are retried")),
+        "{}",
+        assistant_line()
+    );
     // Repaired: a later attempt brings the content.
     std::fs::remove_file(&obj).unwrap();
     std::fs::write(&obj, "the real content\n").unwrap();
@@ -1115,4 +1126,9 @@ fn a_failed_download_waits_for_its_retry_and_status_says_why() {
         WAIT,
         || status(&env, &b)["transfers"]["retrying_count"] == 0
     ));
+    assert!(
+        wait_until(WAIT, || assistant_line().ends_with(", idle")),
+        "{}",
+        assistant_line()
+    );
 }

@@ -128,7 +128,20 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         (Some(p), s) => println!(
             "assistant: running (pid {p}){}",
             match s {
-                Some(s) if s.pid == p && s.idle => ", idle",
+                // Idle means nothing at all to do: git work done and no content to move.
+                Some(s)
+                    if s.pid == p
+                        && s.idle
+                        && s.transfers.queued == 0
+                        && s.transfers.running.is_empty() =>
+                {
+                    if s.transfers.retrying_count == 0 {
+                        ", idle"
+                    } else {
+                        ", idle until transfers are retried"
+                    }
+                }
+                Some(s) if s.pid == p && s.idle => ", moving content",
                 Some(s) if s.pid == p => ", busy",
                 _ => " (a daemon that does not publish ferry status: git-annex's assistant?)",
             }
