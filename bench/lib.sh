@@ -2,8 +2,13 @@
 # a copy of the ferry binary under test, and small helpers for timing and medians.
 # The sourcing script sets SCRATCH_NAME first.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-FERRY_SRC=${FERRY:-$ROOT/target/release/ferry}
-[[ -x $FERRY_SRC ]] || cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p ferry-cli
+# The binary of the checked-out source (built, or rebuilt when stale), unless FERRY names one.
+if [[ -n ${FERRY:-} ]]; then
+    FERRY_SRC=$FERRY
+else
+    FERRY_SRC=$ROOT/target/release/ferry
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" -p ferry-cli
+fi
 WORK=$(mktemp -d "/tmp/ferry-bench-${SCRATCH_NAME:-x}-XXXX")
 trap 'chmod -R u+w "$WORK" 2>/dev/null; rm -rf "$WORK"' EXIT
 # A copy, so a concurrent cargo build cannot swap the binary mid-run.
