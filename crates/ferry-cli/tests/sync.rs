@@ -273,11 +273,12 @@ fn conflicts_resolve_to_the_same_tree_as_git_annex() {
         std::fs::read_to_string(a.join("mixed.dat")).unwrap(),
         "plain git on the annex side\n"
     );
-    // File against directory: the directory keeps the name, the file lives on as a variant,
-    // and nothing git moved aside is left in the work tree.
+    // File against directory: the directory keeps the name, the file lives on as a variant of
+    // the name git moved it aside to (ferry merged first, with the file on its side: `fd~HEAD`),
+    // as git-annex names it, and nothing git moved aside is left in the work tree.
     assert!(names.lines().any(|l| l == "fd/inner.txt"), "{names}");
     assert!(
-        names.lines().any(|l| l.starts_with("fd.variant-")),
+        names.lines().any(|l| is_variant_of(l, "fd~HEAD")),
         "{names}"
     );
     for d in [&a, &c] {
@@ -570,4 +571,381 @@ fn a_push_refused_because_the_hub_moved_is_merged_and_retried() {
         r.stdout()
     );
     assert!(a.join("from-c").symlink_metadata().is_ok());
+}
+
+/// `git ls-tree -r HEAD`: every path with its mode and blob (for annexed files: link or pointer,
+/// so the key), to compare whole trees.
+fn head_tree(env: &Env, d: &Path) -> String {
+    env.git(d, &["ls-tree", "-r", "HEAD"]).stdout()
+}
+
+fn head_names(env: &Env, d: &Path) -> std::collections::BTreeSet<String> {
+    env.git(d, &["ls-tree", "-r", "--name-only", "HEAD"])
+        .stdout()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether `name` is git-annex's variant of `of` (`dir/stem.variant-XXXX.ext`, four hex digits).
+fn is_variant_of(name: &str, of: &str) -> bool {
+    let (dir, base) = of.rsplit_once('/').map_or(("", of), |(d, b)| (d, b));
+    let (stem, ext) = match base.rfind('.') {
+        Some(i) if i > 0 => (&base[..i], &base[i..]),
+        _ => (base, ""),
+    };
+    let prefix = if dir.is_empty() {
+        format!("{stem}.variant-")
+    } else {
+        format!("{dir}/{stem}.variant-")
+    };
+    name.strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(ext))
+        .is_some_and(|h| h.len() == 4 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The file side of a file/directory conflict: `x` locked, `u` unlocked, `sub/y.txt` locked (a
+/// name with an extension, in a subdirectory); the directory side has a directory at each.
+const FD_FILES: [&str; 3] = ["x", "u", "sub/y.txt"];
+
+fn make_file_side(env: &Env, d: &Path, ferry: bool) -> Vec<String> {
+    for f in FD_FILES {
+        write(d, f, format!("the file {f}\n"));
+    }
+    if ferry {
+        env.ferry(d, &["add"]).assert_ok();
+        env.ferry(d, &["unlock", "u"]).assert_ok();
+    } else {
+        env.annex(d, &["add", "--quiet", "."]).assert_ok();
+        env.annex(d, &["unlock", "--quiet", "u"]).assert_ok();
+    }
+    env.git(d, &["commit", "-qm", "files"]).assert_ok();
+    let w = env.ferry(d, &["whereis", "--json"]).json_lines();
+    FD_FILES
+        .iter()
+        .map(|f| {
+            w.iter()
+                .find(|j| j["file"] == *f)
+                .unwrap_or_else(|| panic!("{f} is annexed: {w:?}"))["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn make_dir_side(env: &Env, d: &Path, ferry: bool) {
+    for f in FD_FILES {
+        write(
+            d,
+            format!("{f}/inner"),
+            format!("inside the directory {f}\n"),
+        );
+    }
+    if ferry {
+        env.ferry(d, &["add"]).assert_ok();
+    } else {
+        env.annex(d, &["add", "--quiet", "."]).assert_ok();
+    }
+    env.git(d, &["commit", "-qm", "directories"]).assert_ok();
+}
+
+/// Asserts that `names` resolve the file/directory conflicts as git-annex does when the file
+/// was moved aside under `aside` (`HEAD` or the flattened ref): every directory kept, each file
+/// only as the variant of its moved-aside name, nothing else.
+#[track_caller]
+fn assert_resolved_as(names: &std::collections::BTreeSet<String>, aside: &str) {
+    for f in FD_FILES {
+        assert!(
+            names.contains(&format!("{f}/inner")),
+            "{f}/ kept: {names:?}"
+        );
+        let moved = format!("{f}~{aside}");
+        let variants: Vec<&String> = names.iter().filter(|n| is_variant_of(n, &moved)).collect();
+        assert_eq!(variants.len(), 1, "{f} as a variant of {moved}: {names:?}");
+    }
+    assert_eq!(names.len(), 1 + 2 * FD_FILES.len(), "{names:?}");
+}
+
+#[track_caller]
+fn assert_clean(env: &Env, d: &Path) {
+    let st = env.git(d, &["status", "--porcelain", "--ignored"]).stdout();
+    assert_eq!(st, "", "{}: clean work tree", d.display());
+}
+
+/// A ferry clone and a git-annex clone on opposite sides of file/directory conflicts each
+/// resolve them before seeing the other's resolution. Each makes exactly the tree git-annex
+/// makes in its place (checked against git-annex resolving a copy of the ferry clone), and once
+/// they sync both ways the trees are identical, every version is kept and no work tree holds
+/// what git moved aside.
+fn independent_file_directory_resolution(ferry_has_file: bool, ferry_merges_first: bool) {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    add_committed(&env, &a, "base.txt", "base\n");
+    env.git(env.tmp.path(), &["clone", "-q", "a", "c"])
+        .assert_ok();
+    let c = env.path("c");
+    env.annex(&c, &["init", "-q", "annex-clone"]).assert_ok();
+    env.git(&a, &["remote", "add", "c", "../c"]).assert_ok();
+    let keys = if ferry_has_file {
+        make_dir_side(&env, &c, false);
+        make_file_side(&env, &a, true)
+    } else {
+        make_dir_side(&env, &a, true);
+        make_file_side(&env, &c, false)
+    };
+
+    // The git-annex clone's commit reaches the ferry clone (as its sync would push it); then
+    // the git-annex clone pulls the ferry clone's commit and resolves, without pushing.
+    env.git(&c, &["push", "-q", "origin", "main:synced/main"])
+        .assert_ok();
+    env.annex(&c, &["sync", "--quiet", "--no-push"]);
+    let c_names = head_names(&env, &c);
+    assert_resolved_as(
+        &c_names,
+        if ferry_has_file {
+            "refs_remotes_origin_main"
+        } else {
+            "HEAD"
+        },
+    );
+    assert_clean(&env, &c);
+
+    // The ferry clone resolves what it has (not yet the git-annex clone's resolution); git-annex
+    // resolves a copy of it in the same state: the oracle.
+    env.git(&a, &["config", "remote.c.annex-sync", "false"])
+        .assert_ok();
+    let oracle = env.path("oracle");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&a)
+        .arg(&oracle)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    env.annex(&oracle, &["sync", "--quiet"]);
+    let r = env.ferry(&a, &["sync", "--json"]);
+    r.assert_ok();
+    assert_eq!(
+        r.json_lines()[0]["resolved"],
+        serde_json::json!(["refs/heads/synced/main"])
+    );
+    assert_eq!(
+        head_tree(&env, &a),
+        head_tree(&env, &oracle),
+        "ferry resolves file against directory to git-annex's tree"
+    );
+    let a_names = head_names(&env, &a);
+    assert_resolved_as(
+        &a_names,
+        if ferry_has_file {
+            "HEAD"
+        } else {
+            "refs_heads_synced_main"
+        },
+    );
+    assert_clean(&env, &a);
+    env.git(&a, &["config", "--unset", "remote.c.annex-sync"])
+        .assert_ok();
+
+    // Both ways, twice.
+    for _ in 0..2 {
+        if ferry_merges_first {
+            env.ferry(&a, &["sync"]).assert_ok();
+            env.annex(&c, &["sync", "--quiet"]).assert_ok();
+        } else {
+            env.annex(&c, &["sync", "--quiet"]).assert_ok();
+            env.ferry(&a, &["sync"]).assert_ok();
+        }
+    }
+    assert_eq!(head_tree(&env, &a), head_tree(&env, &c), "identical trees");
+    let names = head_names(&env, &a);
+    if ferry_merges_first {
+        // ferry merges the two resolutions without rename detection: both variants stay.
+        let both: std::collections::BTreeSet<String> = a_names.union(&c_names).cloned().collect();
+        assert_eq!(names, both, "both resolutions, nothing renamed again");
+    }
+    // When git-annex merges the two resolutions first, its rename detection sees each file's
+    // two variants as one file renamed two ways, and its resolution of that renames them again
+    // (variants of variants), exactly as between two git-annex clones; ferry takes that tree
+    // as it is (a fast-forward). The versions are all still there.
+    let w = env.ferry(&a, &["whereis", "--json"]).json_lines();
+    for k in &keys {
+        assert!(
+            w.iter().any(|j| j["key"] == *k),
+            "the file's version {k} is still in the tree: {names:?}"
+        );
+    }
+    for d in [&a, &c] {
+        assert_clean(&env, d);
+    }
+    env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
+    env.annex(&c, &["fsck", "--fast", "--quiet"]).assert_ok();
+}
+
+#[test]
+fn file_against_directory_resolved_independently_file_on_ferry_side() {
+    independent_file_directory_resolution(true, true);
+    independent_file_directory_resolution(true, false);
+}
+
+#[test]
+fn file_against_directory_resolved_independently_file_on_git_annex_side() {
+    independent_file_directory_resolution(false, true);
+    independent_file_directory_resolution(false, false);
+}
+
+/// A ferry clone and a git-annex clone on the same side of file/directory conflicts each resolve
+/// them on their own and make the same tree, so once everything syncs there is one variant per
+/// file and no further conflict: the mixed network ends as an all-git-annex one does.
+fn same_side_file_directory_resolution(file_side: bool) {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    add_committed(&env, &a, "base.txt", "base\n");
+    env.git(env.tmp.path(), &["clone", "-q", "a", "c"])
+        .assert_ok();
+    let c = env.path("c");
+    env.annex(&c, &["init", "-q", "other side"]).assert_ok();
+    let mut keys = if file_side {
+        make_file_side(&env, &a, true)
+    } else {
+        make_dir_side(&env, &a, true);
+        Vec::new()
+    };
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.annex(&b, &["init", "-q", "same side"]).assert_ok();
+    if file_side {
+        make_dir_side(&env, &c, false);
+    } else {
+        keys = make_file_side(&env, &c, false);
+    }
+    // The other side's commit reaches both (as its sync would push it); each resolves on its
+    // own, before hearing of the other.
+    for to in ["../a", "../b"] {
+        env.git(&c, &["push", "-q", to, "main:synced/main"])
+            .assert_ok();
+    }
+    let r = env.ferry(&a, &["sync", "--json"]);
+    r.assert_ok();
+    assert_eq!(
+        r.json_lines()[0]["resolved"],
+        serde_json::json!(["refs/heads/synced/main"])
+    );
+    env.git(&b, &["config", "remote.origin.annex-sync", "false"])
+        .assert_ok();
+    env.annex(&b, &["sync", "--quiet"]);
+    env.git(&b, &["config", "--unset", "remote.origin.annex-sync"])
+        .assert_ok();
+    assert_eq!(
+        head_tree(&env, &a),
+        head_tree(&env, &b),
+        "ferry and git-annex resolve the same merge to the same tree"
+    );
+    let aside = if file_side {
+        "HEAD"
+    } else {
+        "refs_heads_synced_main"
+    };
+    assert_resolved_as(&head_names(&env, &a), aside);
+
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    env.git(&a, &["remote", "add", "c", "../c"]).assert_ok();
+    env.git(&b, &["remote", "add", "c", "../c"]).assert_ok();
+    for _ in 0..2 {
+        env.ferry(&a, &["sync"]).assert_ok();
+        env.annex(&b, &["sync", "--quiet"]).assert_ok();
+        env.annex(&c, &["sync", "--quiet"]).assert_ok();
+    }
+    let tree = head_tree(&env, &a);
+    for d in [&b, &c] {
+        assert_eq!(head_tree(&env, d), tree, "{}: the same tree", d.display());
+    }
+    assert_resolved_as(&head_names(&env, &a), aside);
+    let w = env.ferry(&a, &["whereis", "--json"]).json_lines();
+    for k in &keys {
+        assert!(w.iter().any(|j| j["key"] == *k), "{k} kept: {tree}");
+    }
+    for d in [&a, &b, &c] {
+        assert_clean(&env, d);
+        env.annex(d, &["fsck", "--fast", "--quiet"]).assert_ok();
+    }
+}
+
+#[test]
+fn ferry_and_git_annex_on_the_file_side_resolve_file_against_directory_alike() {
+    same_side_file_directory_resolution(true);
+}
+
+#[test]
+fn ferry_and_git_annex_on_the_directory_side_resolve_file_against_directory_alike() {
+    same_side_file_directory_resolution(false);
+}
+
+/// A file in git (not annexed) against a directory: git-annex does not resolve it (its sync
+/// fails and leaves the merge to the user), nor does ferry, which undoes the merge and says so.
+/// The copies git wrote while trying (`x~HEAD`) do not stay behind, so repeated attempts (the
+/// daemon's) leave no pile of `x~HEAD_0`, `x~HEAD_1`…
+#[test]
+fn a_file_in_git_against_a_directory_is_left_to_the_user_without_debris() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    add_committed(&env, &a, "base.txt", "base\n");
+    env.git(env.tmp.path(), &["clone", "-q", "a", "c"])
+        .assert_ok();
+    let c = env.path("c");
+    env.annex(&c, &["init", "-q", "annex-clone"]).assert_ok();
+    env.git(&a, &["remote", "add", "c", "../c"]).assert_ok();
+    write(&a, "x", "a small file in git\n");
+    env.git(&a, &["add", "x"]).assert_ok();
+    // In the same merge, an unlocked annexed file against a directory: resolvable alone, but
+    // the merge as a whole is not.
+    write(&a, "u", "an unlocked annexed file\n");
+    env.ferry(&a, &["add", "u"]).assert_ok();
+    env.ferry(&a, &["unlock", "u"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "x in git, u annexed"])
+        .assert_ok();
+    write(&c, "x/inner", "a directory on the annex side\n");
+    write(&c, "u/inner", "another directory\n");
+    env.annex(&c, &["add", "--quiet", "x", "u"]).assert_ok();
+    env.git(&c, &["commit", "-qm", "directories"]).assert_ok();
+
+    let head = env.git(&a, &["rev-parse", "HEAD"]).stdout();
+    let attempt = |status: &str| {
+        let r = env.ferry(&a, &["sync"]);
+        r.assert_fails();
+        assert!(r.stderr().contains("left to you"), "{}", r.stderr());
+        assert_eq!(env.git(&a, &["rev-parse", "HEAD"]).stdout(), head);
+        assert!(!a.join(".git/MERGE_HEAD").exists());
+        assert_eq!(
+            env.git(&a, &["status", "--porcelain", "--ignored"])
+                .stdout(),
+            status
+        );
+        assert_eq!(
+            std::fs::read_to_string(a.join("x")).unwrap(),
+            "a small file in git\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(a.join("u")).unwrap(),
+            "an unlocked annexed file\n"
+        );
+    };
+    for _ in 0..3 {
+        attempt("");
+    }
+    // A file of the user's with git's name for the copy is not git's copy: it stays.
+    write(&a, "x~HEAD", "the user's own file of that name\n");
+    attempt("?? x~HEAD\n");
+    assert_eq!(
+        std::fs::read_to_string(a.join("x~HEAD")).unwrap(),
+        "the user's own file of that name\n"
+    );
+    // git-annex does not resolve it either.
+    env.annex(&c, &["sync", "--quiet"]).assert_fails();
+    assert!(
+        !env.git(&c, &["ls-files", "-u"]).stdout().is_empty(),
+        "git-annex leaves the conflict to the user"
+    );
 }

@@ -560,6 +560,7 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
         let _ = std::fs::create_dir_all(marker.parent().unwrap());
         std::fs::write(&marker, format!("{}\n", std::process::id()))
             .map_err(|e| Error::io(format!("writing {}", marker.display()), e))?;
+        let started = std::time::SystemTime::now();
         // git takes the index lock before it changes anything: a merge refused for a busy
         // lock is simply waited for and run again (run_index).
         let merged = repo
@@ -569,7 +570,7 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
             .map_err(stderr_of);
         if let Err(e) = merged {
             let resolved = if repo.git_dir.join("MERGE_HEAD").exists() {
-                resolve_conflicts(repo)
+                resolve_conflicts(repo, &c, started)
             } else {
                 Ok(false)
             };
@@ -580,7 +581,7 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
                     continue;
                 }
                 Ok(false) => {
-                    let _ = repo.git.run_index(["merge", "--abort"], &[]);
+                    let _ = abort_merge(repo, started);
                     let _ = std::fs::remove_file(&marker);
                     report.errors.push(format!(
                         "merging {c} failed and was undone ({}); conflicts between files that are not annexed are left to you (git merge {c})",
@@ -590,7 +591,7 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
                 Err(err) => {
                     // Resolving failed part way (a full disk, a lock): undo the whole merge so
                     // the next attempt starts clean, and say why.
-                    let _ = repo.git.run_index(["merge", "--abort"], &[]);
+                    let _ = abort_merge(repo, started);
                     let _ = std::fs::remove_file(&marker);
                     return Err(err);
                 }
@@ -619,41 +620,244 @@ fn recover_interrupted_merge(repo: &Repo) -> Result<()> {
         return Ok(());
     }
     if repo.git_dir.join("MERGE_HEAD").exists() {
-        repo.git.run_index(["merge", "--abort"], &[])?;
+        // The marker is written just before the merge starts.
+        let started = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| std::time::SystemTime::now() + std::time::Duration::from_secs(1));
+        abort_merge(repo, started)?;
     }
     let _ = std::fs::remove_file(&marker);
     Ok(())
 }
 
-/// Removes what git left beside directory `dir` when it moved a conflicting file aside
-/// (`dir~HEAD`, `dir~<branch>`): only untracked links or pointer files naming one of `keys`,
-/// so nothing of the user's is touched.
-fn remove_moved_aside(dir: &std::path::Path, keys: &[&crate::key::Key]) {
-    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
-        return;
-    };
-    let prefix = [name.as_bytes(), b"~"].concat();
-    let Ok(rd) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for ent in rd.flatten() {
-        if !ent.file_name().as_bytes().starts_with(&prefix) {
-            continue;
-        }
-        let p = ent.path();
-        let key = match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => std::fs::read_link(&p)
-                .ok()
-                .and_then(|t| crate::store::parse_link_target(t.as_os_str().as_bytes())),
-            Ok(m) if m.is_file() && m.len() < 32 * 1024 => std::fs::read(&p)
-                .ok()
-                .and_then(|d| crate::store::parse_pointer(&d)),
-            _ => None,
-        };
-        if key.is_some_and(|k| keys.contains(&&k)) {
+/// `git merge --abort`, and the removal of the copies git wrote beside a directory when it moved
+/// a conflicting file aside (`name~HEAD`, `name~<ref>`): the abort leaves them in the work tree,
+/// and every later attempt at the same merge would add one more (`name~HEAD_0`, `_1`…). Removed
+/// are only files git does not track, written since `started`, whose content is exactly one side
+/// of the conflict: a committed blob, so nothing is lost.
+fn abort_merge(repo: &Repo, started: std::time::SystemTime) -> Result<()> {
+    let debris = merge_debris(repo, started).unwrap_or_default();
+    repo.git.run_index(["merge", "--abort"], &[])?;
+    for p in debris {
+        if !is_tracked(repo, &p) {
             let _ = std::fs::remove_file(&p);
         }
     }
+    Ok(())
+}
+
+/// The copies git wrote beside a directory when it moved a conflicting file aside during the
+/// merge in progress (`name~HEAD`, `name~<ref>`, maybe with `_0`…): files written since
+/// `started` that hold exactly one side of the conflict, either its blob (a link, a pointer, a
+/// file in git) or the content of the annexed key it points to (an unlocked file), the latter
+/// only while the store has that content too. Whether git tracks them is for the caller to
+/// check once the index is settled.
+fn merge_debris(repo: &Repo, started: std::time::SystemTime) -> Result<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let top = repo.work_tree()?;
+    let store = repo.store();
+    // Stage entries of the conflicted paths: the blobs a moved-aside copy can hold.
+    let mut blobs: std::collections::BTreeMap<Vec<u8>, Vec<String>> = Default::default();
+    for rec in repo
+        .git
+        .run(["ls-files", "-u", "-z"])?
+        .split(|&b| b == 0)
+        .filter(|r| !r.is_empty())
+    {
+        let Some(tab) = rec.iter().position(|&b| b == b'\t') else {
+            continue;
+        };
+        let meta = String::from_utf8_lossy(&rec[..tab]).into_owned();
+        if let Some(sha) = meta.split(' ').nth(1) {
+            blobs
+                .entry(rec[tab + 1..].to_vec())
+                .or_default()
+                .push(sha.to_string());
+        }
+    }
+    // ctime is kept with a coarse clock: allow a second of slack.
+    let since = started
+        .checked_sub(std::time::Duration::from_secs(1))
+        .unwrap_or(started)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (path, shas) in blobs {
+        let dir = top.join(std::ffi::OsStr::from_bytes(&path));
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let refs: Vec<&str> = shas.iter().map(String::as_str).collect();
+        let sizes = crate::git::sizes_many(&repo.git, &refs)?;
+        let small: Vec<Vec<u8>> = shas
+            .iter()
+            .zip(&sizes)
+            .filter(|(_, s)| s.is_some_and(|s| s < 32 * 1024))
+            .map(|(sha, _)| sha.as_bytes().to_vec())
+            .collect();
+        let keys: Vec<crate::key::Key> = crate::git::cat_many(&repo.git, &small)?
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, data)| crate::store::parse_pointer(&data))
+            .collect();
+        for (p, m) in moved_aside_files(&dir) {
+            let ctime = std::time::Duration::new(m.ctime().max(0) as u64, m.ctime_nsec() as u32);
+            if ctime < since {
+                continue;
+            }
+            let content = if m.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .ok()
+                    .map(|t| t.as_os_str().as_bytes().to_vec())
+            } else if m.is_file() && sizes.contains(&Some(m.len())) {
+                std::fs::read(&p).ok()
+            } else {
+                None
+            };
+            let same_blob =
+                content.is_some_and(|c| shas.contains(&crate::ops::add::git_blob_id(&c)));
+            let same_content = || {
+                m.is_file()
+                    && keys.iter().any(|k| {
+                        k.size == Some(m.len())
+                            && store.find(k).is_some()
+                            && matches!(crate::hash::verify_file(k, &p), Ok(Some(true)))
+                    })
+            };
+            if same_blob || same_content() {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The entries beside `dir` named like git's moved-aside copies of a file of that name
+/// (`dir~…`), with their metadata (not followed).
+fn moved_aside_files(dir: &std::path::Path) -> Vec<(PathBuf, std::fs::Metadata)> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = [name.as_bytes(), b"~"].concat();
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().as_bytes().starts_with(&prefix))
+        .filter_map(|e| {
+            let p = e.path();
+            std::fs::symlink_metadata(&p).ok().map(|m| (p, m))
+        })
+        .collect()
+}
+
+/// Whether git's index has `path` (an absolute path in the work tree); true when unsure.
+fn is_tracked(repo: &Repo, path: &std::path::Path) -> bool {
+    let Some(rel) = repo
+        .work_tree()
+        .ok()
+        .and_then(|top| path.strip_prefix(top).ok())
+    else {
+        return true;
+    };
+    let spec = [b":(literal)".as_slice(), rel.as_os_str().as_bytes()].concat();
+    repo.git
+        .run([
+            std::ffi::OsStr::new("ls-files"),
+            std::ffi::OsStr::new("-z"),
+            std::ffi::OsStr::new("--"),
+            std::ffi::OsStr::from_bytes(&spec),
+        ])
+        .map_or(true, |out| !out.is_empty())
+}
+
+/// For each conflicted path that is an annexed file on one side and a directory on the other,
+/// the name git moved the file aside to, as git's default (ort) strategy names it and git-annex
+/// then resolves it: `path~HEAD` for our file, `path~<theirs>` for theirs, with `/` in the ref
+/// written as `_`, and `_0`, `_1`… appended while the name is taken in either side or the
+/// merge base.
+fn moved_aside_names(
+    repo: &Repo,
+    paths: &std::collections::BTreeMap<Vec<u8>, [Option<Side>; 2]>,
+    theirs: &str,
+) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    // One-sided conflicts (a file against a deletion or against a directory), asked about the
+    // other side.
+    let one_sided: Vec<(&Vec<u8>, bool)> = paths
+        .iter()
+        .filter_map(|(p, sides)| match sides {
+            [Some(s), None] if s.key.is_some() => Some((p, true)),
+            [None, Some(s)] if s.key.is_some() => Some((p, false)),
+            _ => None,
+        })
+        .collect();
+    if one_sided.is_empty() {
+        return Ok(out);
+    }
+    let revs: Vec<Vec<u8>> = one_sided
+        .iter()
+        .map(|(p, ours)| [if *ours { "MERGE_HEAD:" } else { "HEAD:" }.as_bytes(), p].concat())
+        .collect();
+    let types = object_types(repo, &revs)?;
+    let against_dir: Vec<(&Vec<u8>, bool)> = one_sided
+        .into_iter()
+        .zip(types)
+        .filter(|(_, t)| t.as_deref() == Some("tree"))
+        .map(|(x, _)| x)
+        .collect();
+    if against_dir.is_empty() {
+        return Ok(out);
+    }
+    let mut trees = vec!["HEAD".to_string(), "MERGE_HEAD".to_string()];
+    if let Ok(bases) = repo
+        .git
+        .run_str(["merge-base", "--all", "HEAD", "MERGE_HEAD"])
+    {
+        trees.extend(bases.lines().map(str::to_string));
+    }
+    for (path, ours) in against_dir {
+        let branch = if ours { "HEAD" } else { theirs };
+        let base = [path.as_slice(), b"~", branch.replace('/', "_").as_bytes()].concat();
+        let mut name = base.clone();
+        for n in 0.. {
+            let revs: Vec<Vec<u8>> = trees
+                .iter()
+                .map(|t| [t.as_bytes(), b":", &name].concat())
+                .collect();
+            if object_types(repo, &revs)?.iter().all(Option::is_none) || n > 1000 {
+                break;
+            }
+            name = [base.as_slice(), format!("_{n}").as_bytes()].concat();
+        }
+        out.insert(path.clone(), name);
+    }
+    Ok(out)
+}
+
+/// The type of each object named (`HEAD:path`…), `None` when there is none: one
+/// `git cat-file --batch-check` run.
+fn object_types(repo: &Repo, revs: &[Vec<u8>]) -> Result<Vec<Option<String>>> {
+    let mut input = Vec::new();
+    for r in revs {
+        // A name with a newline cannot be asked for; ask for something that is surely missing.
+        input.extend_from_slice(if r.contains(&b'\n') {
+            b"0000000000000000000000000000000000000000"
+        } else {
+            r
+        });
+        input.push(b'\n');
+    }
+    let out = repo
+        .git
+        .run_with_input(["cat-file", "--batch-check=%(objecttype)"], &input)?;
+    // A found object is one word; anything else ("<name> missing", "ambiguous") is not there.
+    Ok(String::from_utf8_lossy(&out)
+        .lines()
+        .map(|l| (!l.contains(' ')).then(|| l.to_string()))
+        .chain(std::iter::repeat(None))
+        .take(revs.len())
+        .collect())
 }
 
 /// The name git-annex gives one side of a conflicted annexed file:
@@ -688,10 +892,13 @@ struct Side {
 /// Resolves a failed merge the way git-annex does, when every conflicted path has at least one
 /// annexed side: both versions of an annexed file are kept under variant names; an annexed file
 /// conflicting with a non-annexed one becomes a variant and the other keeps the name; a modified
-/// annexed file conflicting with a deletion survives as a variant. The result is the same on
-/// every clone that resolves the same conflict, so clones converge. Returns false (touching
-/// nothing) when some conflict is not of these kinds.
-fn resolve_conflicts(repo: &Repo) -> Result<bool> {
+/// annexed file conflicting with a deletion survives as a variant; an annexed file conflicting
+/// with a directory becomes a variant of the name git moved it aside to (`name~HEAD` when it is
+/// ours, `name~<merged ref>` when it is theirs) and the directory keeps the name. The result is
+/// the tree git-annex makes from the same merge, so ferry and git-annex clones that resolve the
+/// same conflict agree. Returns false (touching nothing) when some conflict is not of these
+/// kinds. `theirs` is the ref as it was given to `git merge`, `started` when that merge began.
+fn resolve_conflicts(repo: &Repo, theirs: &str, started: std::time::SystemTime) -> Result<bool> {
     let out = repo.git.run(["ls-files", "-u", "-z"])?;
     let mut paths: std::collections::BTreeMap<Vec<u8>, [Option<Side>; 2]> = Default::default();
     let mut shas = Vec::new();
@@ -767,6 +974,10 @@ fn resolve_conflicts(repo: &Repo) -> Result<bool> {
     {
         return Ok(false);
     }
+    let aside = moved_aside_names(repo, &paths, theirs)?;
+    // What git moved aside for a file against a directory: removed once the file lives on as
+    // its variant (while the index still says which blobs were in conflict).
+    let debris = merge_debris(repo, started)?;
     let top = repo.work_tree()?.to_path_buf();
     let store = repo.store();
     let mut info = Vec::new(); // update-index --index-info lines
@@ -790,12 +1001,15 @@ fn resolve_conflicts(repo: &Repo) -> Result<bool> {
             ));
             continue;
         }
+        // The name the variant is made from: git's moved-aside name for a file that met a
+        // directory (as git-annex, which resolves the index entry git left there).
+        let named = aside.get(path).unwrap_or(path);
         for side in sides.iter().flatten() {
             match &side.key {
                 Some(k) => info.push((
                     side.mode.clone(),
                     String::new(),
-                    variant_name(path, k),
+                    variant_name(named, k),
                     Some(k.clone()),
                 )),
                 // The non-annexed side keeps the name.
@@ -809,23 +1023,10 @@ fn resolve_conflicts(repo: &Repo) -> Result<bool> {
         rm_input.extend_from_slice(p);
         rm_input.push(0);
         let w = top.join(std::ffi::OsStr::from_bytes(p));
-        match std::fs::symlink_metadata(&w) {
-            Ok(m) if m.is_dir() => {
-                // A file conflicting with a directory: git moved the file aside in the work
-                // tree (`name~HEAD`, `name~<branch>`); its content lives on as the variant.
-                let keys: Vec<&crate::key::Key> = paths
-                    .get(p)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter_map(|s| s.key.as_ref())
-                    .collect();
-                remove_moved_aside(&w, &keys);
-            }
-            Ok(_) => {
-                let _ = std::fs::remove_file(&w);
-            }
-            Err(_) => {}
+        // A file against a directory: the directory stays (git's copy of the file is among
+        // the debris).
+        if std::fs::symlink_metadata(&w).is_ok_and(|m| !m.is_dir()) {
+            let _ = std::fs::remove_file(&w);
         }
     }
     repo.git.run_index(
@@ -907,6 +1108,11 @@ fn resolve_conflicts(repo: &Repo) -> Result<bool> {
         ],
         &[],
     )?;
+    for p in debris {
+        if !is_tracked(repo, &p) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
     Ok(true)
 }
 
