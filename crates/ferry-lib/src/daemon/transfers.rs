@@ -642,10 +642,30 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         // change) are only known from a full listing. A cache is incomplete only at start or
         // after a round that failed, and such a round makes the next one plan everything
         // anyway (`all_next`), so listing without planning everything misses nothing.
-        let relist = all || (!cache_ok && (changes.policy || !changes.keys.is_empty()));
         let listing = Instant::now();
+        let mut relist = all || (!cache_ok && changes.policy);
+        let mut listed_paths = None;
+        if !relist && !cache_ok && !changes.keys.is_empty() {
+            // Keys held by the changed files (a commit made while no daemon ran logs its new
+            // keys too) need no full listing; only keys no changed file holds do.
+            let l = if paths.is_empty() {
+                Ok(Vec::new())
+            } else {
+                annexed_files(&repo.git, &paths.iter().cloned().collect::<Vec<_>>())
+            };
+            match l {
+                Ok(l) => {
+                    let held: HashSet<&Key> = l.iter().chain(&known).map(|f| &f.key).collect();
+                    relist = changes.keys.iter().any(|k| !held.contains(k));
+                    listed_paths = Some(l);
+                }
+                Err(_) => relist = true,
+            }
+        }
         let listed = if relist {
             annexed_files(&repo.git, &[])
+        } else if let Some(l) = listed_paths {
+            Ok(l)
         } else if paths.is_empty() {
             Ok(Vec::new())
         } else {
