@@ -289,6 +289,135 @@ fn conflicts_resolve_to_the_same_tree_as_git_annex() {
     env.annex(&c, &["fsck", "--fast", "--quiet"]).assert_ok();
 }
 
+/// Names of every shape (dotfiles, a dotfile in a directory, several dots, a trailing dot, no
+/// extension, a file in a dot-directory) changed on both sides: a ferry clone and a git-annex
+/// clone each resolve the conflict on their own. ferry makes exactly the tree git-annex makes
+/// from the same merge (checked against git-annex resolving a copy of the ferry clone), with
+/// git-annex's variant names (`.hidden` → `.variant-XXXX.hidden`), and the same names as the
+/// git-annex clone; after syncing both ways the trees are identical.
+#[test]
+fn conflicts_of_every_name_shape_get_git_annex_variant_names() {
+    // Each name with the prefix and suffix git-annex 10 puts around the four hex digits.
+    const SHAPES: [(&str, &str, &str); 8] = [
+        (".hidden", ".variant-", ".hidden"),
+        ("dir/.env.local", "dir/.env.variant-", ".local"),
+        (".config.yml", ".config.variant-", ".yml"),
+        ("..dots", "..variant-", ".dots"),
+        ("a.tar.gz", "a.tar.variant-", ".gz"),
+        ("trail.", "trail.variant-", "."),
+        ("noext", "noext.variant-", ""),
+        (".d/f", ".d/f.variant-", ""),
+    ];
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    env.git(&a, &["config", "annex.dotfiles", "true"])
+        .assert_ok();
+    for (f, _, _) in SHAPES {
+        write(&a, f, format!("base {f}\n"));
+    }
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "base"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "c"])
+        .assert_ok();
+    let c = env.path("c");
+    env.annex(&c, &["init", "-q", "annex-clone"]).assert_ok();
+    env.git(&c, &["config", "annex.dotfiles", "true"])
+        .assert_ok();
+    env.git(&a, &["remote", "add", "c", "../c"]).assert_ok();
+    let files: Vec<&str> = SHAPES.iter().map(|(f, _, _)| *f).collect();
+    for (f, _, _) in SHAPES {
+        std::fs::remove_file(a.join(f)).unwrap();
+        write(&a, f, format!("ferry's {f}\n"));
+    }
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "ferry side"]).assert_ok();
+    let mut unlock = vec!["unlock", "--quiet"];
+    unlock.extend(&files);
+    env.annex(&c, &unlock).assert_ok();
+    for (f, _, _) in SHAPES {
+        write(&c, f, format!("git-annex's {f}\n"));
+    }
+    let mut add = vec!["add", "--quiet"];
+    add.extend(&files);
+    env.annex(&c, &add).assert_ok();
+    env.git(&c, &["commit", "-qm", "annex side"]).assert_ok();
+    // Every key on each side, to check that no version is lost.
+    let keys = |d: &Path| -> Vec<String> {
+        env.ferry(d, &["whereis", "--json"])
+            .json_lines()
+            .iter()
+            .map(|j| j["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut all_keys = keys(&a);
+    all_keys.extend(keys(&c));
+    assert_eq!(all_keys.len(), 2 * SHAPES.len(), "{all_keys:?}");
+
+    // The git-annex clone's commit reaches the ferry clone (as its sync would push it); then
+    // the git-annex clone pulls the ferry clone's commit and resolves, without pushing.
+    env.git(&c, &["push", "-q", "origin", "main:synced/main"])
+        .assert_ok();
+    env.annex(&c, &["sync", "--quiet", "--no-push"]);
+    assert_clean(&env, &c);
+
+    // The ferry clone resolves on its own; git-annex resolves a copy of it: the oracle.
+    env.git(&a, &["config", "remote.c.annex-sync", "false"])
+        .assert_ok();
+    let oracle = env.path("oracle");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&a)
+        .arg(&oracle)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    env.annex(&oracle, &["sync", "--quiet"]);
+    let r = env.ferry(&a, &["sync", "--json"]);
+    r.assert_ok();
+    assert_eq!(
+        r.json_lines()[0]["resolved"],
+        serde_json::json!(["refs/heads/synced/main"])
+    );
+    assert_eq!(
+        head_tree(&env, &a),
+        head_tree(&env, &oracle),
+        "ferry resolves to git-annex's tree"
+    );
+    let names = head_names(&env, &a);
+    assert_eq!(names, head_names(&env, &c), "the git-annex clone's names");
+    for (f, prefix, suffix) in SHAPES {
+        let variants = names
+            .iter()
+            .filter(|n| {
+                n.strip_prefix(prefix)
+                    .and_then(|r| r.strip_suffix(suffix))
+                    .is_some_and(|h| h.len() == 4 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            })
+            .count();
+        assert_eq!(variants, 2, "{f} as {prefix}XXXX{suffix}: {names:?}");
+    }
+    assert_eq!(names.len(), 2 * SHAPES.len(), "{names:?}");
+    assert_clean(&env, &a);
+    env.git(&a, &["config", "--unset", "remote.c.annex-sync"])
+        .assert_ok();
+
+    // Both ways: the two resolutions agree, so nothing is renamed again.
+    env.ferry(&a, &["sync"]).assert_ok();
+    env.annex(&c, &["sync", "--quiet"]).assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    assert_eq!(head_tree(&env, &a), head_tree(&env, &c), "identical trees");
+    assert_eq!(head_names(&env, &a), names, "the same names");
+    let mut kept = keys(&a);
+    kept.sort();
+    all_keys.sort();
+    assert_eq!(kept, all_keys, "every version is kept");
+    for d in [&a, &c] {
+        assert_clean(&env, d);
+    }
+    env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
+    env.annex(&c, &["fsck", "--fast", "--quiet"]).assert_ok();
+}
+
 /// Sync over ssh with a real sshd on loopback, to a bare hub and to a clone; one ssh connection
 /// serves all of a sync's fetches and pushes to a host.
 #[test]
@@ -587,13 +716,14 @@ fn head_names(env: &Env, d: &Path) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-/// Whether `name` is git-annex's variant of `of` (`dir/stem.variant-XXXX.ext`, four hex digits).
+/// Whether `name` is git-annex's variant of `of` (`dir/stem.variant-XXXX.ext`, four hex digits;
+/// `dir/.variant-XXXX.name` for a dotfile).
 fn is_variant_of(name: &str, of: &str) -> bool {
     let (dir, base) = of.rsplit_once('/').map_or(("", of), |(d, b)| (d, b));
-    let (stem, ext) = match base.rfind('.') {
-        Some(i) if i > 0 => (&base[..i], &base[i..]),
-        _ => (base, ""),
-    };
+    // Split as Haskell's `takeExtension` does: from the last dot, even a leading one.
+    let (stem, ext) = base
+        .rfind('.')
+        .map_or((base, ""), |i| (&base[..i], &base[i..]));
     let prefix = if dir.is_empty() {
         format!("{stem}.variant-")
     } else {
@@ -605,10 +735,13 @@ fn is_variant_of(name: &str, of: &str) -> bool {
 }
 
 /// The file side of a file/directory conflict: `x` locked, `u` unlocked, `sub/y.txt` locked (a
-/// name with an extension, in a subdirectory); the directory side has a directory at each.
-const FD_FILES: [&str; 3] = ["x", "u", "sub/y.txt"];
+/// name with an extension, in a subdirectory), dotfiles `.dot` and `sub/.e.txt` locked (annexed:
+/// `annex.dotfiles` is set); the directory side has a directory at each.
+const FD_FILES: [&str; 5] = ["x", "u", "sub/y.txt", ".dot", "sub/.e.txt"];
 
 fn make_file_side(env: &Env, d: &Path, ferry: bool) -> Vec<String> {
+    env.git(d, &["config", "annex.dotfiles", "true"])
+        .assert_ok();
     for f in FD_FILES {
         write(d, f, format!("the file {f}\n"));
     }
@@ -635,6 +768,8 @@ fn make_file_side(env: &Env, d: &Path, ferry: bool) -> Vec<String> {
 }
 
 fn make_dir_side(env: &Env, d: &Path, ferry: bool) {
+    env.git(d, &["config", "annex.dotfiles", "true"])
+        .assert_ok();
     for f in FD_FILES {
         write(
             d,
