@@ -286,6 +286,7 @@ fn compare(env: &Env, d: &Path, what: &str) -> (BTreeSet<String>, BTreeSet<Strin
             key: &f.key,
             locations: &locations,
             present_here: repo.store().find(&f.key).is_some(),
+            numcopies_attr: None,
         };
         let name = String::from_utf8(f.path.clone()).unwrap();
         if prefs.wants(&here, &file) {

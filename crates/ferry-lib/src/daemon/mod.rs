@@ -435,6 +435,10 @@ impl Daemon {
                 changed |= main.commit(paths);
             }
             let head_mid = main.heads().0;
+            if attrs_changed && head_mid != head_before {
+                // numcopies / mincopies attributes may differ now for any file.
+                let _ = main.push_tx.send(PushMsg::Content(Round::Attributes));
+            }
             // What this clone just annexed is known: its content moves without a diff.
             let annexed = std::mem::take(&mut main.annexed);
             if head_mid != head_before && !annexed.is_empty() {

@@ -57,6 +57,9 @@ pub(super) enum Round {
     /// The git-annex branch moved: plan the files whose keys' location logs changed, or every
     /// known file when preferred content, groups, numcopies or trust changed.
     Annex,
+    /// A `.gitattributes` changed (`annex.numcopies` / `annex.mincopies` may have): plan every
+    /// known file again.
+    Attributes,
 }
 
 /// How often the planner looks at the git-annex branch when nothing told it to (changes made
@@ -195,6 +198,9 @@ struct Item {
     file: AnnexedFile,
     /// Upload target (a remote name); downloads pick their source when they run.
     remote: Option<String>,
+    /// For a drop: what the planner found it needs when a file's attributes set numcopies or
+    /// mincopies (the other files of the key included); the drop needs at least that.
+    need: Option<crate::copies::Need>,
     attempts: u32,
     /// Download sources that failed for this item.
     avoid: Vec<String>,
@@ -499,6 +505,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         let mut all = std::mem::take(&mut all_next);
         let mut ranges = Vec::new();
         let mut known: Vec<AnnexedFile> = Vec::new();
+        let mut attributes = false;
         for r in std::iter::once(first).chain(rx.try_iter()) {
             match r {
                 Round::All => all = true,
@@ -511,6 +518,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                     reload_limits(ctx, &mut limits_seen);
                 }
                 Round::Annex => {}
+                Round::Attributes => attributes = true,
             }
         }
         if ctx.cancel.load(Ordering::Relaxed) {
@@ -553,6 +561,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 Err(_) => all = true,
             }
         }
+        changes.policy |= attributes;
         all |= !cache_ok && (changes.policy || !changes.keys.is_empty());
         let mut paths: BTreeSet<Vec<u8>> = BTreeSet::new();
         if !all && !ranges.is_empty() {
@@ -570,6 +579,10 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 }
             }
             all |= paths.len() > WHOLE_TREE_ABOVE;
+            // numcopies or mincopies may have changed for any file.
+            changes.policy |= paths
+                .iter()
+                .any(|p| p.rsplit(|&b| b == b'/').next() == Some(b".gitattributes"));
         }
         // A merge can bring files that a round skipped earlier never saw: without a complete
         // cache, only a full listing knows every file.
@@ -594,22 +607,30 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         let files = if all {
             cache.reset(&listed);
             listed
+        } else if changes.policy {
+            cache.update(&paths, &listed);
+            for f in known {
+                cache.insert(f);
+            }
+            cache.by_path.values().cloned().collect()
         } else {
             cache.update(&paths, &listed);
             for f in &known {
                 cache.insert(f.clone());
             }
-            if changes.policy {
-                cache.by_path.values().cloned().collect()
-            } else {
-                let mut files = listed;
-                files.extend(known);
-                files.extend(cache.with_keys(&changes.keys));
-                files
-            }
+            let mut files = listed;
+            files.extend(known);
+            files.extend(cache.with_keys(&changes.keys));
+            // The other files of these keys: a drop needs the highest numcopies of them all.
+            let keys: BTreeSet<&Key> = files.iter().map(|f| &f.key).collect();
+            let siblings = cache.with_keys(keys);
+            files.extend(siblings);
+            files
         };
         let (started, n) = (Instant::now(), files.len());
-        if !files.is_empty() && !plan_round(ctx, repo, &remotes, files, &mut last_warnings) {
+        // Every file of each key is among `files` when the cache holds every file.
+        let whole = cache_ok || all;
+        if !files.is_empty() && !plan_round(ctx, repo, &remotes, files, whole, &mut last_warnings) {
             all_next = true;
             continue;
         }
@@ -634,11 +655,14 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
 
 /// Plans `files` and queues what has to move; false when some of it could not be planned
 /// (an unreachable remote, a log that could not be read): the next round looks at everything.
+/// `whole`: `files` holds every file of each of their keys (else numcopies attributes, when
+/// in use, are looked up for the others too).
 fn plan_round(
     ctx: &Ctx,
     repo: &Repo,
     remotes: &Remotes,
     files: Vec<AnnexedFile>,
+    whole: bool,
     last_warnings: &mut Vec<String>,
 ) -> bool {
     let log = |m: &str| (ctx.shared.log)(m);
@@ -656,7 +680,13 @@ fn plan_round(
         *last_warnings = prefs.warnings.clone();
     }
     let mut complete = true;
-    let mincopies = crate::ops::drop::mincopies(repo).unwrap_or(1);
+    let copies = match crate::copies::FileCopies::load(repo, &files, whole) {
+        Ok(c) => c,
+        Err(e) => {
+            log(&format!("reading numcopies and mincopies failed: {e}"));
+            return false;
+        }
+    };
     let content: Vec<&dyn Remote> = crate::ops::plan::content_remotes(repo, remotes, &[])
         .into_iter()
         .filter(|r| match r.check_available() {
@@ -667,7 +697,7 @@ fn plan_round(
             }
         })
         .collect();
-    let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, mincopies);
+    let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, &copies);
     let mut items = Vec::new();
     let files = crate::ops::content::one_per_key(files);
     // All at once: one listing of the git-annex branch serves every file (the logs of 100,000
@@ -675,7 +705,8 @@ fn plan_round(
     match planner.plan_files(repo, &files) {
         Ok(plans) => {
             for (f, plan) in files.iter().zip(plans) {
-                push_items(&mut items, f, &plan, &content);
+                let need = copies.any_attrs().then(|| copies.of_key(&f.key));
+                push_items(&mut items, f, &plan, &content, need);
             }
         }
         Err(e) => {
@@ -695,11 +726,16 @@ fn push_items(
     f: &AnnexedFile,
     plan: &crate::ops::plan::Plan,
     content: &[&dyn Remote],
+    need: Option<crate::copies::Need>,
 ) {
     let item = |dir, remote: Option<&dyn Remote>| Item {
         dir,
         file: f.clone(),
         remote: remote.map(|r| r.name().to_string()),
+        need: match dir {
+            Dir::DropFrom | Dir::DropHere => need.clone(),
+            _ => None,
+        },
         attempts: 0,
         avoid: Vec::new(),
         last_error: None,
@@ -894,10 +930,25 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &Remotes, batch: Vec<Item>) -> Booked
                 .push(it),
         }
     }
+    // Drops: the files' attributes now, and at least what the planner found for their keys.
     let policy = groups
-        .keys()
-        .any(|(d, _)| matches!(d, Dir::DropFrom | Dir::DropHere))
-        .then(|| crate::ops::drop::DropPolicy::load(repo));
+        .iter()
+        .any(|((d, _), _)| matches!(d, Dir::DropFrom | Dir::DropHere))
+        .then(|| {
+            let drops: Vec<&Item> = groups
+                .iter()
+                .filter(|((d, _), _)| matches!(d, Dir::DropFrom | Dir::DropHere))
+                .flat_map(|(_, items)| items)
+                .collect();
+            let files: Vec<AnnexedFile> = drops.iter().map(|i| i.file.clone()).collect();
+            let mut p = crate::ops::drop::DropPolicy::load(repo, &files, true)?;
+            for it in &drops {
+                if let Some(need) = &it.need {
+                    p.copies.raise(&it.file.key, need);
+                }
+            }
+            Ok::<_, crate::Error>(p)
+        });
     for ((dir, name), items) in groups {
         let files: Vec<&AnnexedFile> = items.iter().map(|i| &i.file).collect();
         let remote = by_name.get(name.as_str()).copied();
@@ -1057,6 +1108,7 @@ mod tests {
                 locked: false,
             },
             remote: None,
+            need: None,
             attempts: 0,
             avoid: Vec::new(),
             last_error: None,
