@@ -8,6 +8,7 @@ mod convergence;
 mod fsck;
 mod init;
 mod interop;
+mod numcopies;
 mod policy;
 mod preferred;
 mod sync;
