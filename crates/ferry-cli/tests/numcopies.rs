@@ -233,7 +233,7 @@ fn gitattributes_numcopies_changes_what_is_dropped_as_in_git_annex() {
 }
 
 /// The daemon's transfer queue is empty: nothing queued, running or waiting for a retry.
-fn idle(env: &Env, d: &Path) -> bool {
+pub(crate) fn idle(env: &Env, d: &Path) -> bool {
     let s = crate::assistant::status(env, d);
     let t = &s["transfers"];
     t["queued"] == 0

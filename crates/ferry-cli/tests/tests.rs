@@ -6,6 +6,7 @@ mod bad_input;
 mod common;
 mod convergence;
 mod fsck;
+mod groups;
 mod init;
 mod interop;
 mod numcopies;
