@@ -258,12 +258,28 @@ impl FileCopies {
     /// file of each of their keys when `all_of_their_keys` (else, when attributes are in use,
     /// the other files of those keys are found in a listing of the whole tree).
     pub fn load(repo: &Repo, files: &[AnnexedFile], all_of_their_keys: bool) -> Result<FileCopies> {
+        let outside = if files.is_empty() {
+            OutsideFiles::default()
+        } else {
+            OutsideFiles::find(repo)?
+        };
+        FileCopies::load_with(repo, files, all_of_their_keys, &outside)
+    }
+
+    /// [`FileCopies::load`] with the attribute files outside the work tree found earlier (the
+    /// daemon finds them once, and again when git config changes).
+    pub fn load_with(
+        repo: &Repo,
+        files: &[AnnexedFile],
+        all_of_their_keys: bool,
+        outside: &OutsideFiles,
+    ) -> Result<FileCopies> {
         let global = Global::load(repo)?;
         if files.is_empty() {
             return Ok(FileCopies::global_only(global));
         }
         let paths: Vec<&[u8]> = files.iter().map(|f| f.path.as_slice()).collect();
-        let mut sc = scope(repo, &paths)?;
+        let mut sc = scope(repo, &paths, outside)?;
         if sc == Scope::Nowhere {
             return Ok(FileCopies::global_only(global));
         }
@@ -285,7 +301,7 @@ impl FileCopies {
                     .copied()
                     .chain(more.iter().map(|f| f.path.as_slice()))
                     .collect();
-                sc = scope(repo, &all)?;
+                sc = scope(repo, &all, outside)?;
             }
             files.iter().chain(more).collect()
         };
@@ -399,27 +415,46 @@ fn mentions(text: &[u8]) -> bool {
         .any(|w| lower.windows(w.len()).any(|x| x == *w))
 }
 
+/// The attribute files outside the work tree: `info/attributes`, the global and the system
+/// file (where git says they are; their content is read each time).
+#[derive(Clone, Debug, Default)]
+pub struct OutsideFiles {
+    files: Vec<std::path::PathBuf>,
+    /// git could not say where they are: every file may have attributes.
+    unknown: bool,
+}
+
+impl OutsideFiles {
+    pub fn find(repo: &Repo) -> Result<OutsideFiles> {
+        let mut o = OutsideFiles {
+            files: vec![repo.git_dir.join("info").join("attributes")],
+            unknown: false,
+        };
+        for var in ["GIT_ATTR_GLOBAL", "GIT_ATTR_SYSTEM"] {
+            match repo.git.run_opt(["var", var]) {
+                Ok(Some(p)) if !p.is_empty() => o.files.push(p.into()),
+                Ok(_) => {}
+                // A git too old to tell: assume the worst.
+                Err(_) => o.unknown = true,
+            }
+        }
+        Ok(o)
+    }
+}
+
 /// Finds which files could have the attributes (see the module docs). `paths` are the files
 /// about to be asked about: the work-tree `.gitattributes` of their directories are read even
 /// when git does not track them (git honours those too).
-pub fn scope(repo: &Repo, paths: &[&[u8]]) -> Result<Scope> {
+pub fn scope(repo: &Repo, paths: &[&[u8]], outside: &OutsideFiles) -> Result<Scope> {
     let Some(top) = repo.top.as_deref() else {
         // A bare repository reads attributes from its tree: ask git about every file.
         return Ok(Scope::Everywhere);
     };
-    // info/attributes, then the global and system files.
-    let mut outside = vec![repo.git_dir.join("info").join("attributes")];
-    for var in ["GIT_ATTR_GLOBAL", "GIT_ATTR_SYSTEM"] {
-        match repo.git.run_opt(["var", var]) {
-            Ok(Some(p)) if !p.is_empty() => outside.push(p.into()),
-            Ok(_) => {}
-            // A git that cannot tell: assume the worst.
-            Err(_) => return Ok(Scope::Everywhere),
-        }
-    }
-    if outside
-        .iter()
-        .any(|p| std::fs::read(p).is_ok_and(|t| mentions(&t)))
+    if outside.unknown
+        || outside
+            .files
+            .iter()
+            .any(|p| std::fs::read(p).is_ok_and(|t| mentions(&t)))
     {
         return Ok(Scope::Everywhere);
     }
@@ -689,23 +724,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (repo, _) = Repo::init(d.path(), None, "test", &Default::default()).unwrap();
         let top = d.path();
+        let o = OutsideFiles::find(&repo).unwrap();
         let paths: Vec<&[u8]> = vec![b"a/f.bin", b"b/c/g.bin", b"h.txt"];
-        assert_eq!(scope(&repo, &paths).unwrap(), Scope::Nowhere);
+        assert_eq!(scope(&repo, &paths, &o).unwrap(), Scope::Nowhere);
         // Unrelated attributes: still nothing to check.
         std::fs::write(top.join(".gitattributes"), "* annex.largefiles=anything\n").unwrap();
-        assert_eq!(scope(&repo, &paths).unwrap(), Scope::Nowhere);
+        assert_eq!(scope(&repo, &paths, &o).unwrap(), Scope::Nowhere);
         // An untracked file in b/c, for the files there only.
         std::fs::create_dir_all(top.join("b/c")).unwrap();
         std::fs::write(top.join("b/c/.gitattributes"), "*.bin annex.numcopies=3\n").unwrap();
         assert_eq!(
-            scope(&repo, &paths).unwrap(),
+            scope(&repo, &paths, &o).unwrap(),
             Scope::Under([b"b/c".to_vec()].into())
         );
         // Staged, then deleted from the work tree: git still reads it from the index.
         repo.git.run(["add", "b/c/.gitattributes"]).unwrap();
         std::fs::remove_file(top.join("b/c/.gitattributes")).unwrap();
         assert_eq!(
-            scope(&repo, &[b"h.txt"]).unwrap(),
+            scope(&repo, &[b"h.txt"], &o).unwrap(),
             Scope::Under([b"b/c".to_vec()].into())
         );
         let got = check_attrs(&repo, &paths).unwrap();
@@ -718,7 +754,7 @@ mod tests {
             "h.txt annex.mincopies=2\n",
         )
         .unwrap();
-        assert_eq!(scope(&repo, &paths).unwrap(), Scope::Everywhere);
+        assert_eq!(scope(&repo, &paths, &o).unwrap(), Scope::Everywhere);
         let got = check_attrs(&repo, &paths).unwrap();
         assert_eq!(
             got[&b"h.txt"[..]],

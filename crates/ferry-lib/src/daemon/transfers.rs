@@ -488,8 +488,10 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     let repo = &ctx.repo;
     let log = |m: &str| (ctx.shared.log)(m);
     let mut all_next = false;
-    // The remotes, read at the first round and again after git config changed.
+    // The remotes, read at the first round and again after git config changed (and with them
+    // where git's attribute files outside the work tree are).
     let mut loaded: Option<(Arc<Remotes>, bool)> = None;
+    let mut outside = crate::copies::OutsideFiles::default();
     let mut last_warnings: Vec<String> = Vec::new();
     let mut cache = FileCache::default();
     // The git-annex branch commit the last completed round planned against.
@@ -533,6 +535,14 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         if loaded.is_none() {
             match crate::remote::configured(repo) {
                 Ok((remotes, unusable)) => {
+                    outside = match crate::copies::OutsideFiles::find(repo) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            log(&format!("asking git for its attribute files failed: {e}"));
+                            all_next = true;
+                            continue;
+                        }
+                    };
                     let remotes = Arc::new(remotes);
                     *ctx.remotes.write().unwrap() = remotes.clone();
                     loaded = Some((remotes, !unusable.is_empty()));
@@ -630,7 +640,17 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         let (started, n) = (Instant::now(), files.len());
         // Every file of each key is among `files` when the cache holds every file.
         let whole = cache_ok || all;
-        if !files.is_empty() && !plan_round(ctx, repo, &remotes, files, whole, &mut last_warnings) {
+        if !files.is_empty()
+            && !plan_round(
+                ctx,
+                repo,
+                &remotes,
+                files,
+                whole,
+                &outside,
+                &mut last_warnings,
+            )
+        {
             all_next = true;
             continue;
         }
@@ -656,13 +676,15 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
 /// Plans `files` and queues what has to move; false when some of it could not be planned
 /// (an unreachable remote, a log that could not be read): the next round looks at everything.
 /// `whole`: `files` holds every file of each of their keys (else numcopies attributes, when
-/// in use, are looked up for the others too).
+/// in use, are looked up for the others too); `outside`: git's attribute files outside the
+/// work tree.
 fn plan_round(
     ctx: &Ctx,
     repo: &Repo,
     remotes: &Remotes,
     files: Vec<AnnexedFile>,
     whole: bool,
+    outside: &crate::copies::OutsideFiles,
     last_warnings: &mut Vec<String>,
 ) -> bool {
     let log = |m: &str| (ctx.shared.log)(m);
@@ -680,7 +702,7 @@ fn plan_round(
         *last_warnings = prefs.warnings.clone();
     }
     let mut complete = true;
-    let copies = match crate::copies::FileCopies::load(repo, &files, whole) {
+    let copies = match crate::copies::FileCopies::load_with(repo, &files, whole, outside) {
         Ok(c) => c,
         Err(e) => {
             log(&format!("reading numcopies and mincopies failed: {e}"));
