@@ -1097,6 +1097,29 @@ mod tests {
     }
 
     #[test]
+    fn lackingcopies_uses_the_files_attribute_and_approxlackingcopies_does_not() {
+        // numcopies.log 2 (facts); one counted copy.
+        let mut p = Preferences::new(facts(), &BTreeMap::new(), &BTreeMap::new());
+        let k = key(1);
+        let locs = vec![A1.to_string()];
+        let file = |attr| FileInfo {
+            path: Some(b"f"),
+            key: &k,
+            locations: &locs,
+            present_here: false,
+            numcopies_attr: attr,
+        };
+        let strict = p.compile_for(HERE, "lackingcopies=2");
+        let approx = p.compile_for(HERE, "approxlackingcopies=2");
+        assert!(!p.eval(&strict, &file(None), None));
+        assert!(p.eval(&strict, &file(Some(3)), None));
+        assert!(!p.eval(&approx, &file(Some(3)), None));
+        // An attribute below numcopies.log counts too.
+        let one = p.compile_for(HERE, "lackingcopies=1");
+        assert!(p.eval(&one, &file(None), None) && !p.eval(&one, &file(Some(1)), None));
+    }
+
+    #[test]
     fn present_and_preferred_dir() {
         // For here: the store; for another repository: the location log.
         assert!(check("present", HERE, "f", 1, &[], true));
