@@ -261,7 +261,7 @@ fn evaluation_agrees_with_git_annex_find() {
 }
 
 /// ferry's wants / wants_drop for here, for every file, against git-annex's find.
-fn compare(env: &Env, d: &Path, what: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+pub(crate) fn compare(env: &Env, d: &Path, what: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let find = |flag: &str| -> BTreeSet<String> {
         out(&env.annex(d, &["find", flag]))
             .lines()
@@ -274,7 +274,9 @@ fn compare(env: &Env, d: &Path, what: &str) -> (BTreeSet<String>, BTreeSet<Strin
     let prefs = Preferences::load(&repo).unwrap();
     let here = repo.uuid().to_string();
     let (mut get, mut dropped) = (BTreeSet::new(), BTreeSet::new());
-    for f in ferry_lib::annexed::annexed_files(&repo.git, &[]).unwrap() {
+    let files = ferry_lib::annexed::annexed_files(&repo.git, &[]).unwrap();
+    let copies = ferry_lib::copies::FileCopies::load(&repo, &files, true).unwrap();
+    for f in files {
         let log = repo
             .branch
             .read(&ferry_lib::branch::location_log_path(&f.key))
@@ -286,6 +288,7 @@ fn compare(env: &Env, d: &Path, what: &str) -> (BTreeSet<String>, BTreeSet<Strin
             key: &f.key,
             locations: &locations,
             present_here: repo.store().find(&f.key).is_some(),
+            numcopies_attr: copies.attrs(&f.path).numcopies,
         };
         let name = String::from_utf8(f.path.clone()).unwrap();
         if prefs.wants(&here, &file) {
@@ -298,4 +301,155 @@ fn compare(env: &Env, d: &Path, what: &str) -> (BTreeSet<String>, BTreeSet<Strin
     assert_eq!(get, want_get, "--want-get for {what:?}");
     assert_eq!(dropped, want_drop, "--want-drop for {what:?}");
     (get, dropped)
+}
+
+fn json(r: &Run) -> serde_json::Value {
+    let lines = r.json_lines();
+    assert_eq!(lines.len(), 1, "one object expected: {}", r.stdout());
+    lines.into_iter().next().unwrap()
+}
+
+#[test]
+fn json_shows_and_sets_what_git_annex_stores() {
+    let env = Env::new();
+    let d = env.annex_repo("repo");
+    write(&d, "f", "x");
+    env.git(&d, &["add", "f"]).assert_ok();
+    env.git(&d, &["commit", "-qm", "f"]).assert_ok();
+    let clone = env.path("other");
+    env.git(
+        &d,
+        &["clone", "-q", d.to_str().unwrap(), clone.to_str().unwrap()],
+    )
+    .assert_ok();
+    env.annex(&clone, &["init", "-q", "other desc"]).assert_ok();
+    env.git(&d, &["remote", "add", "other", clone.to_str().unwrap()])
+        .assert_ok();
+    env.annex(&d, &["sync", "-q", "other"]).assert_ok();
+    let (here, other) = (
+        config(&env, &d, "annex.uuid"),
+        config(&env, &clone, "annex.uuid"),
+    );
+    // git-annex sets, ferry --json reads.
+    for args in [
+        &["wanted", "here", "include=*.mp3 or largerthan=1mb"][..],
+        &["group", "here", "client"],
+        &["group", "other", "archive"],
+        &["wanted", "other", "standard"],
+        &["required", "other", "include=keep/*"],
+        &["groupwanted", "archive", "not copies=archive:2"],
+        &["numcopies", "2"],
+    ] {
+        env.annex(&d, args).assert_ok();
+    }
+    let v = json(&env.ferry(&d, &["wanted", "here", "--json"]));
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "command": "wanted", "success": true, "set": false,
+            "repository": "here", "uuid": here, "description": "repo",
+            "expression": "include=*.mp3 or largerthan=1mb", "standard_group": "client",
+        })
+    );
+    // A remote by name, UUID or description: named by its remote name.
+    for r in ["other", other.as_str(), "other desc"] {
+        let v = json(&env.ferry(&d, &["wanted", r, "--json"]));
+        assert_eq!(v["repository"], "other", "{r}: {v}");
+        assert_eq!(v["uuid"], other.as_str(), "{v}");
+        assert_eq!(v["description"], "other desc", "{v}");
+        assert_eq!(v["expression"], "standard", "{v}");
+        assert_eq!(v["standard_group"], "archive", "{v}");
+    }
+    let v = json(&env.ferry(&d, &["required", "other", "--json"]));
+    assert_eq!(v["command"], "required");
+    assert_eq!(v["expression"], "include=keep/*", "{v}");
+    // Not set: null, not an empty string.
+    let v = json(&env.ferry(&d, &["required", "here", "--json"]));
+    assert!(v["expression"].is_null(), "{v}");
+    let v = json(&env.ferry(&d, &["group", "other", "--json"]));
+    assert_eq!(v["groups"], serde_json::json!(["archive"]), "{v}");
+    assert_eq!(v["standard_group"], "archive", "{v}");
+    let v = json(&env.ferry(&d, &["groupwanted", "archive", "--json"]));
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "command": "groupwanted", "success": true, "set": false,
+            "group": "archive", "expression": "not copies=archive:2",
+        })
+    );
+    assert!(json(&env.ferry(&d, &["groupwanted", "nosuch", "--json"]))["expression"].is_null());
+    let v = json(&env.ferry(&d, &["numcopies", "--json"]));
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "command": "numcopies", "success": true, "set": false,
+            "numcopies": 2, "source": "numcopies.log",
+        })
+    );
+    let v = json(&env.ferry(&d, &["mincopies", "--json"]));
+    assert_eq!(
+        (&v["mincopies"], &v["source"]),
+        (&1.into(), &"default".into())
+    );
+
+    // ferry --json sets: the object is what is stored now, and git-annex reads the same.
+    let v = json(&env.ferry(&d, &["wanted", "other", "exclude=tmp/*", "--json"]));
+    assert_eq!(
+        (&v["set"], &v["expression"]),
+        (&true.into(), &"exclude=tmp/*".into())
+    );
+    assert_eq!(out(&env.annex(&d, &["wanted", "other"])), "exclude=tmp/*");
+    let v = json(&env.ferry(&d, &["group", "here", "backup", "--json"]));
+    assert_eq!(v["groups"], serde_json::json!(["backup", "client"]), "{v}");
+    // In two standard groups, `standard` means nothing.
+    assert!(v["standard_group"].is_null(), "{v}");
+    assert_eq!(out(&env.annex(&d, &["group", "here"])), "backup client");
+    let v = json(&env.ferry(&d, &["ungroup", "here", "client", "--json"]));
+    assert_eq!(v["groups"], serde_json::json!(["backup"]), "{v}");
+    assert_eq!(v["was_in_group"], true, "{v}");
+    assert_eq!(out(&env.annex(&d, &["group", "here"])), "backup");
+    let v = json(&env.ferry(&d, &["groupwanted", "backup", "present", "--json"]));
+    assert_eq!(v["expression"], "present", "{v}");
+    assert_eq!(out(&env.annex(&d, &["groupwanted", "backup"])), "present");
+    let v = json(&env.ferry(&d, &["numcopies", "3", "--json"]));
+    assert_eq!((&v["numcopies"], &v["set"]), (&3.into(), &true.into()));
+    assert_eq!(out(&env.annex(&d, &["numcopies"])), "3");
+
+    // Refusals are objects too (and change nothing).
+    let r = env.ferry(&d, &["wanted", "here", "include=a or foo=1", "--json"]);
+    r.assert_fails();
+    let v = json(&r);
+    assert_eq!(v["success"], false, "{v}");
+    assert!(
+        v["error-messages"][0]
+            .as_str()
+            .is_some_and(|m| m.contains(r#"unknown term "foo=1" at word 3"#)),
+        "{v}"
+    );
+    assert_eq!(
+        out(&env.annex(&d, &["wanted", "here"])),
+        "include=*.mp3 or largerthan=1mb"
+    );
+    let r = env.ferry(&d, &["group", "nosuchrepo", "--json"]);
+    r.assert_fails();
+    assert!(
+        json(&r)["error-messages"][0]
+            .as_str()
+            .is_some_and(|m| m.contains("nosuchrepo"))
+    );
+
+    // Where numcopies comes from without the log: git config, else the default.
+    let fresh = env.ferry_repo("fresh");
+    let v = json(&env.ferry(&fresh, &["numcopies", "--json"]));
+    assert_eq!(
+        (&v["numcopies"], &v["source"]),
+        (&1.into(), &"default".into())
+    );
+    env.git(&fresh, &["config", "annex.numcopies", "4"])
+        .assert_ok();
+    let v = json(&env.ferry(&fresh, &["numcopies", "--json"]));
+    assert_eq!(
+        (&v["numcopies"], &v["source"]),
+        (&4.into(), &"git config annex.numcopies".into())
+    );
 }

@@ -62,6 +62,11 @@ pub fn literal_pathspec(p: &[u8]) -> std::ffi::OsString {
     std::ffi::OsString::from_vec(v)
 }
 
+/// Whether `pathspecs` (as [`annexed_files`] takes them) name the whole tree.
+pub fn whole_tree(pathspecs: &[Vec<u8>]) -> bool {
+    pathspecs.is_empty() || pathspecs.iter().any(|p| p.is_empty())
+}
+
 /// Annexed files staged in the index under `pathspecs` (repo-relative; empty = everything).
 pub fn annexed_files(git: &Git, pathspecs: &[Vec<u8>]) -> Result<Vec<AnnexedFile>> {
     let entries = ls_files(git, pathspecs)?;

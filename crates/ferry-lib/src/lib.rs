@@ -4,6 +4,7 @@
 
 pub mod annexed;
 pub mod branch;
+pub mod copies;
 pub mod daemon;
 pub mod error;
 pub mod filter;

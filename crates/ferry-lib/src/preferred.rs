@@ -12,7 +12,9 @@
 //! # fn f(repo: &ferry_lib::Repo, key: &ferry_lib::Key, locs: &[String]) -> ferry_lib::Result<()> {
 //! use ferry_lib::preferred::{FileInfo, Preferences};
 //! let prefs = Preferences::load(repo)?; // once per scan, or when the branch changes
-//! let file = FileInfo { path: Some(b"music/a.mp3"), key, locations: locs, present_here: true };
+//! let file = FileInfo {
+//!     path: Some(b"music/a.mp3"), key, locations: locs, present_here: true, numcopies_attr: None,
+//! };
 //! let here = repo.uuid();
 //! if prefs.wants(here, &file) { /* get it */ }
 //! if prefs.wants_drop(here, &file) && !prefs.requires_keeping(here, &file) { /* drop, if numcopies allows */ }
@@ -299,6 +301,9 @@ pub struct Facts {
     pub trust: HashMap<String, Trust>,
     /// Groups of each UUID (`group.log`).
     pub groups: BTreeMap<String, BTreeSet<String>>,
+    /// `numcopies.log`, else 1: what `approxlackingcopies=` compares with, and
+    /// `lackingcopies=` for a file without an `annex.numcopies` attribute (as in git-annex,
+    /// neither looks at the `annex.numcopies` git config).
     pub numcopies: u32,
     /// `group-preferred-content.log`: group → expression.
     pub group_wanted: BTreeMap<String, String>,
@@ -317,6 +322,9 @@ pub struct FileInfo<'a> {
     pub locations: &'a [String],
     /// Whether the content is in this repository's store (for `present` of here).
     pub present_here: bool,
+    /// The file's `annex.numcopies` git attribute, if set (see [`crate::copies`]): what
+    /// `lackingcopies=` compares with instead of [`Facts::numcopies`].
+    pub numcopies_attr: Option<u32>,
 }
 
 /// A term bound to one repository and the repository-wide facts.
@@ -328,8 +336,12 @@ pub enum Check {
     LargerThan(u64),
     SmallerThan(u64),
     Copies(i64, Counted),
-    /// Copies lacking to reach this many (numcopies, resolved when compiled).
-    Lacking(i64, u32),
+    /// At least this many copies lacking to reach numcopies (`approx`: `numcopies.log`
+    /// only, never the file's attribute).
+    Lacking {
+        n: i64,
+        approx: bool,
+    },
     InAllGroup(Vec<String>),
     InBackend(String),
     SecureHash,
@@ -387,7 +399,12 @@ impl Preferences {
             here: repo.uuid().to_string(),
             trust: trust_levels(repo)?,
             groups,
-            numcopies: repo.numcopies()?,
+            numcopies: repo
+                .branch
+                .read(b"numcopies.log")?
+                .and_then(|c| crate::logs::parse_numcopies(&c))
+                .unwrap_or(1)
+                .max(1),
             group_wanted,
             preferred_dirs,
         };
@@ -498,11 +515,15 @@ impl Preferences {
                 };
                 count as i64 >= *n
             }
-            Check::Lacking(n, numcopies) => {
+            Check::Lacking { n, approx } => {
+                let numcopies = match (approx, file.numcopies_attr) {
+                    (false, Some(attr)) => attr,
+                    _ => self.facts.numcopies,
+                };
                 let have = counted()
                     .filter(|u| self.trust_of(u) != Trust::Untrusted)
                     .count();
-                *numcopies as i64 - have as i64 >= *n
+                i64::from(numcopies) - have as i64 >= *n
             }
             Check::InAllGroup(members) => {
                 members.iter().all(|m| Some(m.as_str()) != assume_gone)
@@ -606,8 +627,7 @@ impl Preferences {
                     Among::Group(g) => Counted::Uuids(self.members(&g).into_iter().collect()),
                 },
             ),
-            // ferry does not read annex.numcopies from .gitattributes, so both are the same.
-            Term::LackingCopies { n, .. } => Check::Lacking(n, self.facts.numcopies),
+            Term::LackingCopies { n, approx } => Check::Lacking { n, approx },
             Term::InAllGroup(g) => Check::InAllGroup(self.members(&g)),
             Term::InBackend(b) => Check::InBackend(b),
             Term::SecureHash => Check::SecureHash,
@@ -908,6 +928,7 @@ mod tests {
             key: &k,
             locations: &locs,
             present_here: here,
+            numcopies_attr: None,
         };
         p.eval(&c, &file, None)
     }
@@ -1076,6 +1097,29 @@ mod tests {
     }
 
     #[test]
+    fn lackingcopies_uses_the_files_attribute_and_approxlackingcopies_does_not() {
+        // numcopies.log 2 (facts); one counted copy.
+        let mut p = Preferences::new(facts(), &BTreeMap::new(), &BTreeMap::new());
+        let k = key(1);
+        let locs = vec![A1.to_string()];
+        let file = |attr| FileInfo {
+            path: Some(b"f"),
+            key: &k,
+            locations: &locs,
+            present_here: false,
+            numcopies_attr: attr,
+        };
+        let strict = p.compile_for(HERE, "lackingcopies=2");
+        let approx = p.compile_for(HERE, "approxlackingcopies=2");
+        assert!(!p.eval(&strict, &file(None), None));
+        assert!(p.eval(&strict, &file(Some(3)), None));
+        assert!(!p.eval(&approx, &file(Some(3)), None));
+        // An attribute below numcopies.log counts too.
+        let one = p.compile_for(HERE, "lackingcopies=1");
+        assert!(p.eval(&one, &file(None), None) && !p.eval(&one, &file(Some(1)), None));
+    }
+
+    #[test]
     fn present_and_preferred_dir() {
         // For here: the store; for another repository: the location log.
         assert!(check("present", HERE, "f", 1, &[], true));
@@ -1096,6 +1140,7 @@ mod tests {
             key: &k,
             locations: &[],
             present_here: false,
+            numcopies_attr: None,
         };
         assert!(p.eval(&c, &file, None));
         // No path: globs and directories do not match, either way.
@@ -1129,6 +1174,7 @@ mod tests {
                 key: k,
                 locations: locs,
                 present_here: false,
+                numcopies_attr: None,
             }
         }
         let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<String>>();
@@ -1175,6 +1221,7 @@ mod tests {
             key: &k,
             locations: &locs,
             present_here: true,
+            numcopies_attr: None,
         };
         let with = |g: &str| {
             let mut f = facts();
@@ -1230,6 +1277,7 @@ mod tests {
             key: &k,
             locations: &[],
             present_here: true,
+            numcopies_attr: None,
         };
         let gone = FileInfo {
             present_here: false,
@@ -1269,6 +1317,7 @@ mod tests {
             key: &k,
             locations: &locs,
             present_here: true,
+            numcopies_attr: None,
         };
         let p = prefs(&[(HERE, "copies=2"), (C1, "present")], facts());
         // Two copies now, one if here dropped it: wanted, and also wanted to drop.
@@ -1349,6 +1398,7 @@ mod tests {
             key: &k,
             locations: &[],
             present_here: false,
+            numcopies_attr: None,
         };
         assert!(p.wants(&here, &file)); // client, nothing archived
         assert!(!p.wants(A1, &file)); // bogus: present, and it is not there
@@ -1382,6 +1432,7 @@ mod tests {
                 key: &keys[i % 100],
                 locations: &locs[i % 3],
                 present_here: i % 3 == 1,
+                numcopies_attr: None,
             };
             wanted += p.wants(HERE, &file) as usize + p.wants_drop(HERE, &file) as usize;
         }

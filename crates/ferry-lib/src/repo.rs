@@ -318,20 +318,11 @@ impl Repo {
         crate::store::Store::new(self.annex_dir(), self.is_bare())
     }
 
-    /// numcopies: `numcopies.log` on the branch, else `annex.numcopies` git config, else 1.
+    /// numcopies for the repository as a whole: `numcopies.log` on the branch, else
+    /// `annex.numcopies` git config, else 1 (a file's `.gitattributes` may say otherwise: see
+    /// [`crate::copies`]).
     pub fn numcopies(&self) -> Result<u32> {
-        if let Some(n) = self
-            .branch
-            .read(b"numcopies.log")?
-            .and_then(|c| crate::logs::parse_numcopies(&c))
-        {
-            return Ok(n);
-        }
-        Ok(self
-            .git
-            .config("annex.numcopies")?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1))
+        Ok(crate::copies::Global::load(self)?.numcopies().n)
     }
 }
 

@@ -282,32 +282,14 @@ pub fn drop(a: DropArgs) -> anyhow::Result<ExitCode> {
 pub struct CopiesArgs {
     /// The new value (shows the current one when left out)
     n: Option<u32>,
+    /// Print the result as one JSON object (the value and where it comes from)
+    #[arg(long)]
+    json: bool,
 }
 
 /// `numcopies` / `mincopies`.
 pub fn copies(a: CopiesArgs, min: bool) -> anyhow::Result<ExitCode> {
-    let repo = ui::open_repo()?;
-    let (file, name) = if min {
-        ("mincopies.log", "mincopies")
-    } else {
-        ("numcopies.log", "numcopies")
-    };
-    match a.n {
-        None => {
-            let n = if min {
-                ferry_lib::ops::drop::mincopies(&repo)?
-            } else {
-                repo.numcopies()?
-            };
-            println!("{n}");
-        }
-        Some(0) => anyhow::bail!("{name} must be at least 1"),
-        Some(n) => {
-            ferry_lib::ops::drop::set_copies_log(&repo, file, n)?;
-            println!("{name} {n} ok");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    super::preferred::copies(a.n, a.json, min)
 }
 
 /// The content part of `sync --content`: returns (all ok, files transferred).

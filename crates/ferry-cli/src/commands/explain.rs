@@ -1,4 +1,5 @@
 use crate::ui;
+use ferry_lib::copies::Origin;
 use ferry_lib::ops::explain::{Explanation, TransferRecord, explain};
 use std::process::ExitCode;
 
@@ -153,11 +154,22 @@ fn sentences(e: &Explanation) -> Vec<String> {
         s.push('.');
         out.push(s);
     }
-    // numcopies.
+    // numcopies, and where it comes from.
+    let from = |o: &Origin, what: &str| match o {
+        Origin::Default => "default".to_string(),
+        Origin::GitConfig => format!("from git config annex.{what}"),
+        Origin::Log => format!("from {what}.log"),
+        Origin::Gitattributes { file } if *file == e.file => "from .gitattributes".to_string(),
+        Origin::Gitattributes { file } => {
+            format!("from .gitattributes of {file}, which has the same content")
+        }
+    };
     out.push(format!(
-        "  numcopies is {} and mincopies {}: {} cop{} count, so numcopies is {} and mincopies {}.",
+        "  numcopies is {} ({}) and mincopies {} ({}): {} cop{} count, so numcopies is {} and mincopies {}.",
         e.numcopies,
+        from(&e.numcopies_from, "numcopies"),
         e.mincopies,
+        from(&e.mincopies_from, "mincopies"),
         e.counted_copies,
         if e.counted_copies == 1 { "y" } else { "ies" },
         if e.numcopies_met { "met" } else { "NOT met" },

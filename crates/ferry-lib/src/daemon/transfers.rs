@@ -205,6 +205,9 @@ struct Item {
     file: AnnexedFile,
     /// Upload target (a remote name); downloads pick their source when they run.
     remote: Option<String>,
+    /// For a drop: what the planner found it needs when a file's attributes set numcopies or
+    /// mincopies (the other files of the key included); the drop needs at least that.
+    need: Option<crate::copies::Need>,
     attempts: u32,
     /// Download sources that failed for this item.
     avoid: Vec<String>,
@@ -501,8 +504,10 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
     let repo = &ctx.repo;
     let log = |m: &str| (ctx.shared.log)(m);
     let mut all_next = false;
-    // The remotes, read at the first round and again after git config changed.
+    // The remotes, read at the first round and again after git config changed (and with them
+    // where git's attribute files outside the work tree are).
     let mut loaded: Option<(Arc<Remotes>, bool)> = None;
+    let mut outside = crate::copies::OutsideFiles::default();
     let mut last_warnings: Vec<String> = Vec::new();
     let mut cache = FileCache::default();
     // The git-annex branch commit the last completed round planned against.
@@ -563,6 +568,14 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
         if loaded.is_none() {
             match crate::remote::configured(repo) {
                 Ok((remotes, unusable)) => {
+                    outside = match crate::copies::OutsideFiles::find(repo) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            log(&format!("asking git for its attribute files failed: {e}"));
+                            all_next = true;
+                            continue;
+                        }
+                    };
                     let remotes = Arc::new(remotes);
                     *ctx.remotes.write().unwrap() = remotes.clone();
                     loaded = Some((remotes, !unusable.is_empty()));
@@ -680,6 +693,13 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             }
         };
         let listed_in = listing.elapsed();
+        // The other files of the keys planned: a drop needs the highest numcopies of them all.
+        let with_siblings = |cache: &FileCache, mut files: Vec<AnnexedFile>| {
+            let keys: BTreeSet<&Key> = files.iter().map(|f| &f.key).collect();
+            let siblings = cache.with_keys(keys);
+            files.extend(siblings);
+            files
+        };
         let files = if relist {
             cache.reset(&listed);
             if all || changes.policy {
@@ -688,7 +708,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 let mut files = cache.with_paths(&paths);
                 files.extend(known);
                 files.extend(cache.with_keys(&changes.keys));
-                files
+                with_siblings(&cache, files)
             }
         } else {
             cache.update(&paths, &listed);
@@ -701,7 +721,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                 let mut files = listed;
                 files.extend(known);
                 files.extend(cache.with_keys(&changes.keys));
-                files
+                with_siblings(&cache, files)
             }
         };
         let mut files = files;
@@ -711,7 +731,19 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
             files.retain(|f| seen.insert(f.path.clone()));
         }
         let (started, n) = (Instant::now(), files.len());
-        if !files.is_empty() && !plan_round(ctx, repo, &remotes, files, &mut last_warnings) {
+        // Every file of each key is among `files` when the cache holds every file.
+        let whole = cache_ok || relist;
+        if !files.is_empty()
+            && !plan_round(
+                ctx,
+                repo,
+                &remotes,
+                files,
+                whole,
+                &outside,
+                &mut last_warnings,
+            )
+        {
             all_next = true;
             continue;
         }
@@ -845,11 +877,16 @@ impl Checkpoint {
 
 /// Plans `files` and queues what has to move; false when some of it could not be planned
 /// (an unreachable remote, a log that could not be read): the next round looks at everything.
+/// `whole`: `files` holds every file of each of their keys (else numcopies attributes, when
+/// in use, are looked up for the others too); `outside`: git's attribute files outside the
+/// work tree.
 fn plan_round(
     ctx: &Ctx,
     repo: &Repo,
     remotes: &Remotes,
     files: Vec<AnnexedFile>,
+    whole: bool,
+    outside: &crate::copies::OutsideFiles,
     last_warnings: &mut Vec<String>,
 ) -> bool {
     let log = |m: &str| (ctx.shared.log)(m);
@@ -867,7 +904,13 @@ fn plan_round(
         *last_warnings = prefs.warnings.clone();
     }
     let mut complete = true;
-    let mincopies = crate::ops::drop::mincopies(repo).unwrap_or(1);
+    let copies = match crate::copies::FileCopies::load_with(repo, &files, whole, outside) {
+        Ok(c) => c,
+        Err(e) => {
+            log(&format!("reading numcopies and mincopies failed: {e}"));
+            return false;
+        }
+    };
     let content: Vec<&dyn Remote> = crate::ops::plan::content_remotes(repo, remotes, &[])
         .into_iter()
         .filter(|r| match r.check_available() {
@@ -878,7 +921,7 @@ fn plan_round(
             }
         })
         .collect();
-    let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, mincopies);
+    let planner = crate::ops::plan::Planner::new(&prefs, repo.uuid(), &content, &copies);
     let mut items = Vec::new();
     let files = crate::ops::content::one_per_key(files);
     // All at once: one listing of the git-annex branch serves every file (the logs of 100,000
@@ -886,7 +929,8 @@ fn plan_round(
     match planner.plan_files(repo, &files) {
         Ok(plans) => {
             for (f, plan) in files.iter().zip(plans) {
-                push_items(&mut items, f, &plan, &content);
+                let need = copies.any_attrs().then(|| copies.of_key(&f.key));
+                push_items(&mut items, f, &plan, &content, need);
             }
         }
         Err(e) => {
@@ -906,11 +950,16 @@ fn push_items(
     f: &AnnexedFile,
     plan: &crate::ops::plan::Plan,
     content: &[&dyn Remote],
+    need: Option<crate::copies::Need>,
 ) {
     let item = |dir, remote: Option<&dyn Remote>| Item {
         dir,
         file: f.clone(),
         remote: remote.map(|r| r.name().to_string()),
+        need: match dir {
+            Dir::DropFrom | Dir::DropHere => need.clone(),
+            _ => None,
+        },
         attempts: 0,
         avoid: Vec::new(),
         last_error: None,
@@ -1110,10 +1159,25 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &Remotes, batch: Vec<Item>) -> Booked
                 .push(it),
         }
     }
+    // Drops: the files' attributes now, and at least what the planner found for their keys.
     let policy = groups
-        .keys()
-        .any(|(d, _)| matches!(d, Dir::DropFrom | Dir::DropHere))
-        .then(|| crate::ops::drop::DropPolicy::load(repo));
+        .iter()
+        .any(|((d, _), _)| matches!(d, Dir::DropFrom | Dir::DropHere))
+        .then(|| {
+            let drops: Vec<&Item> = groups
+                .iter()
+                .filter(|((d, _), _)| matches!(d, Dir::DropFrom | Dir::DropHere))
+                .flat_map(|(_, items)| items)
+                .collect();
+            let files: Vec<AnnexedFile> = drops.iter().map(|i| i.file.clone()).collect();
+            let mut p = crate::ops::drop::DropPolicy::load(repo, &files, true)?;
+            for it in &drops {
+                if let Some(need) = &it.need {
+                    p.copies.raise(&it.file.key, need);
+                }
+            }
+            Ok::<_, crate::Error>(p)
+        });
     for ((dir, name), items) in groups {
         let files: Vec<&AnnexedFile> = items.iter().map(|i| &i.file).collect();
         let remote = by_name.get(name.as_str()).copied();
@@ -1276,6 +1340,7 @@ mod tests {
                 locked: false,
             },
             remote: None,
+            need: None,
             attempts: 0,
             avoid: Vec::new(),
             last_error: None,

@@ -208,11 +208,16 @@ pub fn transfer(
     }
     // One transfer per key: other files with the same content are served by it (unlocked
     // ones are populated for the key), so parallel workers never wait on each other.
-    let files = one_per_key(annexed_files(&repo.git, pathspecs)?);
+    let all = annexed_files(&repo.git, pathspecs)?;
     let policy = match action {
-        Action::MoveTo(_) | Action::MoveFrom(_) => Some(crate::ops::drop::DropPolicy::load(repo)?),
+        Action::MoveTo(_) | Action::MoveFrom(_) => Some(crate::ops::drop::DropPolicy::load(
+            repo,
+            &all,
+            crate::annexed::whole_tree(pathspecs),
+        )?),
         _ => None,
     };
+    let files = one_per_key(all);
     let policy = policy.as_ref();
     let run_one = |f: &AnnexedFile| -> Option<FileOutcome> {
         if opts.cancel.load(Ordering::Relaxed) {
@@ -770,11 +775,12 @@ pub fn sync_content(
         .filter(|r| r.check_available().is_ok())
         .collect();
     let prefs = crate::preferred::Preferences::load(repo)?;
-    let policy = crate::ops::drop::DropPolicy::load(repo)?;
-    let planner = Planner::new(&prefs, repo.uuid(), &chosen, policy.mincopies);
+    let all = annexed_files(&repo.git, paths)?;
+    let policy = crate::ops::drop::DropPolicy::load(repo, &all, crate::annexed::whole_tree(paths))?;
+    let planner = Planner::new(&prefs, repo.uuid(), &chosen, &policy.copies);
     let store = repo.store();
     let tally = Tally::new(events);
-    let files = one_per_key(annexed_files(&repo.git, paths)?);
+    let files = one_per_key(all);
     let plans = planner.plan_files(repo, &files)?;
     let planned: Vec<(AnnexedFile, Plan)> = files
         .into_iter()

@@ -1,5 +1,7 @@
 //! `drop`: remove content here or from a remote, only when enough *other* copies are proven
 //! to exist right now (numcopies), of which at least mincopies are locked or trusted.
+//! numcopies and mincopies are the key's: the highest over the files with that content, each
+//! file's from `.gitattributes`, else the logs (see [`crate::copies`]).
 //!
 //! Proof, as git-annex does it: a trusted repository in the location log counts without a
 //! check; an untrusted or dead one never counts; here counts by taking a shared lock on our
@@ -9,7 +11,8 @@
 //! dropped is itself locked exclusively first, so two repositories dropping at the same time
 //! each see the other's copy as unprovable and at least one copy survives.
 
-use crate::annexed::annexed_files;
+use crate::annexed::{AnnexedFile, annexed_files};
+use crate::copies::FileCopies;
 use crate::error::Result;
 use crate::key::Key;
 use crate::lock::LockKind;
@@ -64,18 +67,7 @@ pub fn trust_levels(repo: &Repo) -> Result<HashMap<String, Trust>> {
 
 /// mincopies: `mincopies.log`, else `annex.mincopies`, else 1.
 pub fn mincopies(repo: &Repo) -> Result<u32> {
-    if let Some(n) = repo
-        .branch
-        .read(b"mincopies.log")?
-        .and_then(|c| crate::logs::parse_numcopies(&c))
-    {
-        return Ok(n);
-    }
-    Ok(repo
-        .git
-        .config("annex.mincopies")?
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1))
+    Ok(crate::copies::Global::load(repo)?.mincopies().n)
 }
 
 /// Sets `numcopies.log` or `mincopies.log` (git-annex's `TS N` format, one line) and commits.
@@ -94,20 +86,24 @@ pub fn set_copies_log(repo: &Repo, file: &str, n: u32) -> Result<()> {
     Ok(())
 }
 
-/// What decides whether a drop is safe: numcopies, mincopies, trust levels (and descriptions,
-/// for messages). Loaded once per command, not per file.
+/// What decides whether a drop is safe: numcopies and mincopies of each key, trust levels
+/// (and descriptions, for messages). Loaded once per command, not per file.
 pub struct DropPolicy {
-    pub numcopies: u32,
-    pub mincopies: u32,
+    pub copies: FileCopies,
     pub trust: HashMap<String, Trust>,
     descs: std::collections::BTreeMap<String, String>,
 }
 
 impl DropPolicy {
-    pub fn load(repo: &Repo) -> Result<DropPolicy> {
+    /// For dropping the content of `files`: their attributes are read, and those of the other
+    /// files with the same content (all of them are in `files` when `all_of_their_keys`).
+    pub fn load(repo: &Repo, files: &[AnnexedFile], all_of_their_keys: bool) -> Result<DropPolicy> {
+        DropPolicy::with_copies(repo, FileCopies::load(repo, files, all_of_their_keys)?)
+    }
+
+    pub fn with_copies(repo: &Repo, copies: FileCopies) -> Result<DropPolicy> {
         Ok(DropPolicy {
-            numcopies: repo.numcopies()?,
-            mincopies: mincopies(repo)?,
+            copies,
             trust: trust_levels(repo)?,
             descs: repo.uuid_descriptions()?,
         })
@@ -204,17 +200,25 @@ fn prove_copies(
     Ok(p)
 }
 
-fn check_safe(policy: &DropPolicy, p: &Proof) -> Result<()> {
-    let (need, min) = (policy.numcopies, policy.mincopies);
-    if p.count >= need.max(1) && p.strong >= min.max(1) {
+fn check_safe(policy: &DropPolicy, key: &Key, p: &Proof) -> Result<()> {
+    let need = policy.copies.of_key(key);
+    let (n, min) = (need.numcopies.n, need.mincopies.n);
+    if p.count >= n.max(1) && p.strong >= min.max(1) {
         return Ok(());
     }
+    let from = |s: &crate::copies::Setting, what: &str| match s.from {
+        crate::copies::Origin::Gitattributes { .. } => {
+            format!(" (from {})", s.from.describe(what))
+        }
+        _ => String::new(),
+    };
     let mut msg = format!(
-        "unsafe to drop: {} other cop{} verified, numcopies is {need}{}",
+        "unsafe to drop: {} other cop{} verified, numcopies is {n}{}{}",
         p.count,
         if p.count == 1 { "y" } else { "ies" },
+        from(&need.numcopies, "numcopies"),
         if min > 1 {
-            format!(", mincopies {min}")
+            format!(", mincopies {min}{}", from(&need.mincopies, "mincopies"))
         } else {
             String::new()
         }
@@ -247,7 +251,7 @@ pub fn drop_here(
         .into());
     };
     let proof = prove_copies(repo, remotes, policy, key, repo.uuid())?;
-    check_safe(policy, &proof)?;
+    check_safe(policy, key, &proof)?;
     if !repo.is_bare() {
         crate::ops::unlock::depopulate(repo, key)?;
     }
@@ -272,7 +276,7 @@ pub fn drop_from(
         return Ok(false);
     }
     let proof = prove_copies(repo, remotes, policy, key, remote.uuid())?;
-    check_safe(policy, &proof)?;
+    check_safe(policy, key, &proof)?;
     remote.remove(key)?;
     log_presence(repo, key, remote.uuid(), Presence::Absent)?;
     std::mem::drop(proof);
@@ -298,7 +302,7 @@ pub fn drop(
         return Err(crate::ops::content::readonly_error(r));
     }
     let files = annexed_files(&repo.git, pathspecs)?;
-    let policy = DropPolicy::load(repo)?;
+    let policy = DropPolicy::load(repo, &files, false)?;
     let mut summary = Summary::default();
     let mut seen = std::collections::HashSet::new();
     for f in &files {
@@ -394,9 +398,14 @@ mod tests {
         // Both remotes unreachable: nothing is proven, nothing is dropped.
         *m.unavailable.lock().unwrap() = Some("unplugged".into());
         *n.unavailable.lock().unwrap() = Some("unplugged".into());
-        let e = drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key)
-            .unwrap_err()
-            .to_string();
+        let e = drop_here(
+            &repo,
+            &remotes,
+            &DropPolicy::load(&repo, &[], true).unwrap(),
+            &key,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("unsafe to drop") && e.contains("unplugged"),
             "{e}"
@@ -405,13 +414,26 @@ mod tests {
         // The log says m has it, but it does not: still not proven.
         *m.unavailable.lock().unwrap() = None;
         m.objects.lock().unwrap().clear();
-        let e = drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key)
-            .unwrap_err()
-            .to_string();
+        let e = drop_here(
+            &repo,
+            &remotes,
+            &DropPolicy::load(&repo, &[], true).unwrap(),
+            &key,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("does not have it now"), "{e}");
         // n reachable and holding it: the drop goes ahead and the log says so.
         *n.unavailable.lock().unwrap() = None;
-        assert!(drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key).unwrap());
+        assert!(
+            drop_here(
+                &repo,
+                &remotes,
+                &DropPolicy::load(&repo, &[], true).unwrap(),
+                &key
+            )
+            .unwrap()
+        );
         assert!(repo.store().find(&key).is_none());
         let log = repo.branch.location_log(&key).unwrap();
         assert_eq!(log.status_of(repo.uuid()), Some(Presence::Absent));
@@ -422,9 +444,14 @@ mod tests {
         let (_d, repo, key, m, n) = setup(b"more content\n");
         let remotes: Vec<Box<dyn Remote>> = vec![Box::new(m.clone()), Box::new(n.clone())];
         set_copies_log(&repo, "numcopies.log", 3).unwrap();
-        let e = drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key)
-            .unwrap_err()
-            .to_string();
+        let e = drop_here(
+            &repo,
+            &remotes,
+            &DropPolicy::load(&repo, &[], true).unwrap(),
+            &key,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("2 other copies verified, numcopies is 3"), "{e}");
         // A trusted repository counts without being reachable.
         let lock = repo.branch.lock_journal().unwrap();
@@ -445,12 +472,25 @@ mod tests {
         )
         .unwrap();
         // Untrusted n no longer counts: m + the trusted one = 2 < 3.
-        let e = drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key)
-            .unwrap_err()
-            .to_string();
+        let e = drop_here(
+            &repo,
+            &remotes,
+            &DropPolicy::load(&repo, &[], true).unwrap(),
+            &key,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("n is untrusted"), "{e}");
         set_copies_log(&repo, "numcopies.log", 2).unwrap();
-        assert!(drop_here(&repo, &remotes, &DropPolicy::load(&repo).unwrap(), &key).unwrap());
+        assert!(
+            drop_here(
+                &repo,
+                &remotes,
+                &DropPolicy::load(&repo, &[], true).unwrap(),
+                &key
+            )
+            .unwrap()
+        );
     }
 
     #[test]
@@ -462,7 +502,7 @@ mod tests {
         let e = drop_from(
             &repo,
             &remotes,
-            &DropPolicy::load(&repo).unwrap(),
+            &DropPolicy::load(&repo, &[], true).unwrap(),
             m.as_ref(),
             &key,
         )
@@ -475,7 +515,7 @@ mod tests {
             drop_from(
                 &repo,
                 &remotes,
-                &DropPolicy::load(&repo).unwrap(),
+                &DropPolicy::load(&repo, &[], true).unwrap(),
                 m.as_ref(),
                 &key
             )

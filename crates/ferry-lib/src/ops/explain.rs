@@ -3,6 +3,7 @@
 //! do now ([`crate::ops::plan`]), and what transfers are running, queued or failed for it (the
 //! transfer info files under `.git/annex/transfer/` and the daemon's status snapshot).
 
+use crate::copies::Origin;
 use crate::daemon::status::TransferEntry;
 use crate::error::Result;
 use crate::lock::LockKind;
@@ -78,8 +79,13 @@ pub struct Explanation {
     pub present_here: bool,
     pub copies: Vec<Copy>,
     pub wishes: Vec<Wish>,
+    /// What a drop of the content needs (the highest over the files that have it).
     pub numcopies: u32,
     pub mincopies: u32,
+    /// Where numcopies comes from: `{"kind": "default" | "git-config" | "log"}`, or
+    /// `{"kind": "gitattributes", "file": ...}`.
+    pub numcopies_from: Origin,
+    pub mincopies_from: Origin,
     /// Copies that count for numcopies (not untrusted, not dead).
     pub counted_copies: usize,
     pub numcopies_met: bool,
@@ -118,7 +124,9 @@ pub fn explain(
         return Ok(Vec::new());
     }
     let prefs = Preferences::load(repo)?;
-    let policy = crate::ops::drop::DropPolicy::load(repo)?;
+    let files: Vec<crate::annexed::AnnexedFile> = found.iter().map(|w| w.file.clone()).collect();
+    let policy =
+        crate::ops::drop::DropPolicy::load(repo, &files, crate::annexed::whole_tree(pathspecs))?;
     let names = repo.remote_names()?;
     let available: BTreeMap<&str, std::result::Result<(), String>> = remotes
         .iter()
@@ -142,7 +150,7 @@ pub fn explain(
     for u in unusable {
         left_out.insert(u.name.clone(), u.why.clone());
     }
-    let planner = Planner::new(&prefs, repo.uuid(), &chosen, policy.mincopies);
+    let planner = Planner::new(&prefs, repo.uuid(), &chosen, &policy.copies);
     // Who is asked: here, then every remote with a known UUID.
     let mut asked: Vec<(String, String)> = vec![(repo.uuid().to_string(), "here".to_string())];
     asked.extend(names.iter().map(|(u, n)| (u.clone(), n.clone())));
@@ -167,6 +175,7 @@ pub fn explain(
             key: &file.key,
             locations: &locations,
             present_here,
+            numcopies_attr: policy.copies.attrs(&file.path).numcopies,
         };
         let trust = |u: &str| {
             policy
@@ -235,6 +244,7 @@ pub fn explain(
             counted += 1;
         }
         let plan = planner.plan(&info);
+        let need = policy.copies.of_key(&file.key);
         let name_of = |i: &usize| chosen[*i].name().to_string();
         let kc = key_component(&file.key)?;
         let (transfers, failures) = transfer_records(repo, &kc, &names);
@@ -253,11 +263,13 @@ pub fn explain(
             present_here,
             copies,
             wishes,
-            numcopies: policy.numcopies,
-            mincopies: policy.mincopies,
+            numcopies: need.numcopies.n,
+            mincopies: need.mincopies.n,
+            numcopies_from: need.numcopies.from.clone(),
+            mincopies_from: need.mincopies.from.clone(),
             counted_copies: counted,
-            numcopies_met: counted >= policy.numcopies as usize,
-            mincopies_met: counted >= policy.mincopies as usize,
+            numcopies_met: counted >= need.numcopies.n as usize,
+            mincopies_met: counted >= need.mincopies.n as usize,
             plan: PlanView {
                 download: plan.download,
                 upload: plan.upload.iter().map(name_of).collect(),

@@ -84,7 +84,9 @@ pub fn fsck(
 
     let logs = location_logs(repo, &keys)?;
     let logs: HashMap<&Key, _> = keys.iter().copied().zip(logs).collect();
-    let numcopies = repo.numcopies()?;
+    // Each file's own numcopies (its attribute, else the logs), as git-annex's fsck checks.
+    let numcopies = crate::copies::FileCopies::load(repo, &files, true)?;
+    let mut copies_of: HashMap<&Key, usize> = HashMap::new();
     let here = repo.uuid().to_string();
 
     let mut now_present = Vec::new();
@@ -126,12 +128,7 @@ pub fn fsck(
         if !present && logged_here {
             copies -= 1;
         }
-        if (copies as u32) < numcopies {
-            problems.push(format!(
-                "only {copies} known cop{} of this content; numcopies is {numcopies}",
-                if copies == 1 { "y" } else { "ies" }
-            ));
-        }
+        copies_of.insert(key, copies);
         key_problems.insert((*key).clone(), problems);
     }
     set_presence(
@@ -171,11 +168,25 @@ pub fn fsck(
                 key.variety
             ));
         }
+        let mut problems = key_problems[key].clone();
+        let copies = copies_of[key];
+        let need = numcopies.of_file(path).numcopies;
+        if (copies as u32) < need.n {
+            problems.push(format!(
+                "only {copies} known cop{} of this content; numcopies is {}{}",
+                if copies == 1 { "y" } else { "ies" },
+                need.n,
+                match need.from {
+                    crate::copies::Origin::Gitattributes { .. } => " (from .gitattributes)",
+                    _ => "",
+                }
+            ));
+        }
         let report = FsckReport {
             path: path.clone(),
             key: key.to_string(),
             present: matches!(check, ContentCheck::Good | ContentCheck::SizeOnly),
-            problems: key_problems[key].clone(),
+            problems,
             notes,
         };
         if !report.ok() {

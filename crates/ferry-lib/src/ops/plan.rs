@@ -14,7 +14,9 @@
 //!    (evaluated as if its copy were gone), whose required content does not keep it, while
 //!    the copies left would still satisfy numcopies and mincopies (untrusted copies do not
 //!    count; dropping an untrusted copy needs numcopies, a counted one one more); the first
-//!    remote whose drop would go below stops the remote drops, as in git-annex;
+//!    remote whose drop would go below stops the remote drops, as in git-annex. numcopies and
+//!    mincopies are the key's ([`crate::copies`]: `.gitattributes`, then the logs; the highest
+//!    over the files with that content);
 //! 4. **drop here** on the same terms, after the remote drops.
 //!
 //! Drops are decided on the locations the transfers of steps 1 and 2 would leave, so a
@@ -28,6 +30,7 @@
 //! leaves a remote out unless it is named, `remote.NAME.annex-synccontent=false` always (git
 //! only for that remote); `annex.synccontent` is read by [`synccontent`].
 
+use crate::copies::FileCopies;
 use crate::preferred::{FileInfo, Preferences};
 use crate::remote::Remote;
 
@@ -55,14 +58,17 @@ pub struct Planner<'a> {
     pub here: &'a str,
     /// The content remotes (see [`content_remotes`]), in the order transfers should use them.
     pub remotes: &'a [&'a dyn Remote],
-    /// numcopies comes from `prefs`; mincopies is not part of preferred content.
-    pub mincopies: u32,
+    /// numcopies and mincopies of each key (for drops), and the files' `annex.numcopies`
+    /// attributes (for `lackingcopies=`).
+    pub copies: &'a FileCopies,
 }
 
 /// Copies counted for a drop, as git-annex does: dead ones are never in the log given here,
 /// untrusted ones do not count.
 struct Count {
     have: i64,
+    numcopies: u32,
+    mincopies: u32,
 }
 
 impl<'a> Planner<'a> {
@@ -70,13 +76,13 @@ impl<'a> Planner<'a> {
         prefs: &'a Preferences,
         here: &'a str,
         remotes: &'a [&'a dyn Remote],
-        mincopies: u32,
+        copies: &'a FileCopies,
     ) -> Planner<'a> {
         Planner {
             prefs,
             here,
             remotes,
-            mincopies,
+            copies,
         }
     }
 
@@ -95,8 +101,8 @@ impl<'a> Planner<'a> {
 
     /// git-annex's `checkcopies`: may a copy in `uuid` go, with `c` copies counted?
     fn enough(&self, c: &Count, uuid: &str) -> bool {
-        let need = i64::from(self.prefs.facts().numcopies.max(1));
-        let min = i64::from(self.mincopies.max(1));
+        let need = i64::from(c.numcopies.max(1));
+        let min = i64::from(c.mincopies.max(1));
         if self.untrusted(uuid) {
             c.have >= need && c.have >= min
         } else {
@@ -122,6 +128,7 @@ impl<'a> Planner<'a> {
             key: &f.key,
             locations: &locations,
             present_here: repo.store().find(&f.key).is_some(),
+            numcopies_attr: self.copies.attrs(&f.path).numcopies,
         }))
     }
 
@@ -159,6 +166,7 @@ impl<'a> Planner<'a> {
                     key: &f.key,
                     locations: &locations,
                     present_here,
+                    numcopies_attr: self.copies.attrs(&f.path).numcopies,
                 })
             })
             .collect())
@@ -188,6 +196,7 @@ impl<'a> Planner<'a> {
                 key: file.key,
                 locations: locs,
                 present_here: here,
+                numcopies_attr: file.numcopies_attr,
             }
         }
 
@@ -215,8 +224,11 @@ impl<'a> Planner<'a> {
         }
 
         // 3. Drop from remotes, then 4. here.
+        let (numcopies, mincopies) = self.copies.counts_for_key(file.key);
         let mut count = Count {
             have: locs.iter().filter(|u| !self.untrusted(u)).count() as i64,
+            numcopies,
+            mincopies,
         };
         let here_may_go = self.enough(&count, self.here);
         for (i, r) in self.remotes.iter().enumerate() {
@@ -291,6 +303,8 @@ pub fn synccontent(repo: &crate::repo::Repo) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::annexed::AnnexedFile;
+    use crate::copies::{Attrs, Global};
     use crate::key::Key;
     use crate::ops::drop::Trust;
     use crate::preferred::Facts;
@@ -330,16 +344,26 @@ mod tests {
         names.iter().map(|n| format!("{n}-uuid")).collect()
     }
 
+    /// numcopies.log as the preferences were given it, nothing else set.
+    fn copies_of(p: &Preferences) -> FileCopies {
+        FileCopies::global_only(Global {
+            numcopies_log: Some(p.facts().numcopies),
+            ..Default::default()
+        })
+    }
+
     fn run(p: &Preferences, remotes: &[MemoryRemote], path: &str, at: &[&str], here: bool) -> Plan {
         let k = key();
         let l = locs(at);
         let rs: Vec<&dyn Remote> = remotes.iter().map(|r| r as &dyn Remote).collect();
-        let planner = Planner::new(p, "here-uuid", &rs, 1);
+        let copies = copies_of(p);
+        let planner = Planner::new(p, "here-uuid", &rs, &copies);
         planner.plan(&FileInfo {
             path: Some(path.as_bytes()),
             key: &k,
             locations: &l,
             present_here: here,
+            numcopies_attr: None,
         })
     }
 
@@ -406,6 +430,71 @@ mod tests {
     }
 
     #[test]
+    fn a_files_gitattributes_numcopies_decides_its_drops_and_lackingcopies() {
+        // numcopies.log 1; here does not want *.bin; a and b hold everything.
+        let p = prefs(
+            &[("here", "exclude=*.bin"), ("b", "lackingcopies=1")],
+            &[],
+            1,
+        );
+        let rs = [fake("a"), fake("b")];
+        let dyns: Vec<&dyn Remote> = rs.iter().map(|r| r as &dyn Remote).collect();
+        let k = key();
+        let other = Key::parse_str(&format!("SHA256E-s1--{}.bin", "7".repeat(64))).unwrap();
+        let f = |path: &str, key: &Key| AnnexedFile {
+            path: path.as_bytes().to_vec(),
+            key: key.clone(),
+            locked: true,
+        };
+        let (x, y, z) = (f("x.bin", &k), f("y.txt", &k), f("z.bin", &other));
+        let three = Attrs {
+            numcopies: Some(3),
+            mincopies: None,
+        };
+        let plan_of = |copies: &FileCopies, file: &AnnexedFile| {
+            let l = locs(&["here", "a", "b"]);
+            Planner::new(&p, "here-uuid", &dyns, copies).plan(&FileInfo {
+                path: Some(&file.path),
+                key: &file.key,
+                locations: &l,
+                present_here: true,
+                numcopies_attr: copies.attrs(&file.path).numcopies,
+            })
+        };
+        let global = Global {
+            numcopies_log: Some(1),
+            ..Default::default()
+        };
+        // No attributes: here lets x.bin go (2 other copies, numcopies 1); b, whose
+        // lackingcopies=1 is not met (3 copies), lets its copy go first.
+        let none = FileCopies::with_attrs(global.clone(), [(&x, Attrs::default())]);
+        let plan = plan_of(&none, &x);
+        assert_eq!(plan.drop_from, vec![1]);
+        assert!(plan.drop_here);
+        // y.txt, with the same content, wants 3 copies: nothing of that key may go, and b's
+        // lackingcopies=1 holds for y.txt (3 wanted, 2 once b's copy is gone).
+        let attr = FileCopies::with_attrs(global.clone(), [(&x, Attrs::default()), (&y, three)]);
+        let plan = plan_of(&attr, &x);
+        assert!(plan.drop_from.is_empty() && !plan.drop_here, "{plan:?}");
+        assert!(p.wants(
+            "b-uuid",
+            &FileInfo {
+                path: Some(b"y.txt"),
+                key: &k,
+                locations: &locs(&["here", "a"]),
+                present_here: true,
+                numcopies_attr: Some(3),
+            }
+        ));
+        // Another key is not affected.
+        let plan = plan_of(
+            &FileCopies::with_attrs(global, [(&y, three), (&z, Attrs::default())]),
+            &z,
+        );
+        assert!(plan.drop_here && plan.drop_from == vec![1], "{plan:?}");
+    }
+
+    #[test]
     fn transfer_repository_lets_go_once_every_client_has_it() {
         let groups = [("here", "client"), ("a", "client"), ("t", "transfer")];
         let p = prefs(&[("t", "standard")], &groups, 1);
@@ -466,7 +555,8 @@ mod tests {
         );
         let rs = [fake("a"), fake("t")];
         let dyns: Vec<&dyn Remote> = rs.iter().map(|r| r as &dyn Remote).collect();
-        let planner = Planner::new(&p, "here-uuid", &dyns, 1);
+        let copies = copies_of(&p);
+        let planner = Planner::new(&p, "here-uuid", &dyns, &copies);
         let k = key();
         let sets = [
             locs(&["a"]),
@@ -485,6 +575,7 @@ mod tests {
                 key: &k,
                 locations: l,
                 present_here: l.iter().any(|u| u == "here-uuid"),
+                numcopies_attr: None,
             });
             n += usize::from(!plan.is_empty());
         }
