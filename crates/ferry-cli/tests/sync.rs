@@ -1,7 +1,8 @@
 //! Git-level sync between clones, ferry with ferry and ferry with git-annex.
 
 use crate::common::*;
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 
 fn holders(env: &Env, d: &Path, file: &str) -> Vec<String> {
     let w = env.ferry(d, &["whereis", "--json", file]).json_lines();
@@ -570,4 +571,161 @@ fn a_push_refused_because_the_hub_moved_is_merged_and_retried() {
         r.stdout()
     );
     assert!(a.join("from-c").symlink_metadata().is_ok());
+}
+
+/// `ferry sync` in `dir` with `GIT_TRACE` on: its result and every git command it ran.
+fn traced_sync(env: &Env, dir: &Path, trace: &str) -> (Run, String) {
+    let file = env.path(trace);
+    let _ = std::fs::remove_file(&file);
+    let out = env
+        .cmd(
+            dir,
+            ferry_bin(),
+            &[OsStr::new("sync"), OsStr::new("--json")],
+        )
+        .env("GIT_TRACE", &file)
+        .output()
+        .unwrap();
+    (
+        Run { out },
+        std::fs::read_to_string(&file).unwrap_or_default(),
+    )
+}
+
+/// A clone `b` of ferry repository `a` (with a committed annexed file), synced once so that
+/// b's remote-tracking refs are what `a` has: the state in which sync skips fetching `a`.
+fn synced_pair(env: &Env) -> (PathBuf, PathBuf) {
+    let a = env.ferry_repo("a");
+    add_committed(env, &a, "seed", "s\n");
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    (a, b)
+}
+
+#[test]
+fn an_unchanged_local_remote_is_not_fetched_but_a_changed_one_is() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    // Nothing changed in a: no fetch (and nothing to push either).
+    let (r, trace) = traced_sync(&env, &b, "t1");
+    r.assert_ok();
+    assert!(!trace.contains("git fetch "), "{trace}");
+    assert!(!trace.contains("git push "), "{trace}");
+    assert!(!trace.contains("update-ref"), "{trace}");
+    assert_eq!(r.json_lines()[0]["remotes"][0]["pulled"], "ok");
+    // A change in a: fetched and merged.
+    add_committed(&env, &a, "news", "n\n");
+    let (r, trace) = traced_sync(&env, &b, "t2");
+    r.assert_ok();
+    assert!(trace.contains("git fetch "), "{trace}");
+    assert!(b.join("news").symlink_metadata().is_ok());
+}
+
+#[test]
+fn a_branch_moved_only_in_packed_refs_is_fetched() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    // a's refs all packed (no loose files), then main moved by rewriting packed-refs alone.
+    env.git(&a, &["pack-refs", "--all"]).assert_ok();
+    assert!(!a.join(".git/refs/heads/main").exists());
+    write(&a, "packed-news", "p\n");
+    env.git(&a, &["add", "packed-news"]).assert_ok();
+    let tree = env.git(&a, &["write-tree"]).stdout();
+    let old = env.git(&a, &["rev-parse", "main"]).stdout();
+    let new = env
+        .git(
+            &a,
+            &["commit-tree", "-p", old.trim(), "-m", "packed", tree.trim()],
+        )
+        .stdout();
+    let packed = std::fs::read_to_string(a.join(".git/packed-refs")).unwrap();
+    let line = format!("{} refs/heads/main\n", old.trim());
+    assert!(packed.contains(&line), "{packed}");
+    std::fs::write(
+        a.join(".git/packed-refs"),
+        packed.replace(&line, &format!("{} refs/heads/main\n", new.trim())),
+    )
+    .unwrap();
+    assert_eq!(env.git(&a, &["rev-parse", "main"]).stdout(), new);
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(
+        env.git(&b, &["rev-parse", "refs/remotes/origin/main"])
+            .stdout(),
+        new
+    );
+    assert!(b.join("packed-news").exists(), "a's new commit is merged");
+}
+
+#[test]
+fn a_new_branch_or_tag_or_a_deleted_branch_on_a_local_remote_is_fetched() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    env.git(&a, &["branch", "feature"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(
+        env.git(&b, &["rev-parse", "refs/remotes/origin/feature"])
+            .stdout(),
+        env.git(&a, &["rev-parse", "feature"]).stdout()
+    );
+    env.git(&a, &["tag", "v1"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(
+        env.git(&b, &["rev-parse", "refs/tags/v1"]).stdout(),
+        env.git(&a, &["rev-parse", "v1"]).stdout()
+    );
+    // A branch deleted there, with fetch.prune set here: fetched, so the stale ref goes.
+    env.git(&a, &["branch", "-D", "feature"]).assert_ok();
+    env.git(&b, &["config", "fetch.prune", "true"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    let left = env
+        .git(&b, &["for-each-ref", "refs/remotes/origin/feature"])
+        .stdout();
+    assert_eq!(left, "", "pruned");
+}
+
+#[test]
+fn a_remote_whose_sync_ref_went_back_is_pushed_again() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    add_committed(&env, &b, "from-b", "b\n");
+    env.ferry(&b, &["sync"]).assert_ok();
+    let head = env.git(&b, &["rev-parse", "HEAD"]).stdout();
+    assert_eq!(env.git(&a, &["rev-parse", "synced/main"]).stdout(), head);
+    // Someone resets a's sync refs, one at a time: b has nothing new, yet pushes each again.
+    let annex = env.git(&b, &["rev-parse", "git-annex"]).stdout();
+    env.git(&a, &["update-ref", "-d", "refs/heads/synced/git-annex"])
+        .assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(
+        env.git(&a, &["rev-parse", "synced/git-annex"]).stdout(),
+        annex
+    );
+    env.git(&a, &["update-ref", "refs/heads/synced/main", "main"])
+        .assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(env.git(&a, &["rev-parse", "synced/main"]).stdout(), head);
+}
+
+/// A sync ref on the remote that is not behind ours (a conflict sync could not merge) is never
+/// overwritten: the push is refused and reported, as with git push.
+#[test]
+fn a_sync_ref_that_is_not_behind_is_never_overwritten() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    for (d, text) in [(&a, "a's line\n"), (&b, "b's line\n")] {
+        write(d, "plain.txt", text);
+        env.git(d, &["add", "plain.txt"]).assert_ok();
+        env.git(d, &["commit", "-qm", text]).assert_ok();
+    }
+    env.git(&a, &["update-ref", "refs/heads/synced/main", "main"])
+        .assert_ok();
+    let theirs = env.git(&a, &["rev-parse", "synced/main"]).stdout();
+    let r = env.ferry(&b, &["sync", "--json"]);
+    r.assert_fails();
+    let j = &r.json_lines()[0];
+    assert_eq!(j["remotes"][0]["pushed"], "failed", "{j}");
+    assert_eq!(env.git(&a, &["rev-parse", "synced/main"]).stdout(), theirs);
 }
