@@ -729,3 +729,46 @@ fn a_sync_ref_that_is_not_behind_is_never_overwritten() {
     assert_eq!(j["remotes"][0]["pushed"], "failed", "{j}");
     assert_eq!(env.git(&a, &["rev-parse", "synced/main"]).stdout(), theirs);
 }
+
+/// Two remotes, one a step ahead of the other; that step conflicts here with a file git-annex
+/// does not resolve. The merge of the newer one is undone, and the older one, which it
+/// contains, is still merged on its own.
+#[test]
+fn when_a_merge_is_undone_the_commits_it_contains_are_still_merged() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    add_committed(&env, &a, "seed", "s\n");
+    write(&a, "plain.txt", "base\n");
+    env.git(&a, &["add", "plain.txt"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "plain"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    add_committed(&env, &b, "from-b", "b\n");
+    let older = env.git(&b, &["rev-parse", "HEAD"]).stdout();
+    env.git(env.tmp.path(), &["clone", "-q", "b", "b2"])
+        .assert_ok();
+    let b2 = env.path("b2");
+    env.ferry(&b2, &["init", "b2"]).assert_ok();
+    write(&b2, "plain.txt", "b2's line\n");
+    env.git(&b2, &["commit", "-qam", "b2"]).assert_ok();
+    let newer = env.git(&b2, &["rev-parse", "HEAD"]).stdout();
+    write(&a, "plain.txt", "a's line\n");
+    env.git(&a, &["commit", "-qam", "a"]).assert_ok();
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    env.git(&a, &["remote", "add", "b2", "../b2"]).assert_ok();
+    let r = env.ferry(&a, &["sync", "--json"]);
+    r.assert_fails();
+    let is_ancestor = |c: &str| {
+        env.git(&a, &["merge-base", "--is-ancestor", c.trim(), "HEAD"])
+            .ok()
+    };
+    assert!(is_ancestor(&older), "b's commit is merged\n{}", r.stdout());
+    assert!(!is_ancestor(&newer), "b2's conflicting one is not");
+    assert!(a.join("from-b").symlink_metadata().is_ok());
+    assert_eq!(
+        std::fs::read_to_string(a.join("plain.txt")).unwrap(),
+        "a's line\n"
+    );
+}

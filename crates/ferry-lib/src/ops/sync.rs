@@ -725,18 +725,50 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
             repo.git.refs_not_merged_into_ids("HEAD", &patterns)?
         }
     };
+    // Several refs often name one commit; and one may contain another (a clone that merged
+    // what a third one pushed): only the tips none of the others contains are merged, found in
+    // one call. Merging them brings the others along, unless a merge is undone; from then on
+    // each ref is checked against HEAD on its own, as it is merged.
     let mut seen = std::collections::HashSet::new();
-    for (c, sha) in candidates {
-        // Several refs often name one commit; and an earlier merge may already contain it.
-        if !seen.insert(sha.clone()) {
-            continue;
+    let candidates: Vec<(String, String)> = candidates
+        .into_iter()
+        .filter(|(_, sha)| seen.insert(sha.clone()))
+        .collect();
+    let independent: Option<std::collections::HashSet<String>> = match candidates.len() {
+        0 | 1 => None,
+        _ => {
+            let mut args = vec!["merge-base", "--independent"];
+            args.extend(candidates.iter().map(|(_, sha)| sha.as_str()));
+            repo.git
+                .run_str(&args)
+                .ok()
+                .map(|out| out.lines().map(str::to_string).collect())
         }
-        if seen.len() > 1
-            && !repo
-                .git
-                .refs_not_merged_into("HEAD", std::slice::from_ref(&c))?
-                .contains(&c)
-        {
+    };
+    let mut undone = false;
+    let mut queue: std::collections::VecDeque<(String, String)> = candidates.into();
+    let mut deferred = Vec::new();
+    let mut first = true;
+    while let Some((c, sha)) = queue.pop_front() {
+        let skip = match (&independent, undone) {
+            (Some(tips), false) => {
+                let contained = !tips.contains(&sha);
+                if contained {
+                    // Merged with the tip that contains it, unless that merge is undone.
+                    deferred.push((c.clone(), sha.clone()));
+                }
+                contained
+            }
+            _ => {
+                !first
+                    && !repo
+                        .git
+                        .refs_not_merged_into("HEAD", std::slice::from_ref(&c))?
+                        .contains(&c)
+            }
+        };
+        first = false;
+        if skip {
             continue;
         }
         // No rename detection: an annex link renamed to a variant name has the same blob as the
@@ -782,6 +814,10 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
                     continue;
                 }
                 Ok(false) => {
+                    if !undone {
+                        undone = true;
+                        queue.extend(deferred.drain(..));
+                    }
                     let _ = repo.git.run_index(["merge", "--abort"], &[]);
                     let _ = std::fs::remove_file(&marker);
                     report.errors.push(format!(
