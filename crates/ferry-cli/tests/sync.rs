@@ -709,6 +709,85 @@ fn a_remote_whose_sync_ref_went_back_is_pushed_again() {
     assert_eq!(env.git(&a, &["rev-parse", "synced/main"]).stdout(), head);
 }
 
+/// Pushes to plain local clones and bare repositories are written straight in: the result is
+/// what `git push` leaves (refs, reflogs, remote-tracking refs, a sound repository), without
+/// running it; a remote with a hook still gets a real `git push`, so the hook runs.
+#[test]
+fn pushes_to_plain_local_remotes_match_git_push_and_hooks_still_run() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
+        .assert_ok();
+    let hub = env.path("hub.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hooked.git"])
+        .assert_ok();
+    let hooked = env.path("hooked.git");
+    let hook = hooked.join("hooks/post-receive");
+    std::fs::write(&hook, "#!/bin/sh\ncat >> received\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    env.git(&b, &["remote", "add", "hub", "../hub.git"])
+        .assert_ok();
+    env.git(&b, &["remote", "add", "hooked", "../hooked.git"])
+        .assert_ok();
+    add_committed(&env, &b, "from-b", "b\n");
+    let (r, trace) = traced_sync(&env, &b, "t1");
+    r.assert_ok();
+    let pushes: Vec<&str> = trace.lines().filter(|l| l.contains("git push ")).collect();
+    assert!(
+        pushes.len() == 1 && pushes[0].contains(" hooked "),
+        "only the hooked remote is pushed with git push: {pushes:?}"
+    );
+    let hooked_log = std::fs::read_to_string(hooked.join("received")).unwrap();
+    assert!(
+        hooked_log.contains("refs/heads/synced/main"),
+        "{hooked_log}"
+    );
+    let rev = |d: &Path, r: &str| env.git(d, &["rev-parse", "--verify", "-q", r]).stdout();
+    let (head, annex) = (rev(&b, "HEAD"), rev(&b, "git-annex"));
+    for d in [&a, &hub, &hooked] {
+        assert_eq!(rev(d, "refs/heads/synced/main"), head, "{}", d.display());
+        assert_eq!(
+            rev(d, "refs/heads/synced/git-annex"),
+            annex,
+            "{}",
+            d.display()
+        );
+        assert_eq!(rev(d, "refs/heads/git-annex"), annex, "{}", d.display());
+        env.git(d, &["fsck", "--strict", "--no-dangling"])
+            .assert_ok();
+    }
+    // The checked-out branch of the non-bare clone is left alone (git refuses that push); the
+    // bare repositories get it.
+    assert_ne!(rev(&a, "refs/heads/main"), head);
+    assert_eq!(rev(&hub, "refs/heads/main"), head);
+    assert_eq!(rev(&hooked, "refs/heads/main"), head);
+    // a keeps reflogs (a clone logs ref updates), as after a real push.
+    let log = env
+        .git(
+            &a,
+            &[
+                "reflog",
+                "show",
+                "--format=%H %gs",
+                "refs/heads/synced/main",
+            ],
+        )
+        .stdout();
+    assert!(log.starts_with(&format!("{} push", head.trim())), "{log}");
+    // Our remote-tracking refs follow, as after git push.
+    for remote in ["origin", "hub", "hooked"] {
+        assert_eq!(
+            rev(&b, &format!("refs/remotes/{remote}/synced/main")),
+            head,
+            "{remote}"
+        );
+    }
+    // a's work tree can take what b pushed.
+    env.ferry(&a, &["sync"]).assert_ok();
+    assert!(a.join("from-b").symlink_metadata().is_ok());
+    env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
+}
+
 /// A sync ref on the remote that is not behind ours (a conflict sync could not merge) is never
 /// overwritten: the push is refused and reported, as with git push.
 #[test]
@@ -771,4 +850,53 @@ fn when_a_merge_is_undone_the_commits_it_contains_are_still_merged() {
         std::fs::read_to_string(a.join("plain.txt")).unwrap(),
         "a's line\n"
     );
+}
+
+/// A bare hub whose branch went its own way (a commit that does not merge here): the sync ref
+/// still lands there, and the branch is left as it is, as `git push` would leave it.
+#[test]
+fn a_diverged_branch_on_a_bare_remote_is_left_alone_while_the_sync_ref_lands() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    write(&b, "plain.txt", "base\n");
+    env.git(&b, &["add", "plain.txt"]).assert_ok();
+    env.git(&b, &["commit", "-qm", "plain"]).assert_ok();
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
+        .assert_ok();
+    let hub = env.path("hub.git");
+    env.git(&b, &["remote", "add", "hub", "../hub.git"])
+        .assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    // Someone pushes a conflicting main straight to the hub.
+    env.git(env.tmp.path(), &["clone", "-q", "hub.git", "other"])
+        .assert_ok();
+    let other = env.path("other");
+    env.git(&other, &["checkout", "-q", "main"]).assert_ok();
+    write(&other, "plain.txt", "other's line\n");
+    env.git(&other, &["commit", "-qam", "other"]).assert_ok();
+    env.git(&other, &["push", "-q", "origin", "main"])
+        .assert_ok();
+    let theirs = env.git(&hub, &["rev-parse", "main"]).stdout();
+    write(&b, "plain.txt", "b's line\n");
+    env.git(&b, &["commit", "-qam", "b"]).assert_ok();
+    add_committed(&env, &b, "more", "m\n");
+    let (r, trace) = traced_sync(&env, &b, "t1");
+    // The merge of the hub's main conflicts (not annexed): reported, undone.
+    r.assert_fails();
+    let j = &r.json_lines()[0];
+    let hub_report = j["remotes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["remote"] == "hub")
+        .unwrap()
+        .clone();
+    assert_eq!(hub_report["pushed"], "ok", "{j}");
+    assert!(!trace.contains("git push "), "{trace}");
+    let head = env.git(&b, &["rev-parse", "HEAD"]).stdout();
+    assert_eq!(env.git(&hub, &["rev-parse", "synced/main"]).stdout(), head);
+    assert_eq!(env.git(&hub, &["rev-parse", "main"]).stdout(), theirs);
+    env.git(&hub, &["fsck", "--strict", "--no-dangling"])
+        .assert_ok();
+    let _ = a;
 }

@@ -80,7 +80,7 @@ pub(crate) struct Remote {
     /// the default fetch refspec, no custom upload-pack / receive-pack, no remote helper, no
     /// mirror, no tag pruning, no URL rewriting. Only then are a local remote's refs compared
     /// on disk to skip a fetch or a push that would change nothing.
-    plain: bool,
+    pub(crate) plain: bool,
     /// Its fetch prunes remote-tracking refs (`remote.<name>.prune`, else `fetch.prune`).
     prune: bool,
     /// Its fetch follows tags (`tagOpt` is not `--no-tags`).
@@ -189,7 +189,7 @@ fn tracking_refs(repo: &Repo) -> Option<BTreeMap<String, String>> {
 /// A local remote's git directory and its branches and tags as `git fetch` would see them,
 /// read from disk. `None` when that is not certain (not a plain remote, an unusual layout, an
 /// update under way: see [`crate::git::read_refs`]).
-fn their_refs(r: &Remote) -> Option<(PathBuf, BTreeMap<String, String>)> {
+pub(crate) fn their_refs(r: &Remote) -> Option<(PathBuf, BTreeMap<String, String>)> {
     if !r.plain {
         return None;
     }
@@ -507,11 +507,25 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     let push_to: Vec<usize> = (0..all.len())
         .filter(|&i| reports[i].pulled == Outcome::Ok && !all[i].readonly)
         .collect();
-    // A local remote that already has everything a push would send is not pushed to.
-    let global: std::collections::HashMap<String, String> = config.into_iter().collect();
+    // A local remote that already has everything a push would send is not pushed to; the
+    // plainest local remotes get what is missing written straight in (ops/localpush.rs).
+    let global: std::collections::HashMap<String, String> = config.iter().cloned().collect();
     let push_to: Vec<usize> = push_to
         .into_iter()
         .filter(|&i| !push_changes_nothing(repo, &all[i], &branch, &global))
+        .collect();
+    let local: Vec<(usize, &Remote)> = push_to
+        .iter()
+        .filter(|&&i| all[i].local_path.is_some())
+        .map(|&i| (i, &all[i]))
+        .collect();
+    let written = match repo.git.rev_parse("HEAD")? {
+        Some(_) => super::localpush::push_local(repo, &local, &branch, &config),
+        None => Vec::new(),
+    };
+    let push_to: Vec<usize> = push_to
+        .into_iter()
+        .filter(|i| !written.contains(i))
         .collect();
     for i in 0..all.len() {
         if all[i].readonly && reports[i].pulled == Outcome::Ok {
