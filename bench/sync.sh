@@ -58,6 +58,6 @@ for ((r = 1; r <= RUNS; r++)); do
     t0=$(now); "$FERRY" sync origin >/dev/null; t1=$(now); one+=("$(secs "$t0" "$t1")")
 done
 T=$(printf '%s\n' "${ten[@]}" | median); O=$(printf '%s\n' "${one[@]}" | median)
-echo "RESULT sync_10_remotes_3_offline=$T s"
-echo "RESULT sync_1_remote=$O s"
+echo "RESULT sync_10_remotes_3_offline=$T s (samples ${ten[*]})"
+echo "RESULT sync_1_remote=$O s (samples ${one[*]})"
 echo "RESULT sync_10_over_1=$(ratio "$T" "$O")x (about 1 means parallel; 7 would be serial)"

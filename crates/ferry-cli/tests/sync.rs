@@ -1,7 +1,8 @@
 //! Git-level sync between clones, ferry with ferry and ferry with git-annex.
 
 use crate::common::*;
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 
 fn holders(env: &Env, d: &Path, file: &str) -> Vec<String> {
     let w = env.ferry(d, &["whereis", "--json", file]).json_lines();
@@ -1083,4 +1084,332 @@ fn a_file_in_git_against_a_directory_is_left_to_the_user_without_debris() {
         !env.git(&c, &["ls-files", "-u"]).stdout().is_empty(),
         "git-annex leaves the conflict to the user"
     );
+}
+
+/// `ferry sync` in `dir` with `GIT_TRACE` on: its result and every git command it ran.
+fn traced_sync(env: &Env, dir: &Path, trace: &str) -> (Run, String) {
+    let file = env.path(trace);
+    let _ = std::fs::remove_file(&file);
+    let out = env
+        .cmd(
+            dir,
+            ferry_bin(),
+            &[OsStr::new("sync"), OsStr::new("--json")],
+        )
+        .env("GIT_TRACE", &file)
+        .output()
+        .unwrap();
+    (
+        Run { out },
+        std::fs::read_to_string(&file).unwrap_or_default(),
+    )
+}
+
+/// A clone `b` of ferry repository `a` (with a committed annexed file), synced once so that
+/// b's remote-tracking refs are what `a` has: the state in which sync skips fetching `a`.
+fn synced_pair(env: &Env) -> (PathBuf, PathBuf) {
+    let a = env.ferry_repo("a");
+    add_committed(env, &a, "seed", "s\n");
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    (a, b)
+}
+
+#[test]
+fn an_unchanged_local_remote_is_not_fetched_but_a_changed_one_is() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    // Nothing changed in a: no fetch (and nothing to push either).
+    let (r, trace) = traced_sync(&env, &b, "t1");
+    r.assert_ok();
+    assert!(!trace.contains("git fetch "), "{trace}");
+    assert!(!trace.contains("git push "), "{trace}");
+    assert!(!trace.contains("update-ref"), "{trace}");
+    assert_eq!(r.json_lines()[0]["remotes"][0]["pulled"], "ok");
+    // A change in a: fetched and merged.
+    add_committed(&env, &a, "news", "n\n");
+    let (r, trace) = traced_sync(&env, &b, "t2");
+    r.assert_ok();
+    assert!(trace.contains("git fetch "), "{trace}");
+    assert!(b.join("news").symlink_metadata().is_ok());
+}
+
+#[test]
+fn a_branch_moved_only_in_packed_refs_is_fetched() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    // a's refs all packed (no loose files), then main moved by rewriting packed-refs alone.
+    env.git(&a, &["pack-refs", "--all"]).assert_ok();
+    assert!(!a.join(".git/refs/heads/main").exists());
+    write(&a, "packed-news", "p\n");
+    env.git(&a, &["add", "packed-news"]).assert_ok();
+    let tree = env.git(&a, &["write-tree"]).stdout();
+    let old = env.git(&a, &["rev-parse", "main"]).stdout();
+    let new = env
+        .git(
+            &a,
+            &["commit-tree", "-p", old.trim(), "-m", "packed", tree.trim()],
+        )
+        .stdout();
+    let packed = std::fs::read_to_string(a.join(".git/packed-refs")).unwrap();
+    let line = format!("{} refs/heads/main\n", old.trim());
+    assert!(packed.contains(&line), "{packed}");
+    std::fs::write(
+        a.join(".git/packed-refs"),
+        packed.replace(&line, &format!("{} refs/heads/main\n", new.trim())),
+    )
+    .unwrap();
+    assert_eq!(env.git(&a, &["rev-parse", "main"]).stdout(), new);
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(
+        env.git(&b, &["rev-parse", "refs/remotes/origin/main"])
+            .stdout(),
+        new
+    );
+    assert!(b.join("packed-news").exists(), "a's new commit is merged");
+}
+
+#[test]
+fn a_new_branch_or_tag_or_a_deleted_branch_on_a_local_remote_is_fetched() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    env.git(&a, &["branch", "feature"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(
+        env.git(&b, &["rev-parse", "refs/remotes/origin/feature"])
+            .stdout(),
+        env.git(&a, &["rev-parse", "feature"]).stdout()
+    );
+    env.git(&a, &["tag", "v1"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(
+        env.git(&b, &["rev-parse", "refs/tags/v1"]).stdout(),
+        env.git(&a, &["rev-parse", "v1"]).stdout()
+    );
+    // A branch deleted there, with fetch.prune set here: fetched, so the stale ref goes.
+    env.git(&a, &["branch", "-D", "feature"]).assert_ok();
+    env.git(&b, &["config", "fetch.prune", "true"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    let left = env
+        .git(&b, &["for-each-ref", "refs/remotes/origin/feature"])
+        .stdout();
+    assert_eq!(left, "", "pruned");
+}
+
+#[test]
+fn a_remote_whose_sync_ref_went_back_is_pushed_again() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    add_committed(&env, &b, "from-b", "b\n");
+    env.ferry(&b, &["sync"]).assert_ok();
+    let head = env.git(&b, &["rev-parse", "HEAD"]).stdout();
+    assert_eq!(env.git(&a, &["rev-parse", "synced/main"]).stdout(), head);
+    // Someone resets a's sync refs, one at a time: b has nothing new, yet pushes each again.
+    let annex = env.git(&b, &["rev-parse", "git-annex"]).stdout();
+    env.git(&a, &["update-ref", "-d", "refs/heads/synced/git-annex"])
+        .assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(
+        env.git(&a, &["rev-parse", "synced/git-annex"]).stdout(),
+        annex
+    );
+    env.git(&a, &["update-ref", "refs/heads/synced/main", "main"])
+        .assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(env.git(&a, &["rev-parse", "synced/main"]).stdout(), head);
+}
+
+/// Pushes to plain local clones and bare repositories are written straight in: the result is
+/// what `git push` leaves (refs, reflogs, remote-tracking refs, a sound repository), without
+/// running it; a remote with a hook still gets a real `git push`, so the hook runs.
+#[test]
+fn pushes_to_plain_local_remotes_match_git_push_and_hooks_still_run() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
+        .assert_ok();
+    let hub = env.path("hub.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hooked.git"])
+        .assert_ok();
+    let hooked = env.path("hooked.git");
+    let hook = hooked.join("hooks/post-receive");
+    std::fs::write(&hook, "#!/bin/sh\ncat >> received\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    env.git(&b, &["remote", "add", "hub", "../hub.git"])
+        .assert_ok();
+    env.git(&b, &["remote", "add", "hooked", "../hooked.git"])
+        .assert_ok();
+    add_committed(&env, &b, "from-b", "b\n");
+    let (r, trace) = traced_sync(&env, &b, "t1");
+    r.assert_ok();
+    let pushes: Vec<&str> = trace.lines().filter(|l| l.contains("git push ")).collect();
+    assert!(
+        pushes.len() == 1 && pushes[0].contains(" hooked "),
+        "only the hooked remote is pushed with git push: {pushes:?}"
+    );
+    let hooked_log = std::fs::read_to_string(hooked.join("received")).unwrap();
+    assert!(
+        hooked_log.contains("refs/heads/synced/main"),
+        "{hooked_log}"
+    );
+    let rev = |d: &Path, r: &str| env.git(d, &["rev-parse", "--verify", "-q", r]).stdout();
+    let (head, annex) = (rev(&b, "HEAD"), rev(&b, "git-annex"));
+    for d in [&a, &hub, &hooked] {
+        assert_eq!(rev(d, "refs/heads/synced/main"), head, "{}", d.display());
+        assert_eq!(
+            rev(d, "refs/heads/synced/git-annex"),
+            annex,
+            "{}",
+            d.display()
+        );
+        assert_eq!(rev(d, "refs/heads/git-annex"), annex, "{}", d.display());
+        env.git(d, &["fsck", "--strict", "--no-dangling"])
+            .assert_ok();
+    }
+    // The checked-out branch of the non-bare clone is left alone (git refuses that push); the
+    // bare repositories get it.
+    assert_ne!(rev(&a, "refs/heads/main"), head);
+    assert_eq!(rev(&hub, "refs/heads/main"), head);
+    assert_eq!(rev(&hooked, "refs/heads/main"), head);
+    // a keeps reflogs (a clone logs ref updates), as after a real push.
+    let log = env
+        .git(
+            &a,
+            &[
+                "reflog",
+                "show",
+                "--format=%H %gs",
+                "refs/heads/synced/main",
+            ],
+        )
+        .stdout();
+    assert!(log.starts_with(&format!("{} push", head.trim())), "{log}");
+    // Our remote-tracking refs follow, as after git push.
+    for remote in ["origin", "hub", "hooked"] {
+        assert_eq!(
+            rev(&b, &format!("refs/remotes/{remote}/synced/main")),
+            head,
+            "{remote}"
+        );
+    }
+    // a's work tree can take what b pushed.
+    env.ferry(&a, &["sync"]).assert_ok();
+    assert!(a.join("from-b").symlink_metadata().is_ok());
+    env.annex(&a, &["fsck", "--fast", "--quiet"]).assert_ok();
+}
+
+/// A sync ref on the remote that is not behind ours (a conflict sync could not merge) is never
+/// overwritten: the push is refused and reported, as with git push.
+#[test]
+fn a_sync_ref_that_is_not_behind_is_never_overwritten() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    for (d, text) in [(&a, "a's line\n"), (&b, "b's line\n")] {
+        write(d, "plain.txt", text);
+        env.git(d, &["add", "plain.txt"]).assert_ok();
+        env.git(d, &["commit", "-qm", text]).assert_ok();
+    }
+    env.git(&a, &["update-ref", "refs/heads/synced/main", "main"])
+        .assert_ok();
+    let theirs = env.git(&a, &["rev-parse", "synced/main"]).stdout();
+    let r = env.ferry(&b, &["sync", "--json"]);
+    r.assert_fails();
+    let j = &r.json_lines()[0];
+    assert_eq!(j["remotes"][0]["pushed"], "failed", "{j}");
+    assert_eq!(env.git(&a, &["rev-parse", "synced/main"]).stdout(), theirs);
+}
+
+/// Two remotes, one a step ahead of the other; that step conflicts here with a file git-annex
+/// does not resolve. The merge of the newer one is undone, and the older one, which it
+/// contains, is still merged on its own.
+#[test]
+fn when_a_merge_is_undone_the_commits_it_contains_are_still_merged() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    add_committed(&env, &a, "seed", "s\n");
+    write(&a, "plain.txt", "base\n");
+    env.git(&a, &["add", "plain.txt"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "plain"]).assert_ok();
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    add_committed(&env, &b, "from-b", "b\n");
+    let older = env.git(&b, &["rev-parse", "HEAD"]).stdout();
+    env.git(env.tmp.path(), &["clone", "-q", "b", "b2"])
+        .assert_ok();
+    let b2 = env.path("b2");
+    env.ferry(&b2, &["init", "b2"]).assert_ok();
+    write(&b2, "plain.txt", "b2's line\n");
+    env.git(&b2, &["commit", "-qam", "b2"]).assert_ok();
+    let newer = env.git(&b2, &["rev-parse", "HEAD"]).stdout();
+    write(&a, "plain.txt", "a's line\n");
+    env.git(&a, &["commit", "-qam", "a"]).assert_ok();
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    env.git(&a, &["remote", "add", "b2", "../b2"]).assert_ok();
+    let r = env.ferry(&a, &["sync", "--json"]);
+    r.assert_fails();
+    let is_ancestor = |c: &str| {
+        env.git(&a, &["merge-base", "--is-ancestor", c.trim(), "HEAD"])
+            .ok()
+    };
+    assert!(is_ancestor(&older), "b's commit is merged\n{}", r.stdout());
+    assert!(!is_ancestor(&newer), "b2's conflicting one is not");
+    assert!(a.join("from-b").symlink_metadata().is_ok());
+    assert_eq!(
+        std::fs::read_to_string(a.join("plain.txt")).unwrap(),
+        "a's line\n"
+    );
+}
+
+/// A bare hub whose branch went its own way (a commit that does not merge here): the sync ref
+/// still lands there, and the branch is left as it is, as `git push` would leave it.
+#[test]
+fn a_diverged_branch_on_a_bare_remote_is_left_alone_while_the_sync_ref_lands() {
+    let env = Env::new();
+    let (a, b) = synced_pair(&env);
+    write(&b, "plain.txt", "base\n");
+    env.git(&b, &["add", "plain.txt"]).assert_ok();
+    env.git(&b, &["commit", "-qm", "plain"]).assert_ok();
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
+        .assert_ok();
+    let hub = env.path("hub.git");
+    env.git(&b, &["remote", "add", "hub", "../hub.git"])
+        .assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    // Someone pushes a conflicting main straight to the hub.
+    env.git(env.tmp.path(), &["clone", "-q", "hub.git", "other"])
+        .assert_ok();
+    let other = env.path("other");
+    env.git(&other, &["checkout", "-q", "main"]).assert_ok();
+    write(&other, "plain.txt", "other's line\n");
+    env.git(&other, &["commit", "-qam", "other"]).assert_ok();
+    env.git(&other, &["push", "-q", "origin", "main"])
+        .assert_ok();
+    let theirs = env.git(&hub, &["rev-parse", "main"]).stdout();
+    write(&b, "plain.txt", "b's line\n");
+    env.git(&b, &["commit", "-qam", "b"]).assert_ok();
+    add_committed(&env, &b, "more", "m\n");
+    let (r, trace) = traced_sync(&env, &b, "t1");
+    // The merge of the hub's main conflicts (not annexed): reported, undone.
+    r.assert_fails();
+    let j = &r.json_lines()[0];
+    let hub_report = j["remotes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["remote"] == "hub")
+        .unwrap()
+        .clone();
+    assert_eq!(hub_report["pushed"], "ok", "{j}");
+    assert!(!trace.contains("git push "), "{trace}");
+    let head = env.git(&b, &["rev-parse", "HEAD"]).stdout();
+    assert_eq!(env.git(&hub, &["rev-parse", "synced/main"]).stdout(), head);
+    assert_eq!(env.git(&hub, &["rev-parse", "main"]).stdout(), theirs);
+    env.git(&hub, &["fsck", "--strict", "--no-dangling"])
+        .assert_ok();
+    let _ = a;
 }

@@ -400,69 +400,117 @@ impl Branch {
         self.ensure_exists()?;
         // Pending journal entries first, so they are part of the base the merge unions with.
         self.commit(Some(lock), "update")?;
-        let mut tip = self.git.rev_parse(BRANCH)?.unwrap_or_default();
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(tip) = self.git.rev_parse(BRANCH)? else {
+            return Err(Error::Protocol("the git-annex branch is missing".into()));
+        };
+        // The refs ours does not contain yet, with their commits, in one call; whether ours is
+        // simply behind, in one more: however many clones sent something, a handful of git
+        // calls in all.
+        let mut args = vec![
+            "for-each-ref".to_string(),
+            "--format=%(refname) %(objectname) %(objecttype)".into(),
+            format!("--no-merged={tip}"),
+        ];
+        args.extend(refs.iter().cloned());
+        let listed = self.git.run_str(&args)?;
         let mut merged_names = Vec::new();
         let mut parents: Vec<String> = Vec::new();
-        let mut changes: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for r in refs {
-            let Some(sha) = self.git.rev_parse(&format!("{r}^{{commit}}"))? else {
+        for line in listed.lines() {
+            let mut it = line.rsplitn(3, ' ');
+            let (Some("commit"), Some(sha), Some(name)) = (it.next(), it.next(), it.next()) else {
                 continue;
             };
-            if sha == tip || self.is_ancestor(&sha, &tip)? || parents.contains(&sha) {
+            // Patterns also match refs below a name: only the refs asked for count.
+            if !refs.iter().any(|r| r == name) {
                 continue;
             }
-            merged_names.push(r.clone());
-            if parents.is_empty() && changes.is_empty() && self.is_ancestor(&tip, &sha)? {
-                // Fast-forward, moving the ref only if it is still where we saw it.
-                self.git.run([
-                    "update-ref",
-                    "-m",
-                    "fast-forward git-annex",
-                    BRANCH,
-                    &sha,
-                    &tip,
-                ])?;
-                tip = sha;
-                continue;
+            merged_names.push(name.to_string());
+            if !parents.iter().any(|p| p == sha) {
+                parents.push(sha.to_string());
             }
-            let diff = self.git.run([
-                "diff-tree",
-                "-z",
-                "-r",
-                "--no-renames",
-                "--no-commit-id",
-                &tip,
-                &sha,
-            ])?;
-            let mut paths = Vec::new();
-            let mut it = diff.split(|&b| b == 0);
-            while let (Some(meta), Some(path)) = (it.next(), it.next()) {
-                // ":<mode> <mode> <sha> <sha> <status>"; D means only we have it: keep ours.
-                if meta.last() != Some(&b'D') && !path.is_empty() {
-                    paths.push(path.to_vec());
-                }
-            }
-            let revs = |base: &str| -> Vec<Vec<u8>> {
-                paths
-                    .iter()
-                    .map(|p| [format!("{base}:").into_bytes(), p.clone()].concat())
-                    .collect()
-            };
-            let theirs = crate::git::cat_many(&self.git, &revs(&sha))?;
-            let ours = crate::git::cat_many(&self.git, &revs(&tip))?;
-            for ((path, theirs), ours) in paths.into_iter().zip(theirs).zip(ours) {
-                let Some((_, theirs)) = theirs else { continue };
-                let base = changes.get(&path).cloned().or(ours.map(|(_, d)| d));
-                let new = match base {
-                    Some(b) => union_lines(&b, &theirs),
-                    None => theirs,
-                };
-                changes.insert(path, new);
-            }
-            parents.push(sha);
         }
         if parents.is_empty() {
             return Ok(merged_names);
+        }
+        let mut args = vec!["merge-base", "--independent", tip.as_str()];
+        args.extend(parents.iter().map(String::as_str));
+        let independent = self.git.run_str(&args)?;
+        if let [newest] = independent.lines().collect::<Vec<_>>()[..]
+            && newest != tip
+        {
+            // One of theirs contains ours and all the others: fast-forward, moving the ref
+            // only if it is still where we saw it.
+            self.git.run([
+                "update-ref",
+                "-m",
+                "fast-forward git-annex",
+                BRANCH,
+                newest,
+                &tip,
+            ])?;
+            return Ok(merged_names);
+        }
+        // What each of theirs changed from ours (one diff-tree for all), then both sides' files
+        // in one cat-file. D means only we have it: keep ours.
+        let mut input = String::new();
+        for p in &parents {
+            input.push_str(&format!("{p} {tip}\n"));
+        }
+        let diff = self.git.run_with_input(
+            ["diff-tree", "--stdin", "-z", "-r", "--no-renames"],
+            input.as_bytes(),
+        )?;
+        let mut changed: Vec<(usize, Vec<u8>)> = Vec::new(); // (parent, path)
+        let mut current: Option<usize> = None;
+        let mut it = diff.split(|&b| b == 0).filter(|t| !t.is_empty());
+        while let Some(tok) = it.next() {
+            if tok[0] != b':' {
+                // The header naming the commit whose diff follows.
+                current = parents.iter().position(|p| p.as_bytes() == tok);
+                if current.is_none() {
+                    return Err(Error::Protocol(format!(
+                        "unexpected git diff-tree output {:?}",
+                        String::from_utf8_lossy(tok)
+                    )));
+                }
+                continue;
+            }
+            let (Some(path), Some(i)) = (it.next(), current) else {
+                return Err(Error::Protocol("truncated git diff-tree output".into()));
+            };
+            if tok.last() != Some(&b'D') {
+                changed.push((i, path.to_vec()));
+            }
+        }
+        let paths: BTreeSet<&Vec<u8>> = changed.iter().map(|(_, p)| p).collect();
+        let paths: Vec<&Vec<u8>> = paths.into_iter().collect();
+        let rev =
+            |base: &str, path: &[u8]| [format!("{base}:").into_bytes(), path.to_vec()].concat();
+        let mut revs: Vec<Vec<u8>> = changed.iter().map(|(i, p)| rev(&parents[*i], p)).collect();
+        revs.extend(paths.iter().map(|p| rev(&tip, p)));
+        let mut blobs = crate::git::cat_many(&self.git, &revs)?.into_iter();
+        let theirs: Vec<Option<crate::git::Object>> = blobs.by_ref().take(changed.len()).collect();
+        let ours: BTreeMap<&Vec<u8>, Vec<u8>> = paths
+            .iter()
+            .zip(blobs)
+            .filter_map(|(p, o)| o.map(|(_, d)| (*p, d)))
+            .collect();
+        let mut changes: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        // Tip by tip, in the order of the refs, as one union per file.
+        for ((_, path), theirs) in changed.iter().zip(theirs) {
+            let Some((_, theirs)) = theirs else { continue };
+            let base = changes
+                .get(path)
+                .cloned()
+                .or_else(|| ours.get(path).cloned());
+            let new = match base {
+                Some(b) => union_lines(&b, &theirs),
+                None => theirs,
+            };
+            changes.insert(path.clone(), new);
         }
         let message = format!("merging {} into git-annex", merged_names.join(" "));
         let ident = self.committer_ident()?;
@@ -485,18 +533,6 @@ impl Branch {
             }
             Err(e) => Err(e),
         }
-    }
-
-    fn is_ancestor(&self, a: &str, b: &str) -> Result<bool> {
-        let st = self
-            .git
-            .command(["merge-base", "--is-ancestor", a, b])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map_err(|e| Error::GitMissing(e.to_string()))?;
-        Ok(st.success())
     }
 
     /// Sibling `git-annex` refs (as `git show-ref git-annex`) with something not in ours yet.
@@ -753,6 +789,114 @@ mod tests {
         assert_eq!(again[7].as_deref(), Some(&b"changed\n"[..]));
         assert_eq!(again[..7], many[..7]);
         assert_eq!(again[8..], many[8..]);
+    }
+
+    /// A commit on `parent` with `files` (path, content) added or replaced, made with git.
+    fn commit_on(dir: &std::path::Path, parent: &str, files: &[(&str, &str)]) -> String {
+        let index = dir.join(".git/test-index");
+        let git = |args: &[&str], input: &str| -> String {
+            let mut c = std::process::Command::new("git");
+            c.args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .current_dir(dir)
+                .env("GIT_INDEX_FILE", &index)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "git {args:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        git(&["read-tree", parent], "");
+        for (path, content) in files {
+            let blob = git(&["hash-object", "-w", "--stdin"], content);
+            git(
+                &[
+                    "update-index",
+                    "--add",
+                    "--cacheinfo",
+                    &format!("100644,{blob},{path}"),
+                ],
+                "",
+            );
+        }
+        let tree = git(&["write-tree"], "");
+        let _ = std::fs::remove_file(&index);
+        git(&["commit-tree", &tree, "-p", parent, "-m", "theirs"], "")
+    }
+
+    #[test]
+    fn incoming_branches_are_union_merged_in_one_commit_or_fast_forwarded() {
+        let d = tempfile::tempdir().unwrap();
+        let (repo, _) =
+            crate::repo::Repo::init(d.path(), None, "test", &Default::default()).unwrap();
+        let b = &repo.branch;
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(d.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        let lock = b.lock_journal().unwrap();
+        let base: BTreeMap<Vec<u8>, Vec<u8>> = [(b"a.log".to_vec(), b"1 x\n".to_vec())].into();
+        b.commit_changes(&lock, &base, &mut std::iter::empty(), "test")
+            .unwrap();
+        let tip0 = git(&["rev-parse", BRANCH]);
+        // Two clones changed the same log and others; a third went on from the first; one
+        // more ref holds what we already have.
+        let r1 = commit_on(
+            d.path(),
+            &tip0,
+            &[("a.log", "1 x\n2 y\n"), ("b.log", "b\n")],
+        );
+        let r2 = commit_on(
+            d.path(),
+            &tip0,
+            &[("a.log", "1 x\n3 z\n"), ("c.log", "c\n")],
+        );
+        let r3 = commit_on(d.path(), &r1, &[("d.log", "d\n")]);
+        for (name, sha) in [("one", &r1), ("two", &r2), ("three", &r3), ("old", &tip0)] {
+            git(&["update-ref", &format!("refs/remotes/{name}/git-annex"), sha]);
+        }
+        let siblings = b.sibling_refs().unwrap();
+        assert_eq!(siblings.len(), 3, "{siblings:?}");
+        let mut merged = b.merge_refs(&lock, &siblings).unwrap();
+        merged.sort();
+        assert_eq!(
+            merged,
+            ["one", "three", "two"].map(|n| format!("refs/remotes/{n}/git-annex"))
+        );
+        let tip = git(&["rev-parse", BRANCH]);
+        for r in [&r1, &r2, &r3, &tip0] {
+            git(&["merge-base", "--is-ancestor", r, &tip]);
+        }
+        assert_eq!(
+            git(&["rev-list", "--count", &format!("{tip0}..{tip}"), "--merges"]),
+            "1"
+        );
+        let read = |p: &str| git(&["cat-file", "blob", &format!("{tip}:{p}")]);
+        assert_eq!(read("a.log"), "1 x\n2 y\n3 z");
+        assert_eq!(
+            (read("b.log"), read("c.log"), read("d.log")),
+            ("b".into(), "c".into(), "d".into())
+        );
+        assert_eq!(
+            read("uuid.log"),
+            git(&["cat-file", "blob", &format!("{tip0}:uuid.log")])
+        );
+        assert!(b.sibling_refs().unwrap().is_empty());
+
+        // Theirs contains ours (and the other one): a fast-forward, no merge commit.
+        let r4 = commit_on(d.path(), &tip, &[("e.log", "e\n")]);
+        let r5 = commit_on(d.path(), &r4, &[("f.log", "f\n")]);
+        git(&["update-ref", "refs/remotes/one/git-annex", &r4]);
+        git(&["update-ref", "refs/remotes/two/git-annex", &r5]);
+        b.merge_refs(&lock, &b.sibling_refs().unwrap()).unwrap();
+        assert_eq!(git(&["rev-parse", BRANCH]), r5);
     }
 
     #[test]

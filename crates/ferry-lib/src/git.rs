@@ -162,15 +162,23 @@ impl Git {
     /// All configuration in one call (`git config --list -z`); later values win. Keys are as
     /// git prints them (section and variable lowercased, subsection as written).
     pub fn config_map(&self) -> Result<std::collections::HashMap<String, String>> {
+        Ok(self.config_entries()?.into_iter().collect())
+    }
+
+    /// All configuration entries in git's order, a multi-valued variable once per value (keys
+    /// as in [`Git::config_map`]).
+    pub fn config_entries(&self) -> Result<Vec<(String, String)>> {
         let out = self.run(["config", "--list", "-z"])?;
-        let mut m = std::collections::HashMap::new();
-        for rec in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
-            let rec = String::from_utf8_lossy(rec);
-            // No newline: a variable written without `=`, which git reads as true.
-            let (k, v) = rec.split_once('\n').unwrap_or((&rec, "true"));
-            m.insert(k.to_string(), v.to_string());
-        }
-        Ok(m)
+        Ok(out
+            .split(|&b| b == 0)
+            .filter(|r| !r.is_empty())
+            .map(|rec| {
+                let rec = String::from_utf8_lossy(rec);
+                // No newline: a variable written without `=`, which git reads as true.
+                let (k, v) = rec.split_once('\n').unwrap_or((&rec, "true"));
+                (k.to_string(), v.to_string())
+            })
+            .collect())
     }
 
     /// Refs matching `patterns` that are not reachable from `target` (one git call).
@@ -300,6 +308,173 @@ pub fn read_ref(git_dir: &Path, name: &str) -> Option<Option<String>> {
         return Some(None);
     }
     None
+}
+
+/// The git directory of the repository at a local path, as `git fetch` / `git push` to that
+/// path find it (`<path>/.git`, else `<path>` itself when bare), when its refs can be read from
+/// disk. `None` for anything else: a `.git` file (linked worktree, separate git dir), a symlink,
+/// a linked worktree's directory (`commondir`), the reftable backend, not a repository.
+pub fn local_git_dir(path: &Path) -> Option<PathBuf> {
+    let dotgit = path.join(".git");
+    let dir = match std::fs::symlink_metadata(&dotgit) {
+        Ok(m) if m.is_dir() => dotgit,
+        Ok(_) => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
+        Err(_) => return None,
+    };
+    let is = |name: &str, dir_wanted: bool| {
+        std::fs::symlink_metadata(dir.join(name))
+            .is_ok_and(|m| if dir_wanted { m.is_dir() } else { m.is_file() })
+    };
+    let plain = is("HEAD", false)
+        && is("refs", true)
+        && is("objects", true)
+        && !dir.join("commondir").exists()
+        && !dir.join("reftable").exists();
+    plain.then_some(dir)
+}
+
+/// Every ref whose name starts with one of `prefixes` (`refs/heads/`, ...), read from the files
+/// backend without running git: the loose files first, then `packed-refs`, the order git's
+/// own reader uses (a `pack-refs` running meanwhile makes a ref vanish, which reads as a
+/// change, never as an older value). Symbolic refs resolve to their target's value.
+/// `None` at the least doubt: a lock file (an update under way), a value that is not a SHA-1,
+/// a name git would not accept, a dangling symbolic ref, an unreadable file or an unknown
+/// `packed-refs` line, a linked worktree or reftable.
+pub fn read_refs(
+    git_dir: &Path,
+    prefixes: &[&str],
+) -> Option<std::collections::BTreeMap<String, String>> {
+    use std::collections::BTreeMap;
+    if git_dir.join("commondir").exists() || git_dir.join("reftable").exists() {
+        return None;
+    }
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    let mut symbolic: BTreeMap<String, String> = BTreeMap::new();
+    let wanted = |name: &str| prefixes.iter().any(|p| name.starts_with(p));
+    // Loose refs: walk each prefix's directory (prefixes end at a `/`; one inside another is
+    // walked once).
+    if prefixes
+        .iter()
+        .any(|p| !p.starts_with("refs/") || !p.ends_with('/'))
+    {
+        return None;
+    }
+    let mut dirs: Vec<String> = prefixes
+        .iter()
+        .filter(|p| !prefixes.iter().any(|q| q != *p && p.starts_with(q)))
+        .map(|p| p.trim_end_matches('/').to_string())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    while let Some(dir) = dirs.pop() {
+        let rd = match std::fs::read_dir(git_dir.join(&dir)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return None,
+        };
+        for ent in rd {
+            let ent = ent.ok()?;
+            let file = ent.file_name().into_string().ok()?;
+            let name = format!("{dir}/{file}");
+            if !valid_ref_name(&name) {
+                return None;
+            }
+            let ft = ent.file_type().ok()?;
+            if ft.is_dir() {
+                dirs.push(name);
+                continue;
+            }
+            if !ft.is_file() {
+                // A symlink (an old-style symbolic ref) or something stranger.
+                return None;
+            }
+            // A file listed but gone: a concurrent pack-refs or deletion; say "unsure".
+            let content = std::fs::read(ent.path()).ok()?;
+            let content = String::from_utf8(content).ok()?;
+            let content = content.trim_end();
+            match content.strip_prefix("ref: ") {
+                Some(target) if valid_ref_name(target) => {
+                    symbolic.insert(name, target.to_string());
+                }
+                Some(_) => return None,
+                None if is_sha1(content) => {
+                    values.insert(name, content.to_string());
+                }
+                None => return None,
+            }
+        }
+    }
+    // Then packed refs; a loose ref of the same name wins.
+    let mut packed: BTreeMap<String, String> = BTreeMap::new();
+    match std::fs::read(git_dir.join("packed-refs")) {
+        Ok(data) => {
+            for line in data.split(|&b| b == b'\n') {
+                if line.is_empty() || line[0] == b'#' {
+                    continue;
+                }
+                let line = std::str::from_utf8(line).ok()?;
+                if let Some(peeled) = line.strip_prefix('^') {
+                    if !is_sha1(peeled) {
+                        return None;
+                    }
+                    continue;
+                }
+                let (sha, name) = line.split_once(' ')?;
+                if !is_sha1(sha) || !valid_ref_name(name) {
+                    return None;
+                }
+                packed.insert(name.to_string(), sha.to_string());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(_) => return None,
+    }
+    for (name, sha) in &packed {
+        if wanted(name) && !values.contains_key(name) && !symbolic.contains_key(name) {
+            values.insert(name.clone(), sha.clone());
+        }
+    }
+    let resolve = |start: &str| -> Option<String> {
+        let mut t = start;
+        for _ in 0..5 {
+            match symbolic.get(t) {
+                Some(next) => t = next,
+                // A target outside the prefixes: its loose file was not read.
+                None => return values.get(t).filter(|_| wanted(t)).cloned(),
+            }
+        }
+        None
+    };
+    let resolved: Vec<(String, Option<String>)> = symbolic
+        .keys()
+        .map(|name| (name.clone(), resolve(name)))
+        .collect();
+    for (name, value) in resolved {
+        values.insert(name, value?);
+    }
+    Some(values)
+}
+
+fn is_sha1(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A full ref name git accepts (`git check-ref-format` rules, more strictly: no control
+/// characters, spaces or `~^:?*[\\`, no `..` or `@{`, no component starting with `.` or ending
+/// with `.lock`, no trailing `/` or `.`).
+fn valid_ref_name(name: &str) -> bool {
+    name.starts_with("refs/")
+        && !name.ends_with('/')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !name.contains("@{")
+        && !name
+            .bytes()
+            .any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b))
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock"))
 }
 
 fn describe(cmd: &Command) -> String {
@@ -532,6 +707,116 @@ mod tests {
         assert_eq!(read_ref(g, "refs/heads/old"), Some(Some(b)));
         assert_eq!(read_ref(g, "refs/heads/none"), Some(None));
         assert_eq!(read_ref(g, "HEAD^{tree}"), None, "not a plain ref: ask git");
+    }
+
+    /// Runs git in `dir` (no user config needed: identities are given).
+    fn git_in(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn all_refs_read_from_disk_are_what_git_lists() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        git_in(r, &["init", "-q"]);
+        for i in 0..3 {
+            git_in(r, &["commit", "-q", "--allow-empty", "-m", &i.to_string()]);
+            git_in(r, &["branch", &format!("b{i}")]);
+            git_in(r, &["branch", &format!("deep/er/b{i}")]);
+        }
+        git_in(r, &["tag", "-a", "-m", "annotated", "v1", "b0"]);
+        git_in(r, &["tag", "light", "b1"]);
+        git_in(r, &["update-ref", "refs/remotes/origin/main", "b2"]);
+        git_in(
+            r,
+            &[
+                "symbolic-ref",
+                "refs/remotes/origin/HEAD",
+                "refs/remotes/origin/main",
+            ],
+        );
+        // Some packed, then some moved again as loose refs over their packed value.
+        git_in(r, &["pack-refs", "--all"]);
+        git_in(r, &["update-ref", "refs/heads/b0", "b2"]);
+        git_in(r, &["branch", "new-loose", "b1"]);
+        let g = r.join(".git");
+        assert!(!g.join("refs/heads/b1").exists() && g.join("refs/heads/b0").exists());
+        let listed = |prefixes: &[&str]| -> BTreeMap<String, String> {
+            let mut args = vec!["for-each-ref", "--format=%(refname) %(objectname)"];
+            args.extend(prefixes);
+            git_in(r, &args)
+                .lines()
+                .map(|l| {
+                    let (n, v) = l.split_once(' ').unwrap();
+                    (n.to_string(), v.to_string())
+                })
+                .collect()
+        };
+        use std::collections::BTreeMap;
+        for prefixes in [
+            &["refs/"][..],
+            &["refs/heads/", "refs/tags/"],
+            &["refs/remotes/"],
+            &["refs/heads/deep/", "refs/heads/"],
+        ] {
+            assert_eq!(
+                read_refs(&g, prefixes).as_ref(),
+                Some(&listed(prefixes)),
+                "{prefixes:?}"
+            );
+        }
+        assert_eq!(local_git_dir(r), Some(g.clone()));
+        assert_eq!(
+            local_git_dir(&g),
+            Some(g.clone()),
+            "a git dir given as is (bare)"
+        );
+
+        // Doubts: an update under way, a dangling symbolic ref, a value that is not an id.
+        std::fs::write(g.join("refs/heads/b2.lock"), "x").unwrap();
+        assert_eq!(read_refs(&g, &["refs/heads/"]), None);
+        assert!(
+            read_refs(&g, &["refs/tags/"]).is_some(),
+            "only what is read counts"
+        );
+        std::fs::remove_file(g.join("refs/heads/b2.lock")).unwrap();
+        git_in(
+            r,
+            &["symbolic-ref", "refs/heads/dangling", "refs/heads/nowhere"],
+        );
+        assert_eq!(read_refs(&g, &["refs/heads/"]), None);
+        std::fs::remove_file(g.join("refs/heads/dangling")).unwrap();
+        std::fs::write(g.join("refs/heads/broken"), "not an id\n").unwrap();
+        assert_eq!(read_refs(&g, &["refs/heads/"]), None);
+        std::fs::remove_file(g.join("refs/heads/broken")).unwrap();
+        assert!(read_refs(&g, &["refs/heads/"]).is_some());
+
+        // Layouts left to git: a linked worktree (a .git file), reftable, not a repository.
+        let wt = d.path().join("wt");
+        git_in(r, &["worktree", "add", "-q", wt.to_str().unwrap(), "b1"]);
+        assert_eq!(local_git_dir(&wt), None);
+        assert_eq!(read_refs(&g.join("worktrees/wt"), &["refs/heads/"]), None);
+        let rt = d.path().join("rt");
+        git_in(d.path(), &["init", "-q", "--ref-format=reftable", "rt"]);
+        assert_eq!(local_git_dir(&rt), None);
+        assert_eq!(local_git_dir(&d.path().join("nothing")), None);
     }
 }
 

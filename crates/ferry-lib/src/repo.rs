@@ -232,7 +232,17 @@ impl Repo {
     /// config (as git-annex does for local remotes). Remotes that are not there are left alone.
     /// Returns the git config as it is afterwards (read again only if something was recorded).
     pub fn learn_local_remote_uuids(&self) -> Result<std::collections::HashMap<String, String>> {
-        let config = self.git.config_map()?;
+        Ok(self
+            .learn_local_remote_uuids_entries()?
+            .into_iter()
+            .collect())
+    }
+
+    /// [`Repo::learn_local_remote_uuids`], returning the config as entries in git's order
+    /// ([`Git::config_entries`]: a multi-valued variable once per value).
+    pub fn learn_local_remote_uuids_entries(&self) -> Result<Vec<(String, String)>> {
+        let entries = self.git.config_entries()?;
+        let config: std::collections::HashMap<String, String> = entries.iter().cloned().collect();
         let mut learned = false;
         for (k, url) in &config {
             let Some(name) = k
@@ -272,9 +282,9 @@ impl Repo {
             }
         }
         if learned {
-            return self.git.config_map();
+            return self.git.config_entries();
         }
-        Ok(config)
+        Ok(entries)
     }
 
     pub fn uuid(&self) -> &str {

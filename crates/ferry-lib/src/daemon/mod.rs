@@ -184,6 +184,8 @@ struct Settings {
     rescan_interval: Duration,
     hook: Option<String>,
     message: String,
+    /// The remotes as sync sees them (for the fetch check of a local remote that moved).
+    remotes: Vec<crate::ops::sync::Remote>,
 }
 
 impl Daemon {
@@ -498,7 +500,9 @@ impl Daemon {
 
 /// The daemon's settings, from git config (read again when `.git/config` changes).
 fn settings(repo: &Repo) -> Result<Settings> {
-    let config = repo.git.config_map()?;
+    let entries = repo.git.config_entries()?;
+    let remotes = crate::ops::sync::remotes_from(repo, &entries, &[])?;
+    let config: HashMap<String, String> = entries.into_iter().collect();
     let get = |k: &str| config.get(k).map(String::as_str);
     let flag = |k: &str, d: bool| crate::git::config_flag(&config, k, d);
     let secs = |k: &str, d: f64| {
@@ -540,6 +544,7 @@ fn settings(repo: &Repo) -> Result<Settings> {
             .filter(|h| !h.is_empty())
             .map(str::to_string),
         message: format!("git-annex in {desc}"),
+        remotes,
     })
 }
 
@@ -880,28 +885,12 @@ impl MainLoop {
         true
     }
 
-    /// Whether a local remote's branches differ from what this clone last fetched or pushed
-    /// there (its remote-tracking refs).
+    /// Whether a local remote's branches or tags differ from what this clone last fetched or
+    /// pushed there (its remote-tracking refs): the check `sync` makes before fetching.
     fn remote_differs(&self, remote: &str, git_dir: &std::path::Path) -> bool {
-        let list = |git: &crate::git::Git, prefix: &str| {
-            git.run_str([
-                "for-each-ref",
-                &format!(
-                    "--format=%(objectname) %(refname:strip={})",
-                    prefix.matches('/').count()
-                ),
-                prefix,
-            ])
-            .ok()
-        };
-        let theirs = list(&crate::git::Git::new(git_dir), "refs/heads/");
-        let ours = list(&self.repo.git, &format!("refs/remotes/{remote}/"));
-        match (theirs, ours) {
-            (Some(t), Some(o)) => {
-                let o: BTreeSet<&str> = o.lines().collect();
-                t.lines().any(|l| !o.contains(l))
-            }
-            _ => true,
+        match self.settings.remotes.iter().find(|r| r.name == remote) {
+            Some(r) => !crate::ops::sync::local_remote_unchanged(&self.repo, r, git_dir),
+            None => true,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod drop;
 pub mod explain;
 pub mod fsck;
 pub mod info;
+mod localpush;
 pub mod plan;
 pub mod sync;
 pub mod unlock;

@@ -12,6 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::repo::Repo;
+use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -75,10 +76,32 @@ pub(crate) struct Remote {
     cost: f64,
     /// For a local remote: its path, to tell "not there" from "broken".
     pub(crate) local_path: Option<PathBuf>,
+    /// `git fetch` and `git push` of this remote do nothing unusual: one URL and no push URL,
+    /// the default fetch refspec, no custom upload-pack / receive-pack, no remote helper, no
+    /// mirror, no tag pruning, no URL rewriting. Only then are a local remote's refs compared
+    /// on disk to skip a fetch or a push that would change nothing.
+    pub(crate) plain: bool,
+    /// Its fetch prunes remote-tracking refs (`remote.<name>.prune`, else `fetch.prune`).
+    prune: bool,
+    /// Its fetch follows tags (`tagOpt` is not `--no-tags`).
+    tags: bool,
 }
 
 pub(crate) fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
-    let config = repo.git.config_map()?;
+    remotes_from(repo, &repo.git.config_entries()?, only)
+}
+
+/// [`remotes`] from git config entries already read ([`crate::git::Git::config_entries`]).
+pub(crate) fn remotes_from(
+    repo: &Repo,
+    entries: &[(String, String)],
+    only: &[String],
+) -> Result<Vec<Remote>> {
+    let config: std::collections::HashMap<String, String> = entries.iter().cloned().collect();
+    let count = |key: &str| entries.iter().filter(|(k, _)| k == key).count();
+    let rewrites = entries.iter().any(|(k, _)| {
+        k.starts_with("url.") && (k.ends_with(".insteadof") || k.ends_with(".pushinsteadof"))
+    });
     let mut names: Vec<String> = config
         .keys()
         .filter_map(|k| {
@@ -93,32 +116,188 @@ pub(crate) fn remotes(repo: &Repo, only: &[String]) -> Result<Vec<Remote>> {
         if !only.is_empty() && !only.contains(&name) {
             continue;
         }
-        let cfg = |k: &str| -> Result<Option<String>> {
-            Ok(config
-                .get(&format!("remote.{name}.{}", k.to_ascii_lowercase()))
-                .cloned())
-        };
-        if only.is_empty() && cfg("annex-sync")?.as_deref() == Some("false") {
+        let key = |k: &str| format!("remote.{name}.{}", k.to_ascii_lowercase());
+        let cfg = |k: &str| config.get(&key(k)).cloned();
+        if only.is_empty() && cfg("annex-sync").as_deref() == Some("false") {
             continue;
         }
-        let url = cfg("url")?.unwrap_or_default();
+        let url = cfg("url").unwrap_or_default();
         let local_path = crate::remote::local_path(repo, &url);
         let ssh = url.starts_with("ssh://")
             || url.starts_with("git+ssh://")
             || (local_path.is_none() && !url.contains("://"));
+        let plain = !rewrites
+            && count(&key("url")) == 1
+            && count(&key("fetch")) == 1
+            && cfg("fetch").as_deref() == Some(&format!("+refs/heads/*:refs/remotes/{name}/*"))
+            && [
+                "pushurl",
+                "uploadpack",
+                "receivepack",
+                "vcs",
+                "mirror",
+                "prunetags",
+            ]
+            .iter()
+            .all(|k| count(&key(k)) == 0)
+            && !crate::git::config_flag(&config, "fetch.prunetags", false);
+        let prune = match config.get(&key("prune")) {
+            Some(_) => crate::git::config_flag(&config, &key("prune"), false),
+            None => crate::git::config_flag(&config, "fetch.prune", false),
+        };
         out.push(Remote {
             host: ssh.then(|| ssh_host(&url)),
             ssh,
-            readonly: cfg("annex-readonly")?.as_deref() == Some("true"),
-            cost: cfg("annex-cost")?
+            readonly: cfg("annex-readonly").as_deref() == Some("true"),
+            cost: cfg("annex-cost")
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(if local_path.is_some() { 100.0 } else { 200.0 }),
             local_path,
+            plain,
+            prune,
+            tags: cfg("tagopt").as_deref() != Some("--no-tags"),
             name,
         });
     }
     out.sort_by(|a, b| a.cost.total_cmp(&b.cost).then(a.name.cmp(&b.name)));
     Ok(out)
+}
+
+/// This clone's remote-tracking refs and tags, what a fetch compares with: from disk, else
+/// from one `git for-each-ref`. `None` if even that fails.
+fn tracking_refs(repo: &Repo) -> Option<BTreeMap<String, String>> {
+    if let Some(refs) = crate::git::read_refs(&repo.git_dir, &["refs/remotes/", "refs/tags/"]) {
+        return Some(refs);
+    }
+    let out = repo
+        .git
+        .run_str([
+            "for-each-ref",
+            "--format=%(objectname) %(refname)",
+            "refs/remotes/",
+            "refs/tags/",
+        ])
+        .ok()?;
+    Some(
+        out.lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(sha, name)| (name.to_string(), sha.to_string()))
+            .collect(),
+    )
+}
+
+/// A local remote's git directory and its branches and tags as `git fetch` would see them,
+/// read from disk. `None` when that is not certain (not a plain remote, an unusual layout, an
+/// update under way: see [`crate::git::read_refs`]).
+pub(crate) fn their_refs(r: &Remote) -> Option<(PathBuf, BTreeMap<String, String>)> {
+    if !r.plain {
+        return None;
+    }
+    let git_dir = crate::git::local_git_dir(r.local_path.as_ref()?)?;
+    let refs = crate::git::read_refs(&git_dir, &["refs/heads/", "refs/tags/"])?;
+    Some((git_dir, refs))
+}
+
+/// Whether `git fetch` of remote `r` would change nothing here: each of its branches is already
+/// our remote-tracking ref of the same name at the same commit, each of its tags (when the
+/// fetch follows tags) is a tag here with the same value, and, when the fetch prunes, we track
+/// no branch it no longer has. `theirs` holds its `refs/heads/` and `refs/tags/`, `ours` our
+/// `refs/remotes/` and `refs/tags/`.
+fn fetch_changes_nothing(
+    r: &Remote,
+    theirs: &BTreeMap<String, String>,
+    ours: &BTreeMap<String, String>,
+) -> bool {
+    let tracking = format!("refs/remotes/{}/", r.name);
+    let same = theirs.iter().all(|(name, sha)| {
+        if let Some(branch) = name.strip_prefix("refs/heads/") {
+            ours.get(&format!("{tracking}{branch}")) == Some(sha)
+        } else {
+            !r.tags || ours.get(name) == Some(sha)
+        }
+    });
+    let stale = r.prune
+        && ours.keys().any(|name| {
+            name.strip_prefix(&tracking).is_some_and(|branch| {
+                branch != "HEAD" && !theirs.contains_key(&format!("refs/heads/{branch}"))
+            })
+        });
+    same && !stale
+}
+
+/// Whether a fetch of local remote `r`, whose git directory is `git_dir`, would change nothing
+/// here: its refs, read from disk, are what this clone last fetched or pushed there (the check
+/// [`sync`] makes before fetching, for the daemon). False when unsure.
+pub(crate) fn local_remote_unchanged(repo: &Repo, r: &Remote, git_dir: &std::path::Path) -> bool {
+    if !r.plain {
+        return false;
+    }
+    let theirs = crate::git::read_refs(git_dir, &["refs/heads/", "refs/tags/"]);
+    match (theirs, tracking_refs(repo)) {
+        (Some(theirs), Some(ours)) => fetch_changes_nothing(r, &theirs, &ours),
+        _ => false,
+    }
+}
+
+/// Whether `git push` to local remote `r` (see [`push`]) would change nothing there: its sync
+/// refs and `git-annex` already hold our commits, and its `<branch>` either does too or is
+/// the branch checked out in its work tree, which a push is refused to update (a non-bare
+/// remote that says so in its config, with no `receive.denyCurrentBranch` anywhere). Read
+/// from disk; false when unsure.
+fn push_changes_nothing(
+    repo: &Repo,
+    r: &Remote,
+    branch: &str,
+    global: &std::collections::HashMap<String, String>,
+) -> bool {
+    let Some((git_dir, theirs)) = their_refs(r) else {
+        return false;
+    };
+    let (Ok(Some(head)), Ok(Some(annex))) = (
+        repo.git.rev_parse(&format!("refs/heads/{branch}")),
+        repo.git.rev_parse("refs/heads/git-annex"),
+    ) else {
+        return false;
+    };
+    let has = |name: &str, sha: &str| theirs.get(name).map(String::as_str) == Some(sha);
+    if !(has(&format!("refs/heads/synced/{branch}"), &head)
+        && has("refs/heads/synced/git-annex", &annex)
+        && has("refs/heads/git-annex", &annex))
+    {
+        return false;
+    }
+    if has(&format!("refs/heads/{branch}"), &head) {
+        return true;
+    }
+    // The branch differs: only a refused push leaves it so.
+    let refused = || -> Option<bool> {
+        let checked_out = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
+        if checked_out.trim_end() != format!("ref: refs/heads/{branch}") {
+            return Some(false);
+        }
+        let config: String = std::fs::read_to_string(git_dir.join("config"))
+            .ok()?
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let unusual = ["denycurrentbranch", "include", "worktree", "hookspath"];
+        // Its hooks would see the refused push: let it happen.
+        let hooks = std::fs::read_dir(git_dir.join("hooks"))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| !e.file_name().as_encoded_bytes().ends_with(b".sample"))
+            })
+            .unwrap_or(false);
+        Some(
+            config.contains("[core]")
+                && config.contains("bare=false")
+                && !hooks
+                && !unusual.iter().any(|u| config.contains(u))
+                && !global.keys().any(|k| unusual.iter().any(|u| k.contains(u))),
+        )
+    };
+    refused().unwrap_or(false)
 }
 
 pub(crate) fn current_branch(repo: &Repo) -> Result<String> {
@@ -216,8 +395,8 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     }
 
     // 2. Fetch every remote at once.
-    repo.learn_local_remote_uuids()?;
-    let all = remotes(repo, &opts.remotes)?;
+    let config = repo.learn_local_remote_uuids_entries()?;
+    let all = remotes_from(repo, &config, &opts.remotes)?;
     let net_git = match all.iter().any(|r| r.ssh) {
         true => match ssh_with_sharing(repo, opts.ssh_command.as_deref())? {
             Some(cmd) => repo.git.with_env("GIT_SSH_COMMAND", &cmd),
@@ -246,6 +425,23 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
         .iter()
         .map(|r| r.local_path.as_ref().is_none_or(|p| p.exists()))
         .collect();
+    // A local remote whose branches and tags, read from disk, are what we already have from it
+    // is not fetched: the fetch would change nothing (and costs a git, an upload-pack and a
+    // rev-list). Any doubt and it is fetched.
+    let ours = match all.iter().any(|r| r.plain && r.local_path.is_some()) {
+        true => tracking_refs(repo),
+        false => None,
+    };
+    let current: Vec<bool> = all
+        .iter()
+        .zip(&available)
+        .map(|(r, &there)| {
+            there
+                && ours.as_ref().is_some_and(|ours| {
+                    their_refs(r).is_some_and(|(_, theirs)| fetch_changes_nothing(r, &theirs, ours))
+                })
+        })
+        .collect();
     // One thread per host: remotes on the same ssh host are fetched one after another over the
     // shared connection (the first one opens it); different hosts and local remotes in parallel.
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
@@ -264,14 +460,14 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
         let handles: Vec<_> = groups
             .iter()
             .map(|(_, members)| {
-                let (all, available) = (&all, &available);
+                let (all, available, current) = (&all, &available, &current);
                 s.spawn(move || {
                     members
                         .iter()
                         .map(|&i| {
                             (
                                 i,
-                                if available[i] {
+                                if available[i] && !current[i] {
                                     git_try(net, &["fetch", "--quiet", &all[i].name])
                                 } else {
                                     Ok(())
@@ -310,6 +506,26 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     advance_synced(repo, &branch);
     let push_to: Vec<usize> = (0..all.len())
         .filter(|&i| reports[i].pulled == Outcome::Ok && !all[i].readonly)
+        .collect();
+    // A local remote that already has everything a push would send is not pushed to; the
+    // plainest local remotes get what is missing written straight in (ops/localpush.rs).
+    let global: std::collections::HashMap<String, String> = config.iter().cloned().collect();
+    let push_to: Vec<usize> = push_to
+        .into_iter()
+        .filter(|&i| !push_changes_nothing(repo, &all[i], &branch, &global))
+        .collect();
+    let local: Vec<(usize, &Remote)> = push_to
+        .iter()
+        .filter(|&&i| all[i].local_path.is_some())
+        .map(|&i| (i, &all[i]))
+        .collect();
+    let written = match repo.git.rev_parse("HEAD")? {
+        Some(_) => super::localpush::push_local(repo, &local, &branch, &config),
+        None => Vec::new(),
+    };
+    let push_to: Vec<usize> = push_to
+        .into_iter()
+        .filter(|i| !written.contains(i))
         .collect();
     for i in 0..all.len() {
         if all[i].readonly && reports[i].pulled == Outcome::Ok {
@@ -523,18 +739,50 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
             repo.git.refs_not_merged_into_ids("HEAD", &patterns)?
         }
     };
+    // Several refs often name one commit; and one may contain another (a clone that merged
+    // what a third one pushed): only the tips none of the others contains are merged, found in
+    // one call. Merging them brings the others along, unless a merge is undone; from then on
+    // each ref is checked against HEAD on its own, as it is merged.
     let mut seen = std::collections::HashSet::new();
-    for (c, sha) in candidates {
-        // Several refs often name one commit; and an earlier merge may already contain it.
-        if !seen.insert(sha.clone()) {
-            continue;
+    let candidates: Vec<(String, String)> = candidates
+        .into_iter()
+        .filter(|(_, sha)| seen.insert(sha.clone()))
+        .collect();
+    let independent: Option<std::collections::HashSet<String>> = match candidates.len() {
+        0 | 1 => None,
+        _ => {
+            let mut args = vec!["merge-base", "--independent"];
+            args.extend(candidates.iter().map(|(_, sha)| sha.as_str()));
+            repo.git
+                .run_str(&args)
+                .ok()
+                .map(|out| out.lines().map(str::to_string).collect())
         }
-        if seen.len() > 1
-            && !repo
-                .git
-                .refs_not_merged_into("HEAD", std::slice::from_ref(&c))?
-                .contains(&c)
-        {
+    };
+    let mut undone = false;
+    let mut queue: std::collections::VecDeque<(String, String)> = candidates.into();
+    let mut deferred = Vec::new();
+    let mut first = true;
+    while let Some((c, sha)) = queue.pop_front() {
+        let skip = match (&independent, undone) {
+            (Some(tips), false) => {
+                let contained = !tips.contains(&sha);
+                if contained {
+                    // Merged with the tip that contains it, unless that merge is undone.
+                    deferred.push((c.clone(), sha.clone()));
+                }
+                contained
+            }
+            _ => {
+                !first
+                    && !repo
+                        .git
+                        .refs_not_merged_into("HEAD", std::slice::from_ref(&c))?
+                        .contains(&c)
+            }
+        };
+        first = false;
+        if skip {
             continue;
         }
         // No rename detection: an annex link renamed to a variant name has the same blob as the
@@ -581,6 +829,10 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
                     continue;
                 }
                 Ok(false) => {
+                    if !undone {
+                        undone = true;
+                        queue.extend(deferred.drain(..));
+                    }
                     let _ = abort_merge(repo, started);
                     let _ = std::fs::remove_file(&marker);
                     report.errors.push(format!(
