@@ -67,6 +67,27 @@ pub struct Setting {
     pub from: Origin,
 }
 
+impl Setting {
+    /// The repository-wide value: the git-annex branch's log, else the (deprecated) git
+    /// config, else 1.
+    fn of(log: Option<u32>, config: Option<u32>) -> Setting {
+        match (log, config) {
+            (Some(n), _) => Setting {
+                n,
+                from: Origin::Log,
+            },
+            (None, Some(n)) => Setting {
+                n,
+                from: Origin::GitConfig,
+            },
+            (None, None) => Setting {
+                n: 1,
+                from: Origin::Default,
+            },
+        }
+    }
+}
+
 /// numcopies and mincopies that apply to a file (or to dropping a key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Need {
@@ -137,37 +158,11 @@ impl Global {
     }
 
     pub fn numcopies(&self) -> Setting {
-        match (self.numcopies_log, self.numcopies_config) {
-            (Some(n), _) => Setting {
-                n,
-                from: Origin::Log,
-            },
-            (None, Some(n)) => Setting {
-                n,
-                from: Origin::GitConfig,
-            },
-            (None, None) => Setting {
-                n: 1,
-                from: Origin::Default,
-            },
-        }
+        Setting::of(self.numcopies_log, self.numcopies_config)
     }
 
     pub fn mincopies(&self) -> Setting {
-        match (self.mincopies_log, self.mincopies_config) {
-            (Some(n), _) => Setting {
-                n,
-                from: Origin::Log,
-            },
-            (None, Some(n)) => Setting {
-                n,
-                from: Origin::GitConfig,
-            },
-            (None, None) => Setting {
-                n: 1,
-                from: Origin::Default,
-            },
-        }
+        Setting::of(self.mincopies_log, self.mincopies_config)
     }
 
     pub fn need(&self) -> Need {
