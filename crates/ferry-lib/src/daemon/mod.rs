@@ -1046,8 +1046,9 @@ impl Pusher {
         let st = self.state.entry(name.to_string()).or_default();
         st.in_flight = Some((Instant::now(), head));
         st.dirty = false;
-        let (tx, net, name, branch) = (
+        let (tx, repo, net, name, branch) = (
             self.self_tx.clone(),
+            self.repo.clone(),
             self.net.clone(),
             name.to_string(),
             branch.to_string(),
@@ -1062,7 +1063,7 @@ impl Pusher {
                         format!("{} is not there (not mounted?)", p.display()),
                         p,
                     ),
-                    _ => match crate::ops::sync::push(&net, &name, &branch) {
+                    _ => match crate::ops::sync::push_one(&repo, &net, &name, &branch) {
                         Ok(()) => PushResult::Ok,
                         Err(e) if e.contains("non-fast-forward") || e.contains("fetch first") => {
                             PushResult::Rejected(e)

@@ -589,6 +589,30 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
 /// One `git push` per remote: the sync refs (which must land), and best-effort direct pushes of
 /// the branch and `git-annex` (for bare repositories; a non-bare remote refuses a push to its
 /// checked-out branch, which is expected). Per-ref results come from `--porcelain`.
+/// Pushes to one remote as [`push`] does, writing straight into a plain local remote when
+/// it qualifies (ops/localpush.rs: no `git push` and its seven processes), else with
+/// `git push`. The daemon's pusher uses it after each commit.
+pub(crate) fn push_one(
+    repo: &Repo,
+    net: &crate::git::Git,
+    remote: &str,
+    branch: &str,
+) -> std::result::Result<(), String> {
+    if let Ok(config) = repo.git.config_entries()
+        && let Ok(all) = remotes_from(repo, &config, &[remote.to_string()])
+        && let Some(r) = all.iter().find(|r| r.name == remote)
+        && r.local_path.is_some()
+    {
+        let global: std::collections::HashMap<String, String> = config.iter().cloned().collect();
+        if push_changes_nothing(repo, r, branch, &global)
+            || !super::localpush::push_local(repo, &[(0, r)], branch, &config).is_empty()
+        {
+            return Ok(());
+        }
+    }
+    push(net, remote, branch)
+}
+
 pub(crate) fn push(
     net: &crate::git::Git,
     remote: &str,
