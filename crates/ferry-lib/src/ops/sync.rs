@@ -586,9 +586,6 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     Ok(report)
 }
 
-/// One `git push` per remote: the sync refs (which must land), and best-effort direct pushes of
-/// the branch and `git-annex` (for bare repositories; a non-bare remote refuses a push to its
-/// checked-out branch, which is expected). Per-ref results come from `--porcelain`.
 /// Pushes to one remote as [`push`] does, writing straight into a plain local remote when
 /// it qualifies (ops/localpush.rs: no `git push` and its seven processes), else with
 /// `git push`. The daemon's pusher uses it after each commit.
@@ -613,6 +610,9 @@ pub(crate) fn push_one(
     push(net, remote, branch)
 }
 
+/// One `git push` per remote: the sync refs (which must land), and best-effort direct pushes of
+/// the branch and `git-annex` (for bare repositories; a non-bare remote refuses a push to its
+/// checked-out branch, which is expected). Per-ref results come from `--porcelain`.
 pub(crate) fn push(
     net: &crate::git::Git,
     remote: &str,
