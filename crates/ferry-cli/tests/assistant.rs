@@ -480,6 +480,64 @@ fn partitioned_clones_both_edit_a_file_and_end_with_both_versions() {
 }
 
 #[test]
+fn a_conflict_between_files_in_git_is_left_to_the_user_and_retried_ever_more_slowly() {
+    // Text files kept in git (annex.largefiles=nothing) edited on both sides: like git-annex,
+    // the daemon does not resolve it. It undoes the merge (this clone's version stays, no
+    // conflict markers, no merge in progress), goes on committing, and tries the merge again
+    // after a wait that doubles each time.
+    let env = Env::new();
+    let (a, b) = pair(&env);
+    for d in [&a, &b] {
+        env.git(d, &["config", "annex.largefiles", "nothing"])
+            .assert_ok();
+    }
+    write(&a, "notes.txt", "base\n");
+    env.ferry(&a, &["add", "notes.txt"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "notes"]).assert_ok();
+    env.ferry(&b, &["sync"]).assert_ok();
+    write(&a, "notes.txt", "edited in a\n");
+    env.git(&a, &["commit", "-qam", "a's edit"]).assert_ok();
+    write(&b, "notes.txt", "edited in b\n");
+    env.git(&b, &["commit", "-qam", "b's edit"]).assert_ok();
+    assert!(
+        env.git(&b, &["cat-file", "-p", "HEAD:notes.txt"])
+            .stdout()
+            .contains("edited in b"),
+        "notes.txt is kept in git"
+    );
+    fast_retries(&env, &b);
+    let db = Daemon::start(&env, &b);
+    // The first failure waits 2 s, the second 4 s.
+    assert!(
+        wait_until(WAIT, || db.log_text().contains("trying again in 4 s")),
+        "{}",
+        db.log_text()
+    );
+    assert!(
+        db.log_text().contains("left to you (git merge "),
+        "{}",
+        db.log_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("notes.txt")).unwrap(),
+        "edited in b\n"
+    );
+    assert!(
+        !b.join(".git/MERGE_HEAD").exists(),
+        "no merge left in progress"
+    );
+    let text = env.ferry(&b, &["status"]).stdout();
+    assert!(text.contains("left to you"), "{text}");
+    // The daemon goes on: a new file is committed.
+    write(&b, "later.txt", "later\n");
+    assert!(
+        wait_until(WAIT, || committed(&env, &b, "later.txt")),
+        "{}",
+        db.log_text()
+    );
+}
+
+#[test]
 fn change_hook_runs_after_a_commit_and_a_push_with_the_event_in_its_environment() {
     let env = Env::new();
     let (a, _b) = pair(&env);

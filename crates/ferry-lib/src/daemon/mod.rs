@@ -305,6 +305,7 @@ impl Daemon {
             retry_paths: BTreeSet::new(),
             retry_at: None,
             merge_retry_at: None,
+            merge_failures: 0,
             periodic_rescan: None,
             merge_started: Instant::now(),
             last_commit: None,
@@ -629,6 +630,8 @@ struct MainLoop {
     retry_paths: BTreeSet<Vec<u8>>,
     retry_at: Option<Instant>,
     merge_retry_at: Option<Instant>,
+    /// Merges in a row that reported errors (their retries back off).
+    merge_failures: u32,
     periodic_rescan: Option<Instant>,
     merge_started: Instant,
     /// The last commit made here and its tree (saves asking git for HEAD's tree).
@@ -853,15 +856,26 @@ impl MainLoop {
         before: (Option<String>, Option<String>),
         report: crate::ops::sync::SyncReport,
     ) -> bool {
-        for e in &report.errors {
-            (self.log)(&format!("merge: {e}"));
-            self.problem(e.clone());
-        }
-        if !report.errors.is_empty() {
+        if report.errors.is_empty() {
+            self.merge_failures = 0;
+        } else {
             // E.g. a file being written here that the merge would overwrite: once it is
-            // closed and committed, the merge is tried again.
-            self.merge_retry_at =
-                Some(Instant::now() + self.settings.retry_base.max(Duration::from_secs(2)));
+            // closed and committed, the merge is tried again. A conflict left to the user
+            // (files kept in git) fails every time: the wait doubles, up to 10 minutes (a new
+            // push from that clone is merged at once anyway).
+            let base = self.settings.retry_base.max(Duration::from_secs(2));
+            let wait = base
+                .saturating_mul(1 << self.merge_failures.min(10))
+                .min(Duration::from_secs(600));
+            self.merge_failures += 1;
+            self.merge_retry_at = Some(Instant::now() + wait);
+            for e in &report.errors {
+                (self.log)(&format!(
+                    "merge: {e}; trying again in {} s",
+                    wait.as_secs_f64()
+                ));
+                self.problem(e.clone());
+            }
         }
         let after = self.heads();
         if after == before {
