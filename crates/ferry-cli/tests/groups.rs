@@ -26,19 +26,8 @@ fn net(groups: [&str; 3]) -> Net {
     write(&a, ".keep", "a first commit\n");
     env.git(&a, &["add", ".keep"]).assert_ok();
     env.git(&a, &["commit", "-qm", "start"]).assert_ok();
-    env.git(env.tmp.path(), &["clone", "-q", "--bare", "a", "t.git"])
-        .assert_ok();
-    let t = env.path("t.git");
-    env.annex(&t, &["init", "-q", "transfer"]).assert_ok();
-    env.git(&a, &["remote", "add", "t", "../t.git"]).assert_ok();
-    env.ferry(&a, &["sync"]).assert_ok();
-    let clone = |name: &str| {
-        env.git(env.tmp.path(), &["clone", "-q", "-o", "t", "t.git", name])
-            .assert_ok();
-        let d = env.path(name);
-        env.ferry(&d, &["init", name]).assert_ok();
-        d
-    };
+    let t = transfer_repo(&env, &a);
+    let clone = |name: &str| clone_of_transfer_repo(&env, name);
     let (b, c) = (clone("b"), clone("c"));
     for (d, g) in [(&a, groups[0]), (&b, groups[1]), (&c, groups[2])] {
         env.annex(d, &["group", ".", g]).assert_ok();

@@ -26,16 +26,6 @@ fn pair(env: &Env, files: &[(&str, &str)]) -> (PathBuf, PathBuf) {
     (a, b)
 }
 
-fn key(d: &Path, f: &str) -> String {
-    link_key(&d.join(f))
-}
-
-fn explain_json(env: &Env, d: &Path, f: &str) -> serde_json::Value {
-    let r = env.ferry(d, &["explain", "--json", f]);
-    r.assert_ok();
-    r.json_lines().remove(0)
-}
-
 #[test]
 fn gitattributes_numcopies_and_mincopies_refuse_drops_as_git_annex_does() {
     let env = Env::new();

@@ -22,12 +22,7 @@ fn hub() -> Hub {
     write(&a, "big/x.bin", "big, not for b\n");
     env.ferry(&a, &["add", "."]).assert_ok();
     env.git(&a, &["commit", "-qm", "files"]).assert_ok();
-    env.git(env.tmp.path(), &["clone", "-q", "--bare", "a", "t.git"])
-        .assert_ok();
-    let t = env.path("t.git");
-    env.annex(&t, &["init", "-q", "transfer"]).assert_ok();
-    env.git(&a, &["remote", "add", "t", "../t.git"]).assert_ok();
-    env.ferry(&a, &["sync"]).assert_ok();
+    let t = transfer_repo(&env, &a);
     for args in [
         &["group", ".", "client"][..],
         &["wanted", ".", "standard"],
@@ -41,29 +36,13 @@ fn hub() -> Hub {
     let out = r.stdout();
     assert!(out.contains("copy f.txt (to t) ok"), "{out}");
     assert!(out.contains("copy big/x.bin (to t) ok"), "{out}");
-    let clone = |name: &str| {
-        env.git(env.tmp.path(), &["clone", "-q", "-o", "t", "t.git", name])
-            .assert_ok();
-        let d = env.path(name);
-        env.ferry(&d, &["init", name]).assert_ok();
-        d
-    };
+    let clone = |name: &str| clone_of_transfer_repo(&env, name);
     let b = clone("b");
     env.annex(&b, &["group", ".", "client"]).assert_ok();
     env.annex(&b, &["wanted", ".", "standard and exclude=big/*"])
         .assert_ok();
     let c = clone("c");
     Hub { env, a, b, c, t }
-}
-
-fn key(d: &Path, f: &str) -> String {
-    link_key(&d.join(f))
-}
-
-fn explain_json(env: &Env, d: &Path, f: &str) -> serde_json::Value {
-    let r = env.ferry(d, &["explain", "--json", f]);
-    r.assert_ok();
-    r.json_lines().remove(0)
 }
 
 /// The wish of repository `name` ("here" or a remote) in `explain --json`.

@@ -10,9 +10,9 @@ fn out(r: &Run) -> String {
     r.assert_ok().stdout().trim_end_matches('\n').to_string()
 }
 
-#[test]
-fn wanted_group_groupwanted_round_trip_with_git_annex() {
-    let env = Env::new();
+/// A git-annex repository "repo" with one committed file, and its git-annex clone "other"
+/// (described "other desc"), known to it as remote `other` and synced once.
+fn annex_pair(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
     let d = env.annex_repo("repo");
     write(&d, "f", "x");
     env.git(&d, &["add", "f"]).assert_ok();
@@ -27,6 +27,13 @@ fn wanted_group_groupwanted_round_trip_with_git_annex() {
     env.git(&d, &["remote", "add", "other", clone.to_str().unwrap()])
         .assert_ok();
     env.annex(&d, &["sync", "-q", "other"]).assert_ok();
+    (d, clone)
+}
+
+#[test]
+fn wanted_group_groupwanted_round_trip_with_git_annex() {
+    let env = Env::new();
+    let (d, clone) = annex_pair(&env);
     let other_uuid = config(&env, &clone, "annex.uuid");
 
     // git-annex writes, ferry reads.
@@ -312,20 +319,7 @@ fn json(r: &Run) -> serde_json::Value {
 #[test]
 fn json_shows_and_sets_what_git_annex_stores() {
     let env = Env::new();
-    let d = env.annex_repo("repo");
-    write(&d, "f", "x");
-    env.git(&d, &["add", "f"]).assert_ok();
-    env.git(&d, &["commit", "-qm", "f"]).assert_ok();
-    let clone = env.path("other");
-    env.git(
-        &d,
-        &["clone", "-q", d.to_str().unwrap(), clone.to_str().unwrap()],
-    )
-    .assert_ok();
-    env.annex(&clone, &["init", "-q", "other desc"]).assert_ok();
-    env.git(&d, &["remote", "add", "other", clone.to_str().unwrap()])
-        .assert_ok();
-    env.annex(&d, &["sync", "-q", "other"]).assert_ok();
+    let (d, clone) = annex_pair(&env);
     let (here, other) = (
         config(&env, &d, "annex.uuid"),
         config(&env, &clone, "annex.uuid"),

@@ -362,28 +362,7 @@ fn conflicts_of_every_name_shape_get_git_annex_variant_names() {
     assert_clean(&env, &c);
 
     // The ferry clone resolves on its own; git-annex resolves a copy of it: the oracle.
-    env.git(&a, &["config", "remote.c.annex-sync", "false"])
-        .assert_ok();
-    let oracle = env.path("oracle");
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&a)
-        .arg(&oracle)
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    env.annex(&oracle, &["sync", "--quiet"]);
-    let r = env.ferry(&a, &["sync", "--json"]);
-    r.assert_ok();
-    assert_eq!(
-        r.json_lines()[0]["resolved"],
-        serde_json::json!(["refs/heads/synced/main"])
-    );
-    assert_eq!(
-        head_tree(&env, &a),
-        head_tree(&env, &oracle),
-        "ferry resolves to git-annex's tree"
-    );
+    resolves_as_git_annex_would(&env, &a, "ferry resolves to git-annex's tree");
     let names = head_names(&env, &a);
     assert_eq!(names, head_names(&env, &c), "the git-annex clone's names");
     for (f, prefix, suffix) in SHAPES {
@@ -705,6 +684,30 @@ fn a_push_refused_because_the_hub_moved_is_merged_and_retried() {
 
 /// `git ls-tree -r HEAD`: every path with its mode and blob (for annexed files: link or pointer,
 /// so the key), to compare whole trees.
+/// Ferry clone `a` (remote `c`, the git-annex clone, left out) resolves the conflict of its
+/// incoming `synced/main`; git-annex resolves a copy of `a` in the same state (the oracle):
+/// the two trees must be the same.
+fn resolves_as_git_annex_would(env: &Env, a: &Path, what: &str) {
+    env.git(a, &["config", "remote.c.annex-sync", "false"])
+        .assert_ok();
+    let oracle = env.path("oracle");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(a)
+        .arg(&oracle)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    env.annex(&oracle, &["sync", "--quiet"]);
+    let r = env.ferry(a, &["sync", "--json"]);
+    r.assert_ok();
+    assert_eq!(
+        r.json_lines()[0]["resolved"],
+        serde_json::json!(["refs/heads/synced/main"])
+    );
+    assert_eq!(head_tree(env, a), head_tree(env, &oracle), "{what}");
+}
+
 fn head_tree(env: &Env, d: &Path) -> String {
     env.git(d, &["ls-tree", "-r", "HEAD"]).stdout()
 }
@@ -849,27 +852,10 @@ fn independent_file_directory_resolution(ferry_has_file: bool, ferry_merges_firs
 
     // The ferry clone resolves what it has (not yet the git-annex clone's resolution); git-annex
     // resolves a copy of it in the same state: the oracle.
-    env.git(&a, &["config", "remote.c.annex-sync", "false"])
-        .assert_ok();
-    let oracle = env.path("oracle");
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&a)
-        .arg(&oracle)
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    env.annex(&oracle, &["sync", "--quiet"]);
-    let r = env.ferry(&a, &["sync", "--json"]);
-    r.assert_ok();
-    assert_eq!(
-        r.json_lines()[0]["resolved"],
-        serde_json::json!(["refs/heads/synced/main"])
-    );
-    assert_eq!(
-        head_tree(&env, &a),
-        head_tree(&env, &oracle),
-        "ferry resolves file against directory to git-annex's tree"
+    resolves_as_git_annex_would(
+        &env,
+        &a,
+        "ferry resolves file against directory to git-annex's tree",
     );
     let a_names = head_names(&env, &a);
     assert_resolved_as(

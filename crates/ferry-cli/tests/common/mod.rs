@@ -281,6 +281,18 @@ pub fn link_key(path: &Path) -> String {
     String::from_utf8_lossy(t.rsplit(|&b| b == b'/').next().unwrap()).into_owned()
 }
 
+/// The key of the annexed file `f` in repository `d` (from its link).
+pub fn key(d: &Path, f: &str) -> String {
+    link_key(&d.join(f))
+}
+
+/// `ferry explain --json f` in `d`: its one object.
+pub fn explain_json(env: &Env, d: &Path, f: &str) -> serde_json::Value {
+    let r = env.ferry(d, &["explain", "--json", f]);
+    r.assert_ok();
+    r.json_lines().remove(0)
+}
+
 /// Runs a child to completion and returns (output, peak RSS in KiB) from wait4.
 pub fn run_with_rss(mut cmd: Command) -> (std::process::ExitStatus, u64) {
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
@@ -405,4 +417,28 @@ pub fn has_key(d: &Path, key: &str) -> bool {
                 })
             })
         })
+}
+
+/// A bare git-annex repository `t.git` cloned from ferry repository `a` (described
+/// "transfer"), added to `a` as remote `t` and synced once.
+pub fn transfer_repo(env: &Env, a: &Path) -> std::path::PathBuf {
+    env.git(
+        env.tmp.path(),
+        &["clone", "-q", "--bare", a.to_str().unwrap(), "t.git"],
+    )
+    .assert_ok();
+    let t = env.path("t.git");
+    env.annex(&t, &["init", "-q", "transfer"]).assert_ok();
+    env.git(a, &["remote", "add", "t", "../t.git"]).assert_ok();
+    env.ferry(a, &["sync"]).assert_ok();
+    t
+}
+
+/// A ferry clone `name` of `t.git` (its remote `t`).
+pub fn clone_of_transfer_repo(env: &Env, name: &str) -> std::path::PathBuf {
+    env.git(env.tmp.path(), &["clone", "-q", "-o", "t", "t.git", name])
+        .assert_ok();
+    let d = env.path(name);
+    env.ferry(&d, &["init", name]).assert_ok();
+    d
 }

@@ -346,6 +346,16 @@ pub fn drop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drops `key` here under the repository's own numcopies and mincopies.
+    fn drop_now(repo: &Repo, remotes: &[Box<dyn Remote>], key: &Key) -> Result<bool> {
+        drop_here(
+            repo,
+            remotes,
+            &DropPolicy::load(repo, &[], true).unwrap(),
+            key,
+        )
+    }
     use crate::hash::{Backend, hash_file};
     use crate::remote::Progress;
     use crate::remote::memory::MemoryRemote;
@@ -398,14 +408,7 @@ mod tests {
         // Both remotes unreachable: nothing is proven, nothing is dropped.
         *m.unavailable.lock().unwrap() = Some("unplugged".into());
         *n.unavailable.lock().unwrap() = Some("unplugged".into());
-        let e = drop_here(
-            &repo,
-            &remotes,
-            &DropPolicy::load(&repo, &[], true).unwrap(),
-            &key,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = drop_now(&repo, &remotes, &key).unwrap_err().to_string();
         assert!(
             e.contains("unsafe to drop") && e.contains("unplugged"),
             "{e}"
@@ -414,26 +417,11 @@ mod tests {
         // The log says m has it, but it does not: still not proven.
         *m.unavailable.lock().unwrap() = None;
         m.objects.lock().unwrap().clear();
-        let e = drop_here(
-            &repo,
-            &remotes,
-            &DropPolicy::load(&repo, &[], true).unwrap(),
-            &key,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = drop_now(&repo, &remotes, &key).unwrap_err().to_string();
         assert!(e.contains("does not have it now"), "{e}");
         // n reachable and holding it: the drop goes ahead and the log says so.
         *n.unavailable.lock().unwrap() = None;
-        assert!(
-            drop_here(
-                &repo,
-                &remotes,
-                &DropPolicy::load(&repo, &[], true).unwrap(),
-                &key
-            )
-            .unwrap()
-        );
+        assert!(drop_now(&repo, &remotes, &key).unwrap());
         assert!(repo.store().find(&key).is_none());
         let log = repo.branch.location_log(&key).unwrap();
         assert_eq!(log.status_of(repo.uuid()), Some(Presence::Absent));
@@ -444,14 +432,7 @@ mod tests {
         let (_d, repo, key, m, n) = setup(b"more content\n");
         let remotes: Vec<Box<dyn Remote>> = vec![Box::new(m.clone()), Box::new(n.clone())];
         set_copies_log(&repo, "numcopies.log", 3).unwrap();
-        let e = drop_here(
-            &repo,
-            &remotes,
-            &DropPolicy::load(&repo, &[], true).unwrap(),
-            &key,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = drop_now(&repo, &remotes, &key).unwrap_err().to_string();
         assert!(e.contains("2 other copies verified, numcopies is 3"), "{e}");
         // A trusted repository counts without being reachable.
         let lock = repo.branch.lock_journal().unwrap();
@@ -472,25 +453,10 @@ mod tests {
         )
         .unwrap();
         // Untrusted n no longer counts: m + the trusted one = 2 < 3.
-        let e = drop_here(
-            &repo,
-            &remotes,
-            &DropPolicy::load(&repo, &[], true).unwrap(),
-            &key,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = drop_now(&repo, &remotes, &key).unwrap_err().to_string();
         assert!(e.contains("n is untrusted"), "{e}");
         set_copies_log(&repo, "numcopies.log", 2).unwrap();
-        assert!(
-            drop_here(
-                &repo,
-                &remotes,
-                &DropPolicy::load(&repo, &[], true).unwrap(),
-                &key
-            )
-            .unwrap()
-        );
+        assert!(drop_now(&repo, &remotes, &key).unwrap());
     }
 
     #[test]
