@@ -96,6 +96,30 @@ pub fn try_lock(path: &Path, kind: LockKind) -> Result<Option<Lock>> {
     }))
 }
 
+/// Whether anyone (ferry, or git-annex with a POSIX lock) holds a lock on `path`, asked
+/// without taking one (`F_OFD_GETLK`): a probe that took the lock, even shared and for a
+/// moment, would make a process that wants it exclusively at that moment fail.
+pub fn is_locked(path: &Path) -> Result<bool> {
+    let file = File::open(path)
+        .map_err(|e| Error::io(format!("opening lock file {}", path.display()), e))?;
+    // SAFETY: a zeroed flock is a valid value; every field we rely on is set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    fl.l_pid = 0; // required to be 0 for OFD locks
+    // SAFETY: fd is valid for the life of `file`, and `fl` is a valid flock.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if r != 0 {
+        return Err(Error::io(
+            format!("asking about the lock on {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(i32::from(fl.l_type) != libc::F_UNLCK)
+}
+
 /// Opens a lock file for repeated [`try_lock_file`] attempts (a waiter that keeps it open is
 /// visible in `/proc/<pid>/fd`, and does not reopen it every time).
 pub fn open_for_lock(path: &Path) -> Result<File> {
@@ -140,5 +164,31 @@ mod tests {
         let s2 = try_lock(&p, LockKind::Shared).unwrap();
         assert!(s1.is_some() && s2.is_some());
         assert!(try_lock(&p, LockKind::Exclusive).unwrap().is_none());
+    }
+
+    #[test]
+    fn asking_whether_a_file_is_locked_takes_no_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("daemon.pid");
+        std::fs::write(&p, "1\n").unwrap();
+        assert!(!is_locked(&p).unwrap());
+        // Asking holds nothing: an exclusive lock is still free to take, and while it is held
+        // the question sees it (shared holders too).
+        let held = try_lock(&p, LockKind::Exclusive).unwrap();
+        assert!(held.is_some());
+        assert!(is_locked(&p).unwrap());
+        drop(held);
+        let shared = try_lock(&p, LockKind::Shared).unwrap();
+        assert!(is_locked(&p).unwrap());
+        drop(shared);
+        assert!(!is_locked(&p).unwrap());
+        // git-annex's assistant holds a classic POSIX lock: seen as well.
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        // SAFETY: a zeroed flock is valid; fields set below; fd valid while `f` lives.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as _;
+        fl.l_whence = libc::SEEK_SET as _;
+        assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) }, 0);
+        assert!(is_locked(&p).unwrap());
     }
 }

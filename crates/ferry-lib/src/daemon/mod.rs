@@ -72,9 +72,9 @@ pub fn running_pid(repo: &Repo) -> Option<u32> {
     if !path.exists() {
         return None;
     }
-    match try_lock(&path, LockKind::Shared) {
-        Ok(Some(_)) => None,
-        Ok(None) => Some(
+    match crate::lock::is_locked(&path) {
+        Ok(false) => None,
+        Ok(true) => Some(
             std::fs::read_to_string(&path)
                 .ok()
                 .and_then(|s| s.trim().parse().ok())

@@ -6,7 +6,6 @@
 use crate::copies::Origin;
 use crate::daemon::status::TransferEntry;
 use crate::error::Result;
-use crate::lock::LockKind;
 use crate::ops::plan::{Planner, content_remotes};
 use crate::ops::whereis::Whereis;
 use crate::preferred::{FileInfo, Preferences};
@@ -391,11 +390,10 @@ fn list_transfers(
                         .map(|(_, n)| n.clone());
                     let mut lck = std::ffi::OsString::from("lck.");
                     lck.push(&kc);
-                    let busy = !is_failure
-                        && matches!(
-                            crate::lock::try_lock(&e.path().join(lck), LockKind::Shared),
-                            Ok(None)
-                        );
+                    // Asked without locking: a probe that took the lock could make the
+                    // transfer that is starting just then think it runs already.
+                    let busy =
+                        !is_failure && crate::lock::is_locked(&e.path().join(lck)).unwrap_or(false);
                     let rec = TransferRecord {
                         direction: if direction == "download" {
                             "download"
