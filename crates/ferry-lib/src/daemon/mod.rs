@@ -1024,18 +1024,22 @@ fn backoff(base: Duration, failures: u32) -> Duration {
 /// Where to push: the remotes (name, local path), read from git config at the first push and
 /// after config changes, and the branch, read at every push.
 struct Targets {
-    remotes: Vec<(String, Option<std::path::PathBuf>)>,
+    remotes: Vec<Arc<crate::ops::sync::Remote>>,
+    /// The git config entries they were read from (a push to a local remote checks them).
+    config: Arc<Vec<(String, String)>>,
     branch: String,
 }
 
 fn load_targets(repo: &Repo) -> Option<Targets> {
-    let remotes = crate::ops::sync::remotes(repo, &[]).ok()?;
+    let config = repo.git.config_entries().ok()?;
+    let remotes = crate::ops::sync::remotes_from(repo, &config, &[]).ok()?;
     Some(Targets {
         remotes: remotes
             .into_iter()
             .filter(|r| !r.readonly)
-            .map(|r| (r.name, r.local_path))
+            .map(Arc::new)
             .collect(),
+        config: Arc::new(config),
         branch: crate::ops::sync::current_branch(repo).ok()?,
     })
 }
@@ -1053,17 +1057,25 @@ struct Pusher {
 }
 
 impl Pusher {
-    fn start(&mut self, name: &str, local: Option<std::path::PathBuf>, branch: &str) {
+    fn start(
+        &mut self,
+        remote: &Arc<crate::ops::sync::Remote>,
+        config: &Arc<Vec<(String, String)>>,
+        branch: &str,
+    ) {
+        let name = remote.name.as_str();
         let Some(head) = self.repo.git.rev_parse("HEAD").ok().flatten() else {
             return; // nothing committed yet
         };
         let st = self.state.entry(name.to_string()).or_default();
         st.in_flight = Some((Instant::now(), head));
         st.dirty = false;
-        let (tx, repo, net, name, branch) = (
+        let (tx, repo, net, remote, config, name, branch) = (
             self.self_tx.clone(),
             self.repo.clone(),
             self.net.clone(),
+            remote.clone(),
+            config.clone(),
             name.to_string(),
             branch.to_string(),
         );
@@ -1072,12 +1084,12 @@ impl Pusher {
         let _ = std::thread::Builder::new()
             .name(format!("push {name}"))
             .spawn(move || {
-                let r = match local {
+                let r = match &remote.local_path {
                     Some(p) if !p.exists() => PushResult::Unavailable(
                         format!("{} is not there (not mounted?)", p.display()),
-                        p,
+                        p.clone(),
                     ),
-                    _ => match crate::ops::sync::push_one(&repo, &net, &name, &branch) {
+                    _ => match crate::ops::sync::push_one(&repo, &net, &remote, &config, &branch) {
                         Ok(()) => PushResult::Ok,
                         Err(e) if e.contains("non-fast-forward") || e.contains("fetch first") => {
                             PushResult::Rejected(e)
@@ -1264,11 +1276,11 @@ fn pusher(
         };
         // Start what is due.
         let now = Instant::now();
-        for (name, local) in &t.remotes {
-            let st = p.state.entry(name.clone()).or_default();
+        for r in &t.remotes {
+            let st = p.state.entry(r.name.clone()).or_default();
             st.dirty |= want_push;
             if st.dirty && st.in_flight.is_none() && st.next.is_none_or(|n| n <= now) {
-                p.start(name, local.clone(), &t.branch);
+                p.start(r, &t.config, &t.branch);
             }
         }
     }

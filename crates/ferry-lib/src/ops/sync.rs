@@ -588,26 +588,24 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
 
 /// Pushes to one remote as [`push`] does, writing straight into a plain local remote when
 /// it qualifies (ops/localpush.rs: no `git push` and its seven processes), else with
-/// `git push`. The daemon's pusher uses it after each commit.
+/// `git push`. The daemon's pusher uses it after each commit, with the remotes and `config`
+/// (git config entries) it read once.
 pub(crate) fn push_one(
     repo: &Repo,
     net: &crate::git::Git,
-    remote: &str,
+    r: &Remote,
+    config: &[(String, String)],
     branch: &str,
 ) -> std::result::Result<(), String> {
-    if let Ok(config) = repo.git.config_entries()
-        && let Ok(all) = remotes_from(repo, &config, &[remote.to_string()])
-        && let Some(r) = all.iter().find(|r| r.name == remote)
-        && r.local_path.is_some()
-    {
+    if r.local_path.is_some() {
         let global: std::collections::HashMap<String, String> = config.iter().cloned().collect();
         if push_changes_nothing(repo, r, branch, &global)
-            || !super::localpush::push_local(repo, &[(0, r)], branch, &config).is_empty()
+            || !super::localpush::push_local(repo, &[(0, r)], branch, config).is_empty()
         {
             return Ok(());
         }
     }
-    push(net, remote, branch)
+    push(net, &r.name, branch)
 }
 
 /// One `git push` per remote: the sync refs (which must land), and best-effort direct pushes of
