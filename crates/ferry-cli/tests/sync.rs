@@ -1228,6 +1228,11 @@ fn pushes_to_plain_local_remotes_match_git_push_and_hooks_still_run() {
         .assert_ok();
     env.git(&b, &["remote", "add", "hooked", "../hooked.git"])
         .assert_ok();
+    // Both bare repositories keep reflogs, to compare what each way of pushing logs.
+    for d in [&hub, &hooked] {
+        env.git(d, &["config", "core.logAllRefUpdates", "true"])
+            .assert_ok();
+    }
     add_committed(&env, &b, "from-b", "b\n");
     let (r, trace) = traced_sync(&env, &b, "t1");
     r.assert_ok();
@@ -1236,6 +1241,16 @@ fn pushes_to_plain_local_remotes_match_git_push_and_hooks_still_run() {
         pushes.len() == 1 && pushes[0].contains(" hooked "),
         "only the hooked remote is pushed with git push: {pushes:?}"
     );
+    // Nor is git run to move refs or to find what to send: ferry does both itself.
+    let helpers: Vec<&str> = trace
+        .lines()
+        .filter(|l| {
+            l.contains("built-in: git update-ref -m")
+                || l.contains("built-in: git rev-list --objects --ignore-missing")
+                || l.contains("built-in: git merge-base --independent")
+        })
+        .collect();
+    assert!(helpers.is_empty(), "{helpers:?}");
     let hooked_log = std::fs::read_to_string(hooked.join("received")).unwrap();
     assert!(
         hooked_log.contains("refs/heads/synced/main"),
@@ -1273,12 +1288,55 @@ fn pushes_to_plain_local_remotes_match_git_push_and_hooks_still_run() {
         )
         .stdout();
     assert!(log.starts_with(&format!("{} push", head.trim())), "{log}");
-    // Our remote-tracking refs follow, as after git push.
+    // hub's reflogs (written by ferry) say what hooked's (written by git push) say, but for
+    // the time: the same files, the same lines.
+    let logs = |d: &Path| -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut dirs = vec![d.join("logs")];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    dirs.push(e.path());
+                    continue;
+                }
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                let lines = text
+                    .lines()
+                    .map(|l| {
+                        // "<old> <new> <name> <email> <time> <zone>\t<message>"
+                        let (who, msg) = l.split_once('\t').unwrap_or((l, ""));
+                        let parts: Vec<&str> = who.rsplitn(3, ' ').collect();
+                        assert!(parts[1].parse::<u64>().is_ok(), "{l}");
+                        format!("{}\t{msg}", parts[2])
+                    })
+                    .collect();
+                let rel = e.path().strip_prefix(d).unwrap().display().to_string();
+                out.insert(rel, lines);
+            }
+        }
+        out
+    };
+    let hub_logs = logs(&hub);
+    assert!(
+        hub_logs.contains_key("logs/refs/heads/synced/main"),
+        "{hub_logs:?}"
+    );
+    assert!(hub_logs.contains_key("logs/HEAD"), "{hub_logs:?}");
+    assert_eq!(hub_logs, logs(&hooked));
+    // Our remote-tracking refs follow, as after git push, with the same reflog lines.
     for remote in ["origin", "hub", "hooked"] {
         assert_eq!(
             rev(&b, &format!("refs/remotes/{remote}/synced/main")),
             head,
             "{remote}"
+        );
+    }
+    let ours = logs(&b.join(".git"));
+    for r in ["synced/main", "synced/git-annex", "git-annex", "main"] {
+        assert_eq!(
+            ours[&format!("logs/refs/remotes/hub/{r}")],
+            ours[&format!("logs/refs/remotes/hooked/{r}")],
+            "{r}"
         );
     }
     // a's work tree can take what b pushed.

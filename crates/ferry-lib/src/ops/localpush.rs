@@ -19,7 +19,7 @@
 
 use super::sync::Remote;
 use crate::repo::Repo;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -43,6 +43,14 @@ struct Update {
     must: bool,
 }
 
+/// One ref for [`update_refs`] to move: its full name, its new value, and the value it must
+/// have now (`Some(None)`: it must not exist; `None`: any).
+struct RefMove {
+    name: String,
+    new: String,
+    expect: Option<Option<String>>,
+}
+
 /// What to do for one remote.
 struct Plan {
     /// Index into the caller's list.
@@ -54,6 +62,22 @@ struct Plan {
     updates: Vec<Update>,
     /// Refs that already hold our value there (name under `refs/heads/`, value).
     same: Vec<(String, String)>,
+    /// How its refs can be moved without a `git update-ref` process, if they can.
+    in_place: Option<InPlace>,
+    /// The ref its `HEAD` points to (whose updates git logs in `HEAD`'s reflog as well).
+    head_ref: Option<String>,
+}
+
+/// What moving a remote's refs ourselves needs to know to do what `git update-ref` run there
+/// would do: whether it creates reflogs for branches (`core.logAllRefUpdates`: true by default
+/// in a repository with a work tree, where it is also written in the config) or only appends
+/// to those that exist, and the committer identity its reflog lines would carry.
+#[derive(Clone)]
+struct InPlace {
+    create_logs: bool,
+    /// `Name <email>`; `None` when git would have to make one up (or the date is set in the
+    /// environment): then only a remote that writes no reflog line is done here.
+    ident: Option<String>,
 }
 
 /// Pushes our `branch` and `git-annex` to those of `remotes` (index, remote) that qualify, as
@@ -72,6 +96,9 @@ pub(crate) fn push_local(
     if repo.git_dir.join("shallow").exists() {
         return Vec::new();
     }
+    let outer = outer_config(&repo.git_dir, config);
+    let intents = intents_dir(&repo.git_dir);
+    clear_stale_locks(&intents);
     let (Ok(Some(head)), Ok(Some(annex))) = (
         repo.git.rev_parse(&format!("refs/heads/{branch}")),
         repo.git.rev_parse("refs/heads/git-annex"),
@@ -80,25 +107,52 @@ pub(crate) fn push_local(
     };
     let mut plans: Vec<Plan> = remotes
         .iter()
-        .filter_map(|&(at, r)| plan(at, r, branch, &head, &annex))
+        .filter_map(|&(at, r)| plan(at, r, branch, &head, &annex, outer.as_deref()))
         .collect();
 
-    // Fast-forwards, all at once: one `merge-base --independent` per side (our branch, our
-    // git-annex) for the old values of every remote; see `behind`.
-    for new in [&head, &annex] {
-        let olds: BTreeSet<&str> = plans
-            .iter()
-            .flat_map(|p| &p.updates)
-            .filter(|u| u.ff && u.new == *new)
-            .filter_map(|u| u.old.as_deref())
-            .collect();
-        if olds.is_empty() {
-            continue;
+    // What each remote lacks, and whether our commits descend from its old values: one walk
+    // per distinct set of what remotes have, in-process over one `cat-file --batch` (see
+    // `walk`); a walk that gives up leaves its group to `rev-list`, and an old value no walk
+    // reached is settled by `merge-base`.
+    let Some(mut store) = Store::open(&repo.git) else {
+        return Vec::new();
+    };
+    let mut walks: BTreeMap<BTreeSet<String>, Option<Walk>> = BTreeMap::new();
+    for p in plans.iter().filter(|p| !p.updates.is_empty()) {
+        if !walks.contains_key(&p.haves) {
+            let w = walk(&mut store, [&head, &annex], &p.haves);
+            walks.insert(p.haves.clone(), w);
         }
-        let (rejected, unsure) = behind(repo, new, &olds);
+    }
+    let reached = |p: &Plan, u: &Update| {
+        let side = usize::from(u.new != head);
+        match (walks.get(&p.haves), &u.old) {
+            (Some(Some(w)), Some(old)) => w.reached[side].contains(old),
+            _ => false,
+        }
+    };
+    // Fast-forwards not proven by a walk: one `merge-base --independent` per side (our
+    // branch, our git-annex) for those old values, both sides at the same time; see `behind`.
+    let sides: Vec<(&String, BTreeSet<String>)> = [&head, &annex]
+        .into_iter()
+        .map(|new| {
+            let olds: BTreeSet<String> = plans
+                .iter()
+                .flat_map(|p| p.updates.iter().map(move |u| (p, u)))
+                .filter(|(p, u)| u.ff && u.new == *new && !reached(p, u))
+                .filter_map(|(_, u)| u.old.clone())
+                .collect();
+            (new, olds)
+        })
+        .filter(|(_, olds)| !olds.is_empty())
+        .collect();
+    let verdicts = parallel(&sides, |(new, olds)| {
+        behind(repo, new, &olds.iter().map(String::as_str).collect())
+    });
+    for ((new, _), (rejected, unsure)) in sides.iter().zip(verdicts) {
         plans.retain_mut(|p| {
             let on_side = |u: &Update, set: &BTreeSet<String>| {
-                u.ff && u.new == *new && u.old.as_ref().is_some_and(|o| set.contains(o))
+                u.ff && u.new == **new && u.old.as_ref().is_some_and(|o| set.contains(o))
             };
             if p.updates
                 .iter()
@@ -112,21 +166,20 @@ pub(crate) fn push_local(
         });
     }
 
-    // The objects each remote lacks: one rev-list per distinct set of what remotes have.
-    let mut groups: BTreeMap<&BTreeSet<String>, Vec<usize>> = BTreeMap::new();
-    for (i, p) in plans.iter().enumerate() {
-        if !p.updates.is_empty() {
-            groups.entry(&p.haves).or_default().push(i);
-        }
-    }
-    let mut needs: Vec<Option<Vec<String>>> = vec![Some(Vec::new()); plans.len()];
-    for (haves, members) in &groups {
+    // Groups whose walk gave up: one rev-list each, all at once.
+    let unwalked: Vec<&BTreeSet<String>> = plans
+        .iter()
+        .filter(|p| !p.updates.is_empty() && matches!(walks.get(&p.haves), Some(None) | None))
+        .map(|p| &p.haves)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let lists = parallel(&unwalked, |haves| {
         let mut input = format!("{head}\n{annex}\n");
         for h in *haves {
             input.push_str(&format!("^{h}\n"));
         }
-        let ids: Option<Vec<String>> = repo
-            .git
+        repo.git
             .run_with_input(
                 ["rev-list", "--objects", "--ignore-missing", "--stdin"],
                 input.as_bytes(),
@@ -139,24 +192,33 @@ pub(crate) fn push_local(
                     .map(str::to_string)
                     .collect::<Vec<String>>()
             })
-            .filter(|ids| ids.len() <= MAX_OBJECTS);
-        for &m in members {
-            needs[m] = ids.clone();
-        }
-    }
+            .filter(|ids| ids.len() <= MAX_OBJECTS)
+    });
+    let listed: BTreeMap<&BTreeSet<String>, Option<Vec<String>>> =
+        unwalked.into_iter().zip(lists).collect();
+    let needs: Vec<Option<Vec<String>>> = plans
+        .iter()
+        .map(|p| match (walks.get(&p.haves), listed.get(&p.haves)) {
+            _ if p.updates.is_empty() => Some(Vec::new()),
+            (Some(Some(w)), _) => Some(w.ids.clone()),
+            (_, Some(ids)) => ids.clone(),
+            _ => None,
+        })
+        .collect();
     let wanted: BTreeSet<&String> = needs.iter().flatten().flatten().collect();
-    let objects = read_objects(repo, &wanted);
+    let objects = store.read_all(&wanted);
 
-    // Write, then move the refs: each remote on its own thread (its update-ref is a process).
+    let ours = repo.git_dir.clone();
+    // Write, then move the refs: each remote on its own thread.
     let done: Vec<bool> = std::thread::scope(|s| {
         let handles: Vec<_> = plans
             .iter()
             .zip(&needs)
             .map(|(p, need)| {
-                let objects = &objects;
+                let (objects, ours) = (&objects, &ours);
                 s.spawn(move || match (need, objects) {
                     _ if p.updates.is_empty() => true,
-                    (Some(ids), Some(objects)) => apply(p, ids, objects),
+                    (Some(ids), Some(objects)) => apply(p, ids, objects, ours),
                     _ => false,
                 })
             })
@@ -168,18 +230,48 @@ pub(crate) fn push_local(
     });
 
     // Our remote-tracking refs follow, as after `git push`.
-    let mut tracking = String::new();
+    let mut tracking: Vec<RefMove> = Vec::new();
     for (p, _) in plans.iter().zip(&done).filter(|(_, d)| **d) {
         let pushed = p.updates.iter().map(|u| (&u.name, &u.new));
         for (b, value) in p.same.iter().map(|(b, v)| (b, v)).chain(pushed) {
-            tracking.push_str(&format!("update refs/remotes/{}/{b} {value}\n", p.name));
+            tracking.push(RefMove {
+                name: format!("refs/remotes/{}/{b}", p.name),
+                new: value.clone(),
+                expect: None,
+            });
         }
     }
     if !tracking.is_empty() {
-        let _ = repo.git.run_with_input(
-            ["update-ref", "-m", "update by push", "--stdin"],
-            tracking.as_bytes(),
-        );
+        let ours = outer.as_deref().and_then(|outer| {
+            let local = simple_config(&std::fs::read(repo.git_dir.join("config")).ok()?)?;
+            let plain = crate::git::local_git_dir(repo.git_dir.parent()?)? == repo.git_dir;
+            plain.then(|| in_place(&local, outer, false)).flatten()
+        });
+        let head_ref = std::fs::read_to_string(repo.git_dir.join("HEAD")).ok();
+        let head_ref = head_ref
+            .as_deref()
+            .and_then(|h| h.trim_end().strip_prefix("ref: "));
+        let moved = ours.is_some_and(|how| {
+            update_refs(
+                &repo.git_dir,
+                &tracking,
+                &how,
+                head_ref,
+                "update by push",
+                &intents,
+            )
+            .unwrap_or(false)
+        });
+        if !moved {
+            let input: String = tracking
+                .iter()
+                .map(|m| format!("update {} {}\n", m.name, m.new))
+                .collect();
+            let _ = repo.git.run_with_input(
+                ["update-ref", "-m", "update by push", "--stdin"],
+                input.as_bytes(),
+            );
+        }
     }
     plans
         .iter()
@@ -189,8 +281,16 @@ pub(crate) fn push_local(
         .collect()
 }
 
-/// The plan for one remote, `None` when it is for `git push`.
-fn plan(at: usize, r: &Remote, branch: &str, head: &str, annex: &str) -> Option<Plan> {
+/// The plan for one remote, `None` when it is for `git push`. `outer`: the system and global
+/// git config (see [`outer_config`]), which git run in the remote would read too.
+fn plan(
+    at: usize,
+    r: &Remote,
+    branch: &str,
+    head: &str,
+    annex: &str,
+    outer: Option<&[(String, String)]>,
+) -> Option<Plan> {
     let path = r.local_path.as_ref()?;
     // Its branches and tags (what a fetch sees; `None` unless a plain remote, a known layout,
     // no update under way).
@@ -248,6 +348,7 @@ fn plan(at: usize, r: &Remote, branch: &str, head: &str, annex: &str) -> Option<
     let checked_out = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
     let checked_out = checked_out.trim_end().strip_prefix("ref: ");
 
+    let in_place = outer.and_then(|outer| in_place(&config, outer, bare));
     let mut p = Plan {
         at,
         name: r.name.clone(),
@@ -255,6 +356,8 @@ fn plan(at: usize, r: &Remote, branch: &str, head: &str, annex: &str) -> Option<
         haves: refs.values().cloned().collect(),
         updates: Vec::new(),
         same: Vec::new(),
+        in_place,
+        head_ref: checked_out.map(str::to_string),
     };
     // (name under refs/heads/, our value, forced, must land)
     let wanted = [
@@ -283,6 +386,20 @@ fn plan(at: usize, r: &Remote, branch: &str, head: &str, annex: &str) -> Option<
         });
     }
     Some(p)
+}
+
+/// `f` of each of `items`, each on its own thread (they run git), in order.
+fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() == 1 {
+        return vec![f(&items[0])];
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Which of `olds` are not ancestors of `new`: (surely not, unsure). One `merge-base
@@ -317,14 +434,48 @@ fn behind(repo: &Repo, new: &str, olds: &BTreeSet<&str>) -> (BTreeSet<String>, B
 
 /// Writes the objects `ids` into the remote, then runs its ref transaction. False if anything
 /// failed (the caller then pushes with git, which starts over and reports what is wrong).
-fn apply(p: &Plan, ids: &[String], objects: &BTreeMap<String, (String, Vec<u8>)>) -> bool {
+fn apply(
+    p: &Plan,
+    ids: &[String],
+    objects: &BTreeMap<String, (String, Vec<u8>)>,
+    ours: &Path,
+) -> bool {
     let objects_dir = p.git_dir.join("objects");
+    let (our_objects, intents) = (ours.join("objects"), intents_dir(ours));
     for id in ids {
         let Some((kind, data)) = objects.get(id) else {
             return false;
         };
-        if write_loose_object(&objects_dir, id, kind, data).is_err() {
+        if !link_loose_object(&our_objects, &objects_dir, id)
+            && write_loose_object(&objects_dir, id, kind, data).is_err()
+        {
             return false;
+        }
+    }
+    if let Some(how) = &p.in_place {
+        let moves: Vec<RefMove> = p
+            .updates
+            .iter()
+            .map(|u| RefMove {
+                name: format!("refs/heads/{}", u.name),
+                new: u.new.clone(),
+                expect: Some(u.old.clone()),
+            })
+            .collect();
+        match update_refs(
+            &p.git_dir,
+            &moves,
+            how,
+            p.head_ref.as_deref(),
+            "push",
+            &intents,
+        ) {
+            Ok(true) => return true,
+            // Nothing changed (a ref locked or moved meanwhile, or a reflog line that needs
+            // git): let git try.
+            Ok(false) => {}
+            // Part done: `git push` starts over and settles it.
+            Err(_) => return false,
         }
     }
     let zero = "0".repeat(40);
@@ -342,25 +493,532 @@ fn apply(p: &Plan, ids: &[String], objects: &BTreeMap<String, (String, Vec<u8>)>
         .is_ok()
 }
 
-/// The objects `ids` from our repository (one `cat-file --batch`), each checked against its
-/// id; `None` if one is missing or wrong, or all of them together are too big.
-fn read_objects(
-    repo: &Repo,
-    ids: &BTreeSet<&String>,
-) -> Option<BTreeMap<String, (String, Vec<u8>)>> {
-    let revs: Vec<Vec<u8>> = ids.iter().map(|id| id.as_bytes().to_vec()).collect();
-    let got = crate::git::cat_many(&repo.git, &revs).ok()?;
-    let mut out = BTreeMap::new();
-    let mut bytes = 0;
-    for (id, obj) in ids.iter().zip(got) {
-        let (kind, data) = obj?;
-        bytes += data.len();
-        if bytes > MAX_BYTES || object_id(&kind, &data) != **id {
+/// The system and global git config entries, which git run in another repository reads as
+/// well: `config` (this repository's whole config, as `git config --list` gives it, in order)
+/// without its tail, the entries of our own config file. `None` when that cannot be told
+/// apart with certainty (a config file that is not simple, includes, config given in the
+/// environment).
+fn outer_config(git_dir: &Path, config: &[(String, String)]) -> Option<Vec<(String, String)>> {
+    if ["GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_CONFIG"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+    {
+        return None;
+    }
+    let ours = simple_config(&std::fs::read(git_dir.join("config")).ok()?)?;
+    let split = config.len().checked_sub(ours.len())?;
+    let tail_matches = config[split..]
+        .iter()
+        .zip(&ours)
+        .all(|((k, _), (o, _))| k.eq_ignore_ascii_case(o));
+    (tail_matches && !ours.iter().any(|(k, _)| k.starts_with("include")))
+        .then(|| config[..split].to_vec())
+}
+
+/// How refs are moved in a remote whose own config is `local` (see [`InPlace`]); `None` when
+/// that is for git to do.
+fn in_place(local: &[(String, String)], outer: &[(String, String)], bare: bool) -> Option<InPlace> {
+    let get = |k: &str| {
+        local
+            .iter()
+            .rev()
+            .chain(outer.iter().rev())
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
+    };
+    let create_logs = match get("core.logallrefupdates").map(str::to_ascii_lowercase) {
+        None => !bare,
+        Some(v) => match v.as_str() {
+            "always" | "true" | "yes" | "on" | "1" => true,
+            "false" | "no" | "off" | "0" | "" => false,
+            _ => return None,
+        },
+    };
+    let env = |v: &str| std::env::var(v).ok();
+    let clean = |s: &str| {
+        let crud = |c: char| c <= ' ' || ".,:;<>\"\\'".contains(c);
+        !s.is_empty() && !s.starts_with(crud) && !s.ends_with(crud) && !s.contains(['<', '>', '\n'])
+    };
+    let name = env("GIT_COMMITTER_NAME")
+        .or_else(|| get("committer.name").map(str::to_string))
+        .or_else(|| get("user.name").map(str::to_string));
+    let email = env("GIT_COMMITTER_EMAIL")
+        .or_else(|| get("committer.email").map(str::to_string))
+        .or_else(|| get("user.email").map(str::to_string))
+        .or_else(|| env("EMAIL"));
+    let ident = match (name, email) {
+        (Some(n), Some(e)) if clean(&n) && clean(&e) && env("GIT_COMMITTER_DATE").is_none() => {
+            Some(format!("{n} <{e}>"))
+        }
+        _ => None,
+    };
+    Some(InPlace { create_logs, ident })
+}
+
+/// Moves the refs of `moves` in the repository at `git_dir` as one `git update-ref --stdin`
+/// would with the files backend: no packed ref in the way of a new one (`refs/heads/x` where
+/// `refs/heads/x/y` would go, or below it), every `<ref>.lock` taken first (exclusive create:
+/// git's lock), each value checked while locked (the loose file, else `packed-refs`), the
+/// reflog lines appended (to `HEAD`'s too for the ref `head_ref` it names), then each lock
+/// renamed onto its ref. A ref already at its value is neither written nor logged, as in git.
+/// `Ok(false)` when nothing was changed and git should try (a lock held, a value moved, a
+/// reflog line git would have to make up an identity for); `Err` when it failed part way.
+fn update_refs(
+    git_dir: &Path,
+    moves: &[RefMove],
+    how: &InPlace,
+    head_ref: Option<&str>,
+    msg: &str,
+    intents: &Path,
+) -> std::io::Result<bool> {
+    let read_packed = || match std::fs::read(git_dir.join("packed-refs")) {
+        Ok(p) => Some(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+        Err(_) => None,
+    };
+    let packed_lines = |packed: &[u8]| -> Vec<(String, String)> {
+        packed
+            .split(|&b| b == b'\n')
+            .filter(|l| l.len() > 41 && l[40] == b' ')
+            .map(|l| {
+                (
+                    String::from_utf8_lossy(&l[41..]).into_owned(),
+                    String::from_utf8_lossy(&l[..40]).into_owned(),
+                )
+            })
+            .collect()
+    };
+    let Some(before) = read_packed() else {
+        return Ok(false);
+    };
+    let in_the_way = packed_lines(&before).into_iter().any(|(other, _)| {
+        moves.iter().any(|m| {
+            other.starts_with(&format!("{}/", m.name)) || m.name.starts_with(&format!("{other}/"))
+        })
+    });
+    if in_the_way {
+        return Ok(false);
+    }
+
+    // Lock them all. Each lock is born holding its new value (a file written beside it, then
+    // linked to the lock's name, which fails if the lock exists), and is noted first in
+    // `intents`, so that a sync killed while holding it lets a later one remove it (see
+    // `clear_stale_locks`); git would otherwise refuse to touch that ref until it is removed
+    // by hand.
+    let lock_of = |name: &str| git_dir.join(format!("{name}.lock"));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    let note = intents.join(format!("{pid}-{seq}"));
+    let tmp_of = |i: usize| git_dir.join(format!("ferry-lock-{pid}-{seq}-{i}"));
+    let mut text = String::new();
+    for (i, m) in moves.iter().enumerate() {
+        text.push_str(&format!(
+            "{}\t{}\t{}\n",
+            lock_of(&m.name).display(),
+            tmp_of(i).display(),
+            m.new
+        ));
+    }
+    if text.contains(['\r'])
+        || std::fs::create_dir_all(intents).is_err()
+        || std::fs::write(&note, &text).is_err()
+    {
+        let _ = std::fs::remove_file(&note);
+        return Ok(false);
+    }
+    let mut held: Vec<&RefMove> = Vec::new();
+    let release = |held: &[&RefMove]| {
+        for m in held {
+            let _ = std::fs::remove_file(lock_of(&m.name));
+        }
+        let _ = std::fs::remove_file(&note);
+    };
+    for (i, m) in moves.iter().enumerate() {
+        let path = git_dir.join(&m.name);
+        let tmp = tmp_of(i);
+        let taken = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, format!("{}\n", m.new)))
+            .and_then(|()| std::fs::hard_link(&tmp, lock_of(&m.name)));
+        let _ = std::fs::remove_file(&tmp);
+        if taken.is_err() {
+            release(&held);
+            return Ok(false);
+        }
+        held.push(m);
+    }
+
+    // Their values now, under the locks.
+    let mut packed: Option<Vec<(String, String)>> = None;
+    let mut writes: Vec<(&RefMove, Option<String>)> = Vec::new();
+    for m in moves {
+        let now = match std::fs::read(git_dir.join(&m.name)) {
+            Ok(c) => {
+                let c = String::from_utf8_lossy(&c);
+                let c = c.trim_end();
+                if !(c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit())) {
+                    release(&held);
+                    return Ok(false);
+                }
+                Some(c.to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if packed.is_none() {
+                    let Some(p) = read_packed() else {
+                        release(&held);
+                        return Ok(false);
+                    };
+                    packed = Some(packed_lines(&p));
+                }
+                packed
+                    .iter()
+                    .flatten()
+                    .find(|(name, _)| *name == m.name)
+                    .map(|(_, v)| v.clone())
+            }
+            Err(_) => {
+                release(&held);
+                return Ok(false);
+            }
+        };
+        if m.expect
+            .as_ref()
+            .is_some_and(|e| now.as_deref() != e.as_deref())
+        {
+            release(&held);
+            return Ok(false);
+        }
+        if now.as_deref() == Some(m.new.as_str()) {
+            // Already there: git writes neither the ref nor a reflog line.
+            let _ = std::fs::remove_file(lock_of(&m.name));
+            held.retain(|h| h.name != m.name);
+            continue;
+        }
+        writes.push((m, now));
+    }
+
+    // The reflogs each write goes to.
+    let log_of = |name: &str| {
+        let path = git_dir.join("logs").join(name);
+        (how.create_logs || path.is_file()).then_some(path)
+    };
+    let mut lines: Vec<(PathBuf, String)> = Vec::new();
+    let zero = "0".repeat(40);
+    let stamp = now_stamp();
+    for (m, before) in &writes {
+        let mut logs: Vec<PathBuf> = log_of(&m.name).into_iter().collect();
+        if head_ref == Some(m.name.as_str()) {
+            logs.extend(log_of("HEAD"));
+        }
+        if logs.is_empty() {
+            continue;
+        }
+        let Some(ident) = &how.ident else {
+            release(&held);
+            return Ok(false);
+        };
+        let old = before.as_deref().unwrap_or(&zero);
+        for log in logs {
+            lines.push((log, format!("{old} {} {ident} {stamp}\t{msg}\n", m.new)));
+        }
+    }
+
+    let prepared = (|| -> std::io::Result<()> {
+        for (log, line) in &lines {
+            if let Some(dir) = log.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(log)?;
+            std::io::Write::write_all(&mut f, line.as_bytes())?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = prepared {
+        release(&held);
+        return Err(e);
+    }
+    for (i, (m, _)) in writes.iter().enumerate() {
+        if let Err(e) = std::fs::rename(lock_of(&m.name), git_dir.join(&m.name)) {
+            let rest: Vec<&RefMove> = writes[i..].iter().map(|(m, _)| *m).collect();
+            release(&rest);
+            return Err(e);
+        }
+    }
+    let _ = std::fs::remove_file(&note);
+    Ok(true)
+}
+
+/// Where a repository notes the ref locks it is about to take (see [`update_refs`]).
+fn intents_dir(git_dir: &Path) -> PathBuf {
+    git_dir.join("annex/ferry/reflocks")
+}
+
+/// Removes the ref locks a killed ferry process left in other repositories (and in this
+/// one): those noted in `intents` by a process that is gone, still holding the value that
+/// process was to write. A lock that another process took since holds its own value, or is
+/// younger than the note, and is left alone.
+fn clear_stale_locks(intents: &Path) {
+    let Ok(rd) = std::fs::read_dir(intents) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only asks whether the process exists.
+        let alive = pid as u32 == std::process::id()
+            || unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if alive {
+            continue;
+        }
+        let noted = e.metadata().and_then(|m| m.modified()).ok();
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines() {
+            let mut f = line.split('\t');
+            let (Some(lock), Some(tmp), Some(value)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let _ = std::fs::remove_file(tmp);
+            let ours = std::fs::metadata(lock)
+                .is_ok_and(|m| m.modified().ok().zip(noted).is_some_and(|(l, n)| l >= n))
+                && std::fs::read_to_string(lock).is_ok_and(|c| c == format!("{value}\n"));
+            if ours {
+                let _ = std::fs::remove_file(lock);
+            }
+        }
+        let _ = std::fs::remove_file(e.path());
+    }
+}
+
+/// Now as git writes it in an identity: seconds since the epoch and the local time zone's
+/// offset (`1700000000 +0100`).
+fn now_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let t = secs as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value; localtime_r only writes into it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is the thread-safe form.
+    let ok = !unsafe { libc::localtime_r(&t, &mut tm) }.is_null();
+    let off = if ok { tm.tm_gmtoff / 60 } else { 0 };
+    let sign = if off < 0 { '-' } else { '+' };
+    format!("{secs} {sign}{:02}{:02}", off.abs() / 60, off.abs() % 60)
+}
+
+/// Objects of our repository read through one `cat-file --batch`, kept by id, each checked
+/// against its id.
+struct Store {
+    cat: crate::git::CatFile,
+    got: HashMap<String, (String, Vec<u8>)>,
+    /// Bytes read so far.
+    bytes: usize,
+}
+
+impl Store {
+    fn open(git: &crate::git::Git) -> Option<Store> {
+        Some(Store {
+            cat: git.cat_file().ok()?,
+            got: HashMap::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Object `id`; `None` if missing, wrong, or past the size limit.
+    fn get(&mut self, id: &str) -> Option<&(String, Vec<u8>)> {
+        if !self.got.contains_key(id) {
+            let (kind, data) = self.cat.get(id.as_bytes()).ok()??;
+            self.bytes += data.len();
+            if self.bytes > MAX_BYTES || object_id(&kind, &data) != id {
+                return None;
+            }
+            self.got.insert(id.to_string(), (kind, data));
+        }
+        self.got.get(id)
+    }
+
+    /// Objects `ids`, all of them or `None`.
+    fn read_all(&mut self, ids: &BTreeSet<&String>) -> Option<BTreeMap<String, (String, Vec<u8>)>> {
+        let mut out = BTreeMap::new();
+        for id in ids {
+            let obj = self.get(id)?.clone();
+            out.insert((*id).clone(), obj);
+        }
+        Some(out)
+    }
+
+    /// The tree and parents of commit `id`.
+    fn commit(&mut self, id: &str) -> Option<(String, Vec<String>)> {
+        let (kind, data) = self.get(id)?;
+        if kind != "commit" {
             return None;
         }
-        out.insert((*id).clone(), (kind, data));
+        // The header: up to the blank line before the message.
+        let end = data
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .unwrap_or(data.len());
+        let text = std::str::from_utf8(&data[..end]).ok()?;
+        let mut tree = None;
+        let mut parents = Vec::new();
+        for line in text.lines() {
+            if let Some(t) = line.strip_prefix("tree ") {
+                tree = Some(t.to_string());
+            } else if let Some(p) = line.strip_prefix("parent ") {
+                parents.push(p.to_string());
+            }
+        }
+        Some((tree?, parents))
     }
-    Some(out)
+
+    /// The entries of tree `id`.
+    fn tree(&mut self, id: &str) -> Option<Vec<TreeEntry>> {
+        let (kind, data) = self.get(id)?;
+        if kind != "tree" {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let sp = rest.iter().position(|&b| b == b' ')?;
+            let nul = rest.iter().position(|&b| b == 0)?;
+            if nul < sp || rest.len() < nul + 21 {
+                return None;
+            }
+            let entry = (
+                rest[..sp].to_vec(),
+                rest[sp + 1..nul].to_vec(),
+                crate::key::hex(&rest[nul + 1..nul + 21]),
+            );
+            out.push(entry);
+            rest = &rest[nul + 21..];
+        }
+        Some(out)
+    }
+}
+
+/// One entry of a tree: mode (`40000` for a tree), name, object id.
+type TreeEntry = (Vec<u8>, Vec<u8>, String);
+
+/// Commits more than this many behind a remote are left to `rev-list`.
+const MAX_COMMITS: usize = 64;
+
+/// What a remote that has the commits `haves` (and all they reach) lacks of our two tips.
+struct Walk {
+    /// Every object it may lack, commits first where they were met (a superset: an object it
+    /// has may be among them, which costs a rewrite, never a loss).
+    ids: Vec<String>,
+    /// The commits of `haves` met walking down from each tip: each is an ancestor of that tip.
+    reached: [BTreeSet<String>; 2],
+}
+
+/// Walks down from each of `tips` through parents, stopping at the commits of `haves`, and
+/// lists each commit met with the trees and blobs it has that its first parent has not at the
+/// same path. Every object reachable from a tip but not from `haves` is then listed: the
+/// commits on the way to it are not reachable from `haves` either, so the walk meets them,
+/// and an object a commit shares with its first parent is listed under that parent (met too,
+/// unless it is one of `haves`, which would make the object reachable from them). `None`
+/// past [`MAX_COMMITS`] commits or [`MAX_OBJECTS`] objects, at a root commit's full tree of
+/// many objects, or when an object cannot be read: then `rev-list` decides.
+fn walk(store: &mut Store, tips: [&str; 2], haves: &BTreeSet<String>) -> Option<Walk> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut listed: HashSet<String> = HashSet::new();
+    let mut reached: [BTreeSet<String>; 2] = Default::default();
+    let mut commits = 0;
+    for (side, tip) in tips.into_iter().enumerate() {
+        let mut stack = vec![tip.to_string()];
+        let mut seen: HashSet<String> = HashSet::new();
+        while let Some(c) = stack.pop() {
+            if haves.contains(&c) {
+                reached[side].insert(c);
+                continue;
+            }
+            if !seen.insert(c.clone()) {
+                continue;
+            }
+            commits += 1;
+            if commits > MAX_COMMITS {
+                return None;
+            }
+            let (tree, parents) = store.commit(&c)?;
+            if listed.insert(c.clone()) {
+                ids.push(c);
+            }
+            let base = match parents.first() {
+                Some(p) => Some(store.commit(p)?.0),
+                None => None,
+            };
+            tree_diff(store, &tree, base.as_deref(), &mut ids, &mut listed)?;
+            if ids.len() > MAX_OBJECTS {
+                return None;
+            }
+            stack.extend(parents);
+        }
+    }
+    Some(Walk { ids, reached })
+}
+
+/// Lists tree `new` and what it holds that tree `old` does not hold at the same path (a
+/// subtree with the same id holds the same things). Submodule commits are not objects of
+/// this repository and are left out.
+fn tree_diff(
+    store: &mut Store,
+    new: &str,
+    old: Option<&str>,
+    ids: &mut Vec<String>,
+    listed: &mut HashSet<String>,
+) -> Option<()> {
+    if old == Some(new) {
+        return Some(());
+    }
+    if listed.insert(new.to_string()) {
+        ids.push(new.to_string());
+    }
+    if ids.len() > MAX_OBJECTS {
+        return None;
+    }
+    let entries = store.tree(new)?;
+    let before: HashMap<Vec<u8>, (Vec<u8>, String)> = match old {
+        Some(old) => store
+            .tree(old)?
+            .into_iter()
+            .map(|(mode, name, id)| (name, (mode, id)))
+            .collect(),
+        None => HashMap::new(),
+    };
+    for (mode, name, id) in entries {
+        let was = before.get(&name);
+        if was.is_some_and(|(_, old_id)| *old_id == id) {
+            continue;
+        }
+        match mode.as_slice() {
+            b"40000" => {
+                let old_sub = was.filter(|(m, _)| m == b"40000").map(|(_, i)| i.as_str());
+                tree_diff(store, &id, old_sub, ids, listed)?;
+            }
+            b"160000" => {}
+            _ => {
+                if listed.insert(id.clone()) {
+                    ids.push(id);
+                }
+            }
+        }
+        if ids.len() > MAX_OBJECTS {
+            return None;
+        }
+    }
+    Some(())
 }
 
 /// A git object's SHA-1 id.
@@ -372,40 +1030,108 @@ fn object_id(kind: &str, data: &[u8]) -> String {
     crate::key::hex(&h.finalize())
 }
 
-/// Writes one loose object as git does: a temporary file in `objects/xx/`, read-only, linked
-/// to its name (an object already there is kept: same id, same content). The zlib stream uses
-/// stored (uncompressed) blocks, which every zlib reader accepts; `git gc` compresses later.
+/// Writes one loose object as git does (without fsync, as git does by default for loose
+/// objects): a temporary file in `objects/xx/`, created read-only, renamed to its name unless
+/// that exists already (same id, same content: kept). Four system calls for an object in the
+/// common case (create, write, close, rename); `objects/xx/` is made only when missing. The
+/// zlib stream uses stored (uncompressed) blocks, which every zlib reader accepts; `git gc`
+/// compresses later.
 pub(crate) fn write_loose_object(
     objects_dir: &Path,
     id: &str,
     kind: &str,
     data: &[u8],
 ) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = objects_dir.join(&id[..2]);
     let path = dir.join(&id[2..]);
-    if path.exists() {
-        return Ok(());
-    }
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
+    let tmp = dir.join(format!(
+        "tmp_obj_ferry_{}_{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut raw = format!("{kind} {}\0", data.len()).into_bytes();
     raw.extend_from_slice(data);
-    let mut tmp = tempfile::Builder::new()
-        .prefix("tmp_obj_")
-        .tempfile_in(&dir)?;
-    std::io::Write::write_all(&mut tmp, &zlib_stored(&raw))?;
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o444),
-    )?;
-    match tmp.persist_noclobber(&path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e.error),
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&tmp)
+    };
+    let mut file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            create()?
+        }
+        other => other?,
+    };
+    let written = std::io::Write::write_all(&mut file, &zlib_stored(&raw));
+    drop(file);
+    let placed = written.and_then(|()| rename_noreplace(&tmp, &path));
+    match placed {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
     }
+}
+
+/// Places object `id` into `objects_dir` as a hard link to our own loose file of it, as
+/// `git clone --local` shares objects (object files are never changed, only removed, and each
+/// repository removes only its own name). One system call; false when that cannot be done
+/// (our copy is packed, another file system) and the object is to be written.
+fn link_loose_object(ours: &Path, objects_dir: &Path, id: &str) -> bool {
+    let (dir, rest) = id.split_at(2);
+    let from = ours.join(dir).join(rest);
+    let to_dir = objects_dir.join(dir);
+    let to = to_dir.join(rest);
+    match std::fs::hard_link(&from, &to) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.is_file() => {
+            std::fs::create_dir(&to_dir).is_ok() && std::fs::hard_link(&from, &to).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then): `renameat2` with
+/// `RENAME_NOREPLACE`, or a hard link and an unlink where the file system lacks it.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths, relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        std::fs::hard_link(from, to)?;
+        return std::fs::remove_file(from);
+    }
+    Err(e)
 }
 
 /// `data` as a zlib stream of stored deflate blocks (RFC 1950 / 1951).
@@ -453,7 +1179,8 @@ fn unusual_key(key: &str, global: bool) -> bool {
 
 /// A repository's own config file, when it is simple enough to be read here: `[section]` or
 /// `[section "sub"]` headers and `key = value` lines without quotes, escapes or continuations.
-/// Keys come back as `section.key` (subsection left out), lowercased; `None` otherwise.
+/// Keys come back as git lists them: `section.key`, or `section.subsection.key` with the
+/// subsection as written and the rest lowercased; `None` otherwise.
 fn simple_config(text: &[u8]) -> Option<Vec<(String, String)>> {
     let text = std::str::from_utf8(text).ok()?;
     let mut section = String::new();
@@ -465,11 +1192,23 @@ fn simple_config(text: &[u8]) -> Option<Vec<(String, String)>> {
         }
         if let Some(h) = line.strip_prefix('[') {
             let h = h.strip_suffix(']')?;
-            let name = h.split([' ', '\t']).next()?;
-            if name.is_empty() || name.contains('.') && !h.contains(' ') {
+            let (name, sub) = match h.split_once([' ', '\t']) {
+                None => (h, None),
+                Some((name, rest)) => {
+                    let sub = rest.trim_start().strip_prefix('"')?.strip_suffix('"')?;
+                    if sub.contains(['"', '\\']) {
+                        return None;
+                    }
+                    (name, Some(sub))
+                }
+            };
+            if name.is_empty() || name.contains('.') {
                 return None;
             }
             section = name.to_ascii_lowercase();
+            if let Some(sub) = sub {
+                section = format!("{section}.{sub}");
+            }
             continue;
         }
         if section.is_empty() || line.contains(['"', '\\']) || line.ends_with('\\') {
@@ -513,6 +1252,347 @@ fn loose_in_17(git_dir: &Path) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// Runs git in `dir` with a fixed identity; its stdout, trimmed.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_COMMITTER_NAME", "T Tester")
+            .env("GIT_COMMITTER_EMAIL", "t@ferry.invalid")
+            .env("GIT_AUTHOR_NAME", "T Tester")
+            .env("GIT_AUTHOR_EMAIL", "t@ferry.invalid")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn commit_file(dir: &Path, path: &str, text: &str) -> String {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+        git(dir, &["add", "-A"]);
+        git(dir, &["commit", "-qm", path]);
+        git(dir, &["rev-parse", "HEAD"])
+    }
+
+    /// The walk lists every object `rev-list --objects tips --not haves` lists (and only
+    /// objects reachable from the tips), over history with subdirectories, a merge of two
+    /// branches, a removed and a re-added file, and haves of every kind: none, a tip's
+    /// ancestor, one on the other branch of the merge, an unknown id.
+    #[test]
+    fn walks_list_what_rev_list_lists() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        git(r, &["init", "-q", "-b", "main"]);
+        let c1 = commit_file(r, "a/b/one.txt", "1");
+        let c2 = commit_file(r, "a/two.txt", "2");
+        git(r, &["checkout", "-qb", "side"]);
+        let s1 = commit_file(r, "a/b/side.txt", "s");
+        git(r, &["checkout", "-q", "main"]);
+        let c3 = commit_file(r, "top.txt", "3");
+        git(r, &["merge", "-q", "--no-edit", "side"]);
+        git(r, &["rm", "-q", "a/two.txt"]);
+        git(r, &["commit", "-qm", "rm"]);
+        let c4 = commit_file(r, "a/two.txt", "2");
+        let tip = git(r, &["rev-parse", "HEAD"]);
+        git(r, &["checkout", "-q", "--orphan", "other"]);
+        git(r, &["rm", "-rqf", "."]);
+        let o1 = commit_file(r, "x/y.log", "log");
+        let other = commit_file(r, "x/z.log", "log2");
+        let unknown = "1".repeat(40);
+        let cases: Vec<Vec<&str>> = vec![
+            vec![],
+            vec![&c1],
+            vec![&c2, &o1],
+            vec![&s1],
+            vec![&c3, &unknown],
+            vec![&c4],
+            vec![&tip, &other],
+        ];
+        for haves in cases {
+            let haves: BTreeSet<String> = haves.iter().map(|s| s.to_string()).collect();
+            let mut store = Store::open(&crate::git::Git::new(r)).unwrap();
+            let w = walk(&mut store, [&tip, &other], &haves).expect("walks");
+            let mut input = format!("{tip}\n{other}\n");
+            for h in &haves {
+                input.push_str(&format!("^{h}\n"));
+            }
+            let lacking: BTreeSet<String> = crate::git::Git::new(r)
+                .run_with_input(
+                    ["rev-list", "--objects", "--ignore-missing", "--stdin"],
+                    input.as_bytes(),
+                )
+                .map(|o| {
+                    String::from_utf8_lossy(&o)
+                        .lines()
+                        .map(|l| l[..40].to_string())
+                        .collect()
+                })
+                .unwrap();
+            let listed: BTreeSet<String> = w.ids.iter().cloned().collect();
+            assert_eq!(listed.len(), w.ids.len(), "listed once each");
+            assert!(
+                lacking.is_subset(&listed),
+                "haves {haves:?}: missing {:?}",
+                lacking.difference(&listed).collect::<Vec<_>>()
+            );
+            let all: BTreeSet<String> = git(r, &["rev-list", "--objects", &tip, &other])
+                .lines()
+                .map(|l| l[..40].to_string())
+                .collect();
+            assert!(listed.is_subset(&all), "haves {haves:?}");
+            // Each have met on the way down from a tip is an ancestor of it.
+            for (side, t) in [&tip, &other].into_iter().enumerate() {
+                for h in &w.reached[side] {
+                    let base = git(r, &["merge-base", h, t]);
+                    assert_eq!(&base, h, "{h} reached from {t}");
+                }
+            }
+            if haves.contains(&c4) {
+                assert!(w.reached[0].contains(&c4), "the direct parent is reached");
+            }
+        }
+        // Too much history: left to rev-list.
+        let mut store = Store::open(&crate::git::Git::new(r)).unwrap();
+        for i in 0..MAX_COMMITS {
+            commit_file(r, "x/z.log", &format!("v{i}"));
+        }
+        let many = git(r, &["rev-parse", "HEAD"]);
+        assert!(walk(&mut store, [&many, &tip], &BTreeSet::from([o1.clone()])).is_none());
+    }
+
+    /// Refs moved in place end as `git update-ref` leaves them, reflog lines included; a held
+    /// lock, a value that moved, a packed ref in the way change nothing and say so; a packed
+    /// value counts as the old one; a ref already at its value is left without a reflog line.
+    #[test]
+    fn refs_moved_in_place_match_git_update_ref() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        git(r, &["init", "-q", "-b", "main"]);
+        let c1 = commit_file(r, "f", "1");
+        let c2 = commit_file(r, "f", "2");
+        let g = r.join(".git");
+        let notes = intents_dir(&g);
+        let how = InPlace {
+            create_logs: true,
+            ident: Some("T Tester <t@ferry.invalid>".into()),
+        };
+        let mv = |name: &str, new: &str, expect: Option<Option<&str>>| RefMove {
+            name: name.into(),
+            new: new.into(),
+            expect: expect.map(|e| e.map(str::to_string)),
+        };
+        // New refs, and main (which HEAD names) moved back from c2 to c1.
+        let moves = [
+            mv("refs/heads/synced/main", &c2, Some(None)),
+            mv("refs/heads/main", &c1, Some(Some(&c2))),
+        ];
+        assert!(update_refs(&g, &moves, &how, Some("refs/heads/main"), "push", &notes).unwrap());
+        // The same through git, on twin refs.
+        git(
+            r,
+            &[
+                "update-ref",
+                "-m",
+                "push",
+                "refs/heads/twin/main",
+                &c2,
+                &"0".repeat(40),
+            ],
+        );
+        assert_eq!(
+            git(r, &["rev-parse", "synced/main", "main"]),
+            format!("{c2}\n{c1}")
+        );
+        let mask = |line: &str| {
+            // Drop the timestamp and zone: "<old> <new> <ident> <ts> <tz>\t<msg>".
+            let (head, msg) = line.split_once('\t').unwrap();
+            let fields: Vec<&str> = head.rsplitn(3, ' ').collect();
+            format!("{}\t{msg}", fields[2])
+        };
+        let log = |p: &str| std::fs::read_to_string(g.join("logs").join(p)).unwrap();
+        assert_eq!(
+            mask(log("refs/heads/synced/main").trim_end()),
+            mask(log("refs/heads/twin/main").trim_end())
+        );
+        let main_log = log("refs/heads/main");
+        let last = main_log.lines().last().unwrap();
+        assert_eq!(
+            mask(last),
+            format!("{c2} {c1} T Tester <t@ferry.invalid>\tpush")
+        );
+        assert!(
+            log("HEAD")
+                .lines()
+                .last()
+                .unwrap()
+                .starts_with(&format!("{c2} {c1} "))
+        );
+        let stamp = last
+            .split('\t')
+            .next()
+            .unwrap()
+            .rsplitn(3, ' ')
+            .collect::<Vec<_>>();
+        assert_eq!(stamp[0].len(), 5, "zone like +0100: {last}");
+        assert!(stamp[1].parse::<u64>().unwrap() > 1_600_000_000);
+        // git reads it all back.
+        git(r, &["reflog", "show", "refs/heads/synced/main"]);
+        git(r, &["fsck", "--strict", "--no-dangling"]);
+
+        // A held lock: nothing changes.
+        std::fs::write(g.join("refs/heads/main.lock"), "").unwrap();
+        let back = [
+            mv("refs/heads/synced/main", &c1, Some(Some(&c2))),
+            mv("refs/heads/main", &c2, Some(Some(&c1))),
+        ];
+        assert!(!update_refs(&g, &back, &how, None, "push", &notes).unwrap());
+        std::fs::remove_file(g.join("refs/heads/main.lock")).unwrap();
+        assert_eq!(
+            git(r, &["rev-parse", "synced/main", "main"]),
+            format!("{c2}\n{c1}")
+        );
+        assert!(!g.join("refs/heads/synced/main.lock").exists());
+        // A value that moved meanwhile: nothing changes.
+        let stale = [mv("refs/heads/synced/main", &c1, Some(Some(&c1)))];
+        assert!(!update_refs(&g, &stale, &how, None, "push", &notes).unwrap());
+        assert_eq!(git(r, &["rev-parse", "synced/main"]), c2);
+        // Packed refs: the packed value is the old one.
+        git(r, &["pack-refs", "--all", "--prune"]);
+        assert!(!g.join("refs/heads/synced/main").exists());
+        let from_packed = [mv("refs/heads/synced/main", &c1, Some(Some(&c2)))];
+        assert!(update_refs(&g, &from_packed, &how, None, "push", &notes).unwrap());
+        assert_eq!(git(r, &["rev-parse", "synced/main"]), c1);
+        // A packed ref where a directory would go: left to git.
+        git(r, &["update-ref", "refs/heads/pk", &c1]);
+        git(r, &["pack-refs", "--all", "--prune"]);
+        let below = [mv("refs/heads/pk/x", &c1, Some(None))];
+        assert!(!update_refs(&g, &below, &how, None, "push", &notes).unwrap());
+        assert!(!g.join("refs/heads/pk").exists());
+        // Already there: no new reflog line.
+        let lines = log("refs/heads/synced/main").lines().count();
+        let same = [mv("refs/heads/synced/main", &c1, None)];
+        assert!(update_refs(&g, &same, &how, None, "push", &notes).unwrap());
+        assert_eq!(log("refs/heads/synced/main").lines().count(), lines);
+        // A reflog git would need an identity for: left to git.
+        let anonymous = InPlace {
+            create_logs: true,
+            ident: None,
+        };
+        let new = [mv("refs/heads/n", &c1, Some(None))];
+        assert!(!update_refs(&g, &new, &anonymous, None, "push", &notes).unwrap());
+        let quiet = InPlace {
+            create_logs: false,
+            ident: None,
+        };
+        assert!(update_refs(&g, &new, &quiet, None, "push", &notes).unwrap());
+        assert!(!g.join("logs/refs/heads/n").exists());
+        git(r, &["fsck", "--strict", "--no-dangling"]);
+    }
+
+    /// A lock left by a ferry process killed in the middle of moving refs is removed by the
+    /// next one; a lock another process holds (another value, a live process) is not.
+    #[test]
+    fn locks_left_by_a_killed_process_are_cleared() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        git(r, &["init", "-q", "-b", "main"]);
+        let c1 = commit_file(r, "f", "1");
+        let g = r.join(".git");
+        let notes = intents_dir(&g);
+        std::fs::create_dir_all(&notes).unwrap();
+        // A process that is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let lock = g.join("refs/heads/main.lock");
+        let other = g.join("refs/heads/other.lock");
+        let tmp = g.join(format!("ferry-lock-{dead}-0-0"));
+        std::fs::write(
+            notes.join(format!("{dead}-0")),
+            format!(
+                "{}\t{}\t{c1}\n{}\t{}\t{c1}\n",
+                lock.display(),
+                tmp.display(),
+                other.display(),
+                g.join("x").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(&lock, format!("{c1}\n")).unwrap();
+        std::fs::write(&tmp, format!("{c1}\n")).unwrap();
+        std::fs::write(&other, "someone else's\n").unwrap();
+        // And one of a live process (this one).
+        let live_lock = g.join("refs/heads/live.lock");
+        std::fs::write(&live_lock, format!("{c1}\n")).unwrap();
+        std::fs::write(
+            notes.join(format!("{}-9", std::process::id())),
+            format!("{}\t{}\t{c1}\n", live_lock.display(), g.join("y").display()),
+        )
+        .unwrap();
+        clear_stale_locks(&notes);
+        assert!(!lock.exists() && !tmp.exists());
+        assert!(other.exists(), "another value: not ours");
+        assert!(live_lock.exists(), "a live process's lock");
+        assert!(!notes.join(format!("{dead}-0")).exists());
+        // git can move main again.
+        git(r, &["update-ref", "refs/heads/main", &c1]);
+    }
+
+    /// What git run in another repository would read: the system and global entries of our
+    /// config list, without our own file's; includes or config from the environment: unsure.
+    #[test]
+    fn the_outer_config_is_the_list_without_our_own_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("config"),
+            "[core]\n\tbare = false\n[user]\n\tname = Local\n",
+        )
+        .unwrap();
+        let e = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let list = vec![
+            e("user.name", "Global"),
+            e("core.logallrefupdates", "false"),
+            e("core.bare", "false"),
+            e("user.name", "Local"),
+        ];
+        assert_eq!(
+            outer_config(d.path(), &list),
+            Some(vec![
+                e("user.name", "Global"),
+                e("core.logallrefupdates", "false")
+            ])
+        );
+        // The tail does not match our file: unsure.
+        let other = vec![
+            e("user.name", "Global"),
+            e("core.bare", "false"),
+            e("x.y", "z"),
+        ];
+        assert_eq!(outer_config(d.path(), &other), None);
+        // A bare remote without its own setting follows the global one; a clone its own.
+        let outer = [
+            e("core.logallrefupdates", "false"),
+            e("user.name", "G"),
+            e("user.email", "g@x"),
+        ];
+        let bare = in_place(&[], &outer, true).unwrap();
+        assert!(!bare.create_logs);
+        let clone = in_place(&[e("core.logallrefupdates", "true")], &outer, false).unwrap();
+        assert!(clone.create_logs);
+        assert!(in_place(&[], &[], false).unwrap().create_logs);
+        assert!(in_place(&[e("core.logallrefupdates", "sometimes")], &[], false).is_none());
+        if std::env::var_os("GIT_COMMITTER_NAME").is_none()
+            && std::env::var_os("GIT_COMMITTER_EMAIL").is_none()
+        {
+            assert_eq!(clone.ident.as_deref(), Some("G <g@x>"));
+            let odd = in_place(&[e("user.name", "Bob.")], &outer, false).unwrap();
+            assert_eq!(odd.ident, None, "git would trim the name: left to git");
+        }
+    }
+
     #[test]
     fn stored_zlib_streams_are_read_by_git() {
         // A blob written this way is read back by git, whatever its size (block boundaries).
@@ -553,7 +1633,11 @@ mod tests {
         .unwrap();
         assert!(c.contains(&("core.bare".into(), "false".into())));
         assert!(c.contains(&("core.logallrefupdates".into(), "true".into())));
-        assert!(c.contains(&("remote.url".into(), "/x/y".into())));
+        assert!(c.contains(&("remote.origin.url".into(), "/x/y".into())));
+        let c = simple_config(b"[Branch \"Main.x\"]\n\tRemote = o\n").unwrap();
+        assert_eq!(c, vec![("branch.Main.x.remote".into(), "o".into())]);
+        assert!(simple_config(b"[branch.main]\n\tremote = o\n").is_none());
+        assert!(simple_config(b"[branch \"a\\\"b\"]\n\tremote = o\n").is_none());
         assert!(simple_config(b"[core]\n\tbare = \"false\"\n").is_none());
         assert!(simple_config(b"[core]\n\tx = a\\\n b\n").is_none());
         assert!(simple_config(b"bare = true\n").is_none());
