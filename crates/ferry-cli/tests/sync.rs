@@ -682,6 +682,45 @@ fn a_push_refused_because_the_hub_moved_is_merged_and_retried() {
     assert!(a.join("from-c").symlink_metadata().is_ok());
 }
 
+/// The hub's sync ref is locked by another push (a daemon's) at the moment ours arrives: sync
+/// waits a moment and tries again, instead of failing (or retrying at once into the same lock).
+#[test]
+fn a_push_that_finds_the_ref_locked_by_another_push_waits_and_lands() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "seed", "s");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
+        .assert_ok();
+    let hub = env.path("hub.git");
+    env.git(&a, &["remote", "add", "hub", "../hub.git"])
+        .assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    // Another push holds synced/main's lock for 0.6 s from the moment ours arrives (once).
+    let hook = hub.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\ncat >/dev/null\n[ -e held ] && exit 0\ntouch held\n: > refs/heads/synced/main.lock\n(sleep 0.6; rm -f refs/heads/synced/main.lock) >/dev/null 2>&1 &\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write(&a, "from-a", "a\n");
+    env.ferry(&a, &["add"]).assert_ok();
+    let r = env.ferry(&a, &["sync", "--json"]);
+    assert!(
+        hub.join("held").exists(),
+        "the lock was held\n{}",
+        r.stdout()
+    );
+    r.assert_ok();
+    assert_eq!(
+        env.git(&hub, &["rev-parse", "refs/heads/synced/main"])
+            .stdout(),
+        env.git(&a, &["rev-parse", "HEAD"]).stdout()
+    );
+}
+
 /// `git ls-tree -r HEAD`: every path with its mode and blob (for annexed files: link or pointer,
 /// so the key), to compare whole trees.
 /// Ferry clone `a` (remote `c`, the git-annex clone, left out) resolves the conflict of its

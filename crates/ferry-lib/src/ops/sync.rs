@@ -554,9 +554,13 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
         for (&i, r) in push_to.iter().zip(pushed) {
             if let Err(e) = r {
                 // Rejected as non-fast-forward: someone pushed meanwhile. Pull, merge, retry.
+                // A ref there locked by another push (a daemon's) is waited for a moment.
                 let mut last = e;
                 let mut ok = false;
-                for _ in 0..2 {
+                for attempt in 0..2u32 {
+                    if held_by_another_push(&last) {
+                        std::thread::sleep(std::time::Duration::from_millis(250 << (2 * attempt)));
+                    }
                     if git_try(net, &["fetch", "--quiet", &all[i].name]).is_err() {
                         break;
                     }
@@ -584,6 +588,20 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     }
     report.remotes = reports;
     Ok(report)
+}
+
+/// Whether a push failed because another one was moving the same ref there at that moment
+/// (git's ref lock): worth a short wait before trying again.
+fn held_by_another_push(error: &str) -> bool {
+    [
+        "failed to update ref",
+        "cannot lock ref",
+        "failed to lock",
+        "unable to lock",
+        ".lock': File exists",
+    ]
+    .iter()
+    .any(|m| error.contains(m))
 }
 
 /// Pushes to one remote as [`push`] does, writing straight into a plain local remote when
