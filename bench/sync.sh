@@ -45,19 +45,27 @@ echo "RESULT sync_one_commit_ferry=$F s (samples ${f[*]})"
 echo "RESULT sync_one_commit_annex=$A s (samples ${a[*]})"
 echo "RESULT sync_annex_over_ferry=$(ratio "$A" "$F")x (target >= 3)"
 
-# 10 remotes, 3 of them offline (paths that do not exist), against 1 remote.
+# 10 remotes, 3 of them offline (paths that do not exist), against 1 remote. Each sync carries
+# one new commit to every remote it reaches: the one-remote case is a separate pair (solo-b, a
+# clone of solo-a), so that neither sync finds the other's commits to carry.
 cd "$WORK/ferry-b"
 for i in $(seq 7); do git clone -q "$WORK/ferry-a" "$WORK/peer$i"; (cd "$WORK/peer$i" && "$FERRY" init "peer$i" >/dev/null); git remote add "peer$i" "$WORK/peer$i"; done
 for i in 1 2 3; do git remote add "offline$i" "$WORK/unplugged$i"; done
 "$FERRY" sync >/dev/null
+git clone -q "$WORK/ferry-a" "$WORK/solo-a"; (cd "$WORK/solo-a" && "$FERRY" init solo-a >/dev/null)
+git clone -q "$WORK/solo-a" "$WORK/solo-b"; (cd "$WORK/solo-b" && "$FERRY" init solo-b >/dev/null && "$FERRY" sync >/dev/null)
 ten=() one=()
 for ((r = 1; r <= RUNS; r++)); do
+    cd "$WORK/ferry-b"
     echo "x $r" >"ten-$r"; "$FERRY" add -q "ten-$r"; git commit -q -m "ten $r"
     t0=$(now); "$FERRY" sync >/dev/null; t1=$(now); ten+=("$(secs "$t0" "$t1")")
+    [[ $(git -C "$WORK/peer7" rev-parse refs/heads/synced/master) == $(git rev-parse HEAD) ]] || echo "CHECK ten_pushed=FAIL (run $r)"
+    cd "$WORK/solo-b"
     echo "y $r" >"one-$r"; "$FERRY" add -q "one-$r"; git commit -q -m "one $r"
-    t0=$(now); "$FERRY" sync origin >/dev/null; t1=$(now); one+=("$(secs "$t0" "$t1")")
+    t0=$(now); "$FERRY" sync >/dev/null; t1=$(now); one+=("$(secs "$t0" "$t1")")
+    [[ $(git -C "$WORK/solo-a" rev-parse refs/heads/synced/master) == $(git rev-parse HEAD) ]] || echo "CHECK one_pushed=FAIL (run $r)"
 done
 T=$(printf '%s\n' "${ten[@]}" | median); O=$(printf '%s\n' "${one[@]}" | median)
 echo "RESULT sync_10_remotes_3_offline=$T s (samples ${ten[*]})"
 echo "RESULT sync_1_remote=$O s (samples ${one[*]})"
-echo "RESULT sync_10_over_1=$(ratio "$T" "$O")x (about 1 means parallel; 7 would be serial)"
+echo "RESULT sync_10_over_1=$(ratio "$T" "$O")x (about 1 means parallel; 8 would be serial)"

@@ -600,31 +600,33 @@ fn update_refs(
         return Ok(false);
     }
 
-    // Lock them all. Each lock is born holding its new value (a file written beside it, then
-    // linked to the lock's name, which fails if the lock exists), and is noted first in
-    // `intents`, so that a sync killed while holding it lets a later one remove it (see
-    // `clear_stale_locks`); git would otherwise refuse to touch that ref until it is removed
-    // by hand.
+    // Refs already at their value (and free to be anything) are left alone without a lock.
+    let moves: Vec<&RefMove> = moves
+        .iter()
+        .filter(|m| {
+            m.expect.is_some()
+                || std::fs::read(git_dir.join(&m.name))
+                    .map_or(true, |c| c.trim_ascii_end() != m.new.as_bytes())
+        })
+        .collect();
+
+    // Lock them all: each lock created exclusively (git's lock) and its new value written at
+    // once; each is noted first in `intents`, so that a sync killed while holding it lets a
+    // later one remove it (see `clear_stale_locks`), where git would refuse that ref until it
+    // is removed by hand.
     let lock_of = |name: &str| git_dir.join(format!("{name}.lock"));
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let pid = std::process::id();
-    let note = intents.join(format!("{pid}-{seq}"));
-    let tmp_of = |i: usize| git_dir.join(format!("ferry-lock-{pid}-{seq}-{i}"));
+    let note = intents.join(format!("{}-{seq}", std::process::id()));
     let mut text = String::new();
-    for (i, m) in moves.iter().enumerate() {
-        text.push_str(&format!(
-            "{}\t{}\t{}\n",
-            lock_of(&m.name).display(),
-            tmp_of(i).display(),
-            m.new
-        ));
+    for m in &moves {
+        text.push_str(&format!("{}\t{}\n", lock_of(&m.name).display(), m.new));
     }
-    if text.contains(['\r'])
-        || std::fs::create_dir_all(intents).is_err()
-        || std::fs::write(&note, &text).is_err()
-    {
-        let _ = std::fs::remove_file(&note);
+    let noted = std::fs::write(&note, &text).or_else(|_| {
+        std::fs::create_dir_all(intents)?;
+        std::fs::write(&note, &text)
+    });
+    if noted.is_err() {
         return Ok(false);
     }
     let mut held: Vec<&RefMove> = Vec::new();
@@ -634,20 +636,30 @@ fn update_refs(
         }
         let _ = std::fs::remove_file(&note);
     };
-    for (i, m) in moves.iter().enumerate() {
-        let path = git_dir.join(&m.name);
-        let tmp = tmp_of(i);
-        let taken = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::write(&tmp, format!("{}\n", m.new)))
-            .and_then(|()| std::fs::hard_link(&tmp, lock_of(&m.name)));
-        let _ = std::fs::remove_file(&tmp);
-        if taken.is_err() {
+    for m in &moves {
+        let lock = lock_of(&m.name);
+        let create = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&lock)
+        };
+        let file = match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => lock
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| create()),
+            other => other,
+        };
+        let Ok(mut file) = file else {
+            release(&held);
+            return Ok(false);
+        };
+        held.push(m);
+        if std::io::Write::write_all(&mut file, format!("{}\n", m.new).as_bytes()).is_err() {
             release(&held);
             return Ok(false);
         }
-        held.push(m);
     }
 
     // Their values now, under the locks.
@@ -759,9 +771,9 @@ fn intents_dir(git_dir: &Path) -> PathBuf {
 }
 
 /// Removes the ref locks a killed ferry process left in other repositories (and in this
-/// one): those noted in `intents` by a process that is gone, still holding the value that
-/// process was to write. A lock that another process took since holds its own value, or is
-/// younger than the note, and is left alone.
+/// one): those noted in `intents` by a process that is gone, not older than the note, still
+/// holding the value that process was to write (or nothing: killed between creating and
+/// writing it). A lock another process took since holds its own value, and is left alone.
 fn clear_stale_locks(intents: &Path) {
     let Ok(rd) = std::fs::read_dir(intents) else {
         return;
@@ -785,14 +797,14 @@ fn clear_stale_locks(intents: &Path) {
         let noted = e.metadata().and_then(|m| m.modified()).ok();
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
         for line in text.lines() {
-            let mut f = line.split('\t');
-            let (Some(lock), Some(tmp), Some(value)) = (f.next(), f.next(), f.next()) else {
+            let Some((lock, value)) = line.split_once('\t') else {
                 continue;
             };
-            let _ = std::fs::remove_file(tmp);
+            // Its value, or nothing yet (killed between creating and writing it).
             let ours = std::fs::metadata(lock)
                 .is_ok_and(|m| m.modified().ok().zip(noted).is_some_and(|(l, n)| l >= n))
-                && std::fs::read_to_string(lock).is_ok_and(|c| c == format!("{value}\n"));
+                && std::fs::read_to_string(lock)
+                    .is_ok_and(|c| c.is_empty() || c == format!("{value}\n"));
             if ours {
                 let _ = std::fs::remove_file(lock);
             }
@@ -1508,32 +1520,31 @@ mod tests {
         let dead = child.id();
         child.wait().unwrap();
         let lock = g.join("refs/heads/main.lock");
+        let empty = g.join("refs/heads/empty.lock");
         let other = g.join("refs/heads/other.lock");
-        let tmp = g.join(format!("ferry-lock-{dead}-0-0"));
         std::fs::write(
             notes.join(format!("{dead}-0")),
             format!(
-                "{}\t{}\t{c1}\n{}\t{}\t{c1}\n",
+                "{}\t{c1}\n{}\t{c1}\n{}\t{c1}\n",
                 lock.display(),
-                tmp.display(),
+                empty.display(),
                 other.display(),
-                g.join("x").display()
             ),
         )
         .unwrap();
         std::fs::write(&lock, format!("{c1}\n")).unwrap();
-        std::fs::write(&tmp, format!("{c1}\n")).unwrap();
+        std::fs::write(&empty, "").unwrap();
         std::fs::write(&other, "someone else's\n").unwrap();
         // And one of a live process (this one).
         let live_lock = g.join("refs/heads/live.lock");
         std::fs::write(&live_lock, format!("{c1}\n")).unwrap();
         std::fs::write(
             notes.join(format!("{}-9", std::process::id())),
-            format!("{}\t{}\t{c1}\n", live_lock.display(), g.join("y").display()),
+            format!("{}\t{c1}\n", live_lock.display()),
         )
         .unwrap();
         clear_stale_locks(&notes);
-        assert!(!lock.exists() && !tmp.exists());
+        assert!(!lock.exists() && !empty.exists());
         assert!(other.exists(), "another value: not ours");
         assert!(live_lock.exists(), "a live process's lock");
         assert!(!notes.join(format!("{dead}-0")).exists());
