@@ -114,13 +114,18 @@ pub(crate) fn push_local(
     // per distinct set of what remotes have, in-process over one `cat-file --batch` (see
     // `walk`); a walk that gives up leaves its group to `rev-list`, and an old value no walk
     // reached is settled by `merge-base`.
-    let Some(mut store) = Store::open(&repo.git) else {
-        return Vec::new();
+    // (No git process at all when no remote needs anything.)
+    let mut store = match plans.iter().any(|p| !p.updates.is_empty()) {
+        true => match Store::open(&repo.git) {
+            Some(s) => Some(s),
+            None => return Vec::new(),
+        },
+        false => None,
     };
     let mut walks: BTreeMap<BTreeSet<String>, Option<Walk>> = BTreeMap::new();
     for p in plans.iter().filter(|p| !p.updates.is_empty()) {
-        if !walks.contains_key(&p.haves) {
-            let w = walk(&mut store, [&head, &annex], &p.haves);
+        if let (false, Some(store)) = (walks.contains_key(&p.haves), store.as_mut()) {
+            let w = walk(store, [&head, &annex], &p.haves);
             walks.insert(p.haves.clone(), w);
         }
     }
@@ -206,7 +211,10 @@ pub(crate) fn push_local(
         })
         .collect();
     let wanted: BTreeSet<&String> = needs.iter().flatten().flatten().collect();
-    let objects = store.read_all(&wanted);
+    let objects = match store.as_mut() {
+        Some(store) => store.read_all(&wanted),
+        None => Some(BTreeMap::new()),
+    };
 
     let ours = repo.git_dir.clone();
     // Write, then move the refs: each remote on its own thread.
