@@ -51,10 +51,7 @@ fn run_case(seed: u64, steps: usize) {
     write(&first, "seed.txt", "seed\n");
     env.ferry(&first, &["add"]).assert_ok();
     env.git(&first, &["commit", "-qm", "seed"]).assert_ok();
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
-        .assert_ok();
-    env.git(&first, &["remote", "add", "hub", "../hub.git"])
-        .assert_ok();
+    bare_remote(&env, &first, "hub");
     env.ferry(&first, &["sync"]).assert_ok();
     let mut clones: Vec<PathBuf> = vec![first];
     for i in 1..3 {

@@ -231,16 +231,6 @@ pub(crate) fn idle(env: &Env, d: &Path) -> bool {
         && t["running"].as_array().is_some_and(|r| r.is_empty())
 }
 
-/// The wish of repository `name` ("here" or a remote) in `explain --json`.
-fn wish<'v>(v: &'v serde_json::Value, name: &str) -> &'v serde_json::Value {
-    v["wishes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == name)
-        .unwrap_or_else(|| panic!("no wish of {name}: {v}"))
-}
-
 #[test]
 fn the_daemon_follows_a_committed_gitattributes_change() {
     // a's daemon drops what it does not want once b holds it, unless .gitattributes asks for

@@ -45,16 +45,6 @@ fn hub() -> Hub {
     Hub { env, a, b, c, t }
 }
 
-/// The wish of repository `name` ("here" or a remote) in `explain --json`.
-fn wish<'v>(v: &'v serde_json::Value, name: &str) -> &'v serde_json::Value {
-    v["wishes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == name)
-        .unwrap_or_else(|| panic!("no wish of {name}: {v}"))
-}
-
 /// git-annex, run after ferry, finds nothing more to get, copy or drop.
 fn annex_agrees(env: &Env, d: &Path) {
     let r = env.annex(d, &["sync", "--content", "--no-pull", "--no-push"]);

@@ -628,14 +628,8 @@ fn sync_bad_states_explain_themselves_and_an_empty_clone_takes_the_remote() {
 fn a_push_refused_because_the_hub_moved_is_merged_and_retried() {
     let env = Env::new();
     let a = env.ferry_repo("a");
-    write(&a, "seed", "s");
-    env.ferry(&a, &["add"]).assert_ok();
-    env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
-        .assert_ok();
-    let hub = env.path("hub.git");
-    env.git(&a, &["remote", "add", "hub", "../hub.git"])
-        .assert_ok();
+    add_committed(&env, &a, "seed", "s");
+    let hub = bare_remote(&env, &a, "hub");
     env.ferry(&a, &["sync"]).assert_ok();
     env.git(env.tmp.path(), &["clone", "-q", "hub.git", "c"])
         .assert_ok();
@@ -650,13 +644,11 @@ fn a_push_refused_because_the_hub_moved_is_merged_and_retried() {
     env.git(&c, &["push", "-q", "origin", "HEAD:refs/heads/pending"])
         .assert_ok();
     // ...and a hook moves it into synced/main at the moment A's push arrives (once).
-    let hook = hub.join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
+    install_hook(
+        &hub,
+        "pre-receive",
         "#!/bin/sh\ncat >/dev/null\n[ -e moved ] && exit 0\ntouch moved\nenv -u GIT_QUARANTINE_PATH git update-ref refs/heads/synced/main refs/heads/pending\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     write(&a, "from-a", "a\n");
     env.ferry(&a, &["add"]).assert_ok();
     let r = env.ferry(&a, &["sync", "--json"]);
@@ -688,23 +680,15 @@ fn a_push_refused_because_the_hub_moved_is_merged_and_retried() {
 fn a_push_that_finds_the_ref_locked_by_another_push_waits_and_lands() {
     let env = Env::new();
     let a = env.ferry_repo("a");
-    write(&a, "seed", "s");
-    env.ferry(&a, &["add"]).assert_ok();
-    env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
-        .assert_ok();
-    let hub = env.path("hub.git");
-    env.git(&a, &["remote", "add", "hub", "../hub.git"])
-        .assert_ok();
+    add_committed(&env, &a, "seed", "s");
+    let hub = bare_remote(&env, &a, "hub");
     env.ferry(&a, &["sync"]).assert_ok();
     // Another push holds synced/main's lock for 0.6 s from the moment ours arrives (once).
-    let hook = hub.join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
+    install_hook(
+        &hub,
+        "pre-receive",
         "#!/bin/sh\ncat >/dev/null\n[ -e held ] && exit 0\ntouch held\n: > refs/heads/synced/main.lock\n(sleep 0.6; rm -f refs/heads/synced/main.lock) >/dev/null 2>&1 &\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     write(&a, "from-a", "a\n");
     env.ferry(&a, &["add"]).assert_ok();
     let r = env.ferry(&a, &["sync", "--json"]);
@@ -1254,19 +1238,9 @@ fn a_remote_whose_sync_ref_went_back_is_pushed_again() {
 fn pushes_to_plain_local_remotes_match_git_push_and_hooks_still_run() {
     let env = Env::new();
     let (a, b) = synced_pair(&env);
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
-        .assert_ok();
-    let hub = env.path("hub.git");
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "hooked.git"])
-        .assert_ok();
-    let hooked = env.path("hooked.git");
-    let hook = hooked.join("hooks/post-receive");
-    std::fs::write(&hook, "#!/bin/sh\ncat >> received\n").unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    env.git(&b, &["remote", "add", "hub", "../hub.git"])
-        .assert_ok();
-    env.git(&b, &["remote", "add", "hooked", "../hooked.git"])
-        .assert_ok();
+    let hub = bare_remote(&env, &b, "hub");
+    let hooked = bare_remote(&env, &b, "hooked");
+    install_hook(&hooked, "post-receive", "#!/bin/sh\ncat >> received\n");
     // Both bare repositories keep reflogs, to compare what each way of pushing logs.
     for d in [&hub, &hooked] {
         env.git(d, &["config", "core.logAllRefUpdates", "true"])
@@ -1457,11 +1431,7 @@ fn a_diverged_branch_on_a_bare_remote_is_left_alone_while_the_sync_ref_lands() {
     write(&b, "plain.txt", "base\n");
     env.git(&b, &["add", "plain.txt"]).assert_ok();
     env.git(&b, &["commit", "-qm", "plain"]).assert_ok();
-    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
-        .assert_ok();
-    let hub = env.path("hub.git");
-    env.git(&b, &["remote", "add", "hub", "../hub.git"])
-        .assert_ok();
+    let hub = bare_remote(&env, &b, "hub");
     env.ferry(&b, &["sync"]).assert_ok();
     // Someone pushes a conflicting main straight to the hub.
     env.git(env.tmp.path(), &["clone", "-q", "hub.git", "other"])

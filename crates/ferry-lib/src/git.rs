@@ -295,17 +295,7 @@ pub fn read_ref(git_dir: &Path, name: &str) -> Option<Option<String>> {
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => return Some(None),
             Err(_) => return None,
         }
-        let packed = match std::fs::read(git_dir.join("packed-refs")) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
-            Err(_) => return None,
-        };
-        for line in packed.split(|&b| b == b'\n') {
-            if line.len() > 41 && line[40] == b' ' && &line[41..] == name.as_bytes() {
-                return Some(Some(String::from_utf8_lossy(&line[..40]).into_owned()));
-            }
-        }
-        return Some(None);
+        return Some(packed_refs(git_dir)?.remove(&name));
     }
     None
 }
@@ -406,30 +396,7 @@ pub fn read_refs(
         }
     }
     // Then packed refs; a loose ref of the same name wins.
-    let mut packed: BTreeMap<String, String> = BTreeMap::new();
-    match std::fs::read(git_dir.join("packed-refs")) {
-        Ok(data) => {
-            for line in data.split(|&b| b == b'\n') {
-                if line.is_empty() || line[0] == b'#' {
-                    continue;
-                }
-                let line = std::str::from_utf8(line).ok()?;
-                if let Some(peeled) = line.strip_prefix('^') {
-                    if !is_sha1(peeled) {
-                        return None;
-                    }
-                    continue;
-                }
-                let (sha, name) = line.split_once(' ')?;
-                if !is_sha1(sha) || !valid_ref_name(name) {
-                    return None;
-                }
-                packed.insert(name.to_string(), sha.to_string());
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(_) => return None,
-    }
+    let packed = packed_refs(git_dir)?;
     for (name, sha) in &packed {
         if wanted(name) && !values.contains_key(name) && !symbolic.contains_key(name) {
             values.insert(name.clone(), sha.clone());
@@ -456,7 +423,45 @@ pub fn read_refs(
     Some(values)
 }
 
-fn is_sha1(s: &str) -> bool {
+/// The refs of `packed-refs` (name → value; an absent file holds none). `None` when it cannot
+/// be read or has a line git would not write.
+pub(crate) fn packed_refs(git_dir: &Path) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut packed = std::collections::BTreeMap::new();
+    let data = match std::fs::read(git_dir.join("packed-refs")) {
+        Ok(data) => data,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(packed),
+        Err(_) => return None,
+    };
+    for line in data.split(|&b| b == b'\n') {
+        if line.is_empty() || line[0] == b'#' {
+            continue;
+        }
+        let line = std::str::from_utf8(line).ok()?;
+        if let Some(peeled) = line.strip_prefix('^') {
+            if !is_sha1(peeled) {
+                return None;
+            }
+            continue;
+        }
+        let (sha, name) = line.split_once(' ')?;
+        if !is_sha1(sha) || !valid_ref_name(name) {
+            return None;
+        }
+        packed.insert(name.to_string(), sha.to_string());
+    }
+    Some(packed)
+}
+
+/// The id git gives an object of this kind (`blob`, `tree`, `commit`, `tag`) and content.
+pub fn object_id(kind: &str, data: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(format!("{kind} {}\0", data.len()).as_bytes());
+    h.update(data);
+    crate::key::hex(&h.finalize())
+}
+
+pub(crate) fn is_sha1(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 

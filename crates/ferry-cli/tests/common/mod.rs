@@ -199,6 +199,23 @@ pub fn add_committed(env: &Env, dir: &Path, rel: &str, content: &str) {
     env.git(dir, &["commit", "-qm", rel]).assert_ok();
 }
 
+/// A new bare repository `<name>.git` beside `dir`, added to `dir` as remote `name`.
+pub fn bare_remote(env: &Env, dir: &Path, name: &str) -> PathBuf {
+    let bare = format!("{name}.git");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", &bare])
+        .assert_ok();
+    env.git(dir, &["remote", "add", name, &format!("../{bare}")])
+        .assert_ok();
+    env.path(&bare)
+}
+
+/// Installs the executable hook `name` (`pre-receive`, ...) in the git directory `git_dir`.
+pub fn install_hook(git_dir: &Path, name: &str, script: &str) {
+    let hook = git_dir.join("hooks").join(name);
+    std::fs::write(&hook, script).unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 /// A small deterministic pseudo-random generator (xorshift64*): picks operations, and makes
 /// big test content fast, without fixtures.
 pub struct Rng(pub u64);
@@ -291,6 +308,16 @@ pub fn explain_json(env: &Env, d: &Path, f: &str) -> serde_json::Value {
     let r = env.ferry(d, &["explain", "--json", f]);
     r.assert_ok();
     r.json_lines().remove(0)
+}
+
+/// The wish of repository `name` ("here" or a remote) in `explain --json`.
+pub fn wish<'v>(v: &'v serde_json::Value, name: &str) -> &'v serde_json::Value {
+    v["wishes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("no wish of {name}: {v}"))
 }
 
 /// Runs a child to completion and returns (output, peak RSS in KiB) from wait4.

@@ -765,11 +765,7 @@ fn stage_pointers(repo: &Repo, pointers: &[(Vec<u8>, Key)]) -> Result<()> {
 
 /// The id git gives a blob with this content.
 pub fn git_blob_id(content: &[u8]) -> String {
-    use sha1::Digest;
-    let mut h = sha1::Sha1::new();
-    h.update(format!("blob {}\0", content.len()).as_bytes());
-    h.update(content);
-    crate::key::hex(&h.finalize())
+    crate::git::object_id("blob", content)
 }
 
 /// Whether an error means the disk (or quota) is full.

@@ -107,7 +107,10 @@ pub(crate) fn push_local(
     };
     let mut plans: Vec<Plan> = remotes
         .iter()
-        .filter_map(|&(at, r)| plan(at, r, branch, &head, &annex, outer.as_deref()))
+        .filter_map(|&(at, r)| {
+            let outer = outer.as_ref().map(|c| c.outer.as_slice());
+            plan(at, r, branch, &head, &annex, outer)
+        })
         .collect();
 
     // What each remote lacks, and whether our commits descend from its old values: one walk
@@ -250,10 +253,9 @@ pub(crate) fn push_local(
         }
     }
     if !tracking.is_empty() {
-        let ours = outer.as_deref().and_then(|outer| {
-            let local = simple_config(&std::fs::read(repo.git_dir.join("config")).ok()?)?;
+        let ours = outer.as_ref().and_then(|c| {
             let plain = crate::git::local_git_dir(repo.git_dir.parent()?)? == repo.git_dir;
-            plain.then(|| in_place(&local, outer, false)).flatten()
+            plain.then(|| in_place(&c.ours, &c.outer, false)).flatten()
         });
         let head_ref = std::fs::read_to_string(repo.git_dir.join("HEAD")).ok();
         let head_ref = head_ref
@@ -316,45 +318,17 @@ fn plan(
             return None;
         }
     }
-    let hooks = match std::fs::read_dir(git_dir.join("hooks")) {
-        Ok(rd) => rd
-            .map(|e| e.map(|e| !e.file_name().as_encoded_bytes().ends_with(b".sample")))
-            .collect::<std::io::Result<Vec<bool>>>()
-            .ok()?
-            .into_iter()
-            .any(|h| h),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(_) => return None,
-    };
-    if hooks
-        || git_dir.join("shallow").exists()
+    if git_dir.join("shallow").exists()
         || non_empty_dir(&git_dir.join("worktrees"))?
         || loose_in_17(&git_dir)? > MAX_LOOSE_IN_17
     {
         return None;
     }
-    let config = simple_config(&std::fs::read(git_dir.join("config")).ok()?)?;
-    if config.iter().any(|(k, _)| unusual_key(k, false)) {
-        return None;
-    }
-    let get = |k: &str| {
-        config
-            .iter()
-            .rev()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
-    };
-    let bare_cfg = get("core.bare").map(|v| v.eq_ignore_ascii_case("true"));
-    if bare_cfg != Some(bare)
-        || !matches!(
-            get("core.repositoryformatversion"),
-            None | Some("0") | Some("1")
-        )
-    {
-        return None;
-    }
-    let checked_out = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
-    let checked_out = checked_out.trim_end().strip_prefix("ref: ");
+    let Receiver {
+        config,
+        checked_out,
+    } = plain_receiver(&git_dir, bare)?;
+    let checked_out = checked_out.as_deref();
 
     let in_place = outer.and_then(|outer| in_place(&config, outer, bare));
     let mut p = Plan {
@@ -394,6 +368,66 @@ fn plan(
         });
     }
     Some(p)
+}
+
+/// How a repository receives a push, when that is plain enough to be known without git.
+pub(crate) struct Receiver {
+    /// Its own config file (see [`simple_config`]).
+    config: Vec<(String, String)>,
+    /// The ref its `HEAD` names (the branch checked out in a work tree).
+    pub(crate) checked_out: Option<String>,
+}
+
+/// How the repository whose git directory is `git_dir` (`bare`: it has no work tree) receives
+/// a push: `None` unless it is plain: no hooks (which a push runs), a simple config file that
+/// agrees on `core.bare` and sets nothing that changes receiving (see [`unusual_key`]), a
+/// known repository format.
+pub(crate) fn plain_receiver(git_dir: &Path, bare: bool) -> Option<Receiver> {
+    let hooks = match std::fs::read_dir(git_dir.join("hooks")) {
+        Ok(rd) => rd
+            .map(|e| e.map(|e| !e.file_name().as_encoded_bytes().ends_with(b".sample")))
+            .collect::<std::io::Result<Vec<bool>>>()
+            .ok()?
+            .into_iter()
+            .any(|h| h),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => return None,
+    };
+    if hooks {
+        return None;
+    }
+    let config = simple_config(&std::fs::read(git_dir.join("config")).ok()?)?;
+    if config.iter().any(|(k, _)| unusual_key(k, false)) {
+        return None;
+    }
+    let get = |k: &str| {
+        config
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let bare_cfg = get("core.bare").map(|v| v.eq_ignore_ascii_case("true"));
+    if bare_cfg != Some(bare)
+        || !matches!(
+            get("core.repositoryformatversion"),
+            None | Some("0") | Some("1")
+        )
+    {
+        return None;
+    }
+    let head = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
+    let checked_out = head.trim_end().strip_prefix("ref: ").map(str::to_string);
+    Some(Receiver {
+        config,
+        checked_out,
+    })
+}
+
+/// Whether a config key (as git lists it) of the pushing repository, which receive-pack reads
+/// too (global and system entries), changes how a push is received.
+pub(crate) fn unusual_for_receiving(key: &str) -> bool {
+    unusual_key(key, true)
 }
 
 /// `f` of each of `items`, each on its own thread (they run git), in order.
@@ -503,10 +537,10 @@ fn apply(
 
 /// The system and global git config entries, which git run in another repository reads as
 /// well: `config` (this repository's whole config, as `git config --list` gives it, in order)
-/// without its tail, the entries of our own config file. `None` when that cannot be told
+/// without its tail, the entries of our own config file (returned too). `None` when that cannot be told
 /// apart with certainty (a config file that is not simple, includes, config given in the
 /// environment).
-fn outer_config(git_dir: &Path, config: &[(String, String)]) -> Option<Vec<(String, String)>> {
+fn outer_config(git_dir: &Path, config: &[(String, String)]) -> Option<ConfigSplit> {
     if ["GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_CONFIG"]
         .iter()
         .any(|v| std::env::var_os(v).is_some())
@@ -519,8 +553,18 @@ fn outer_config(git_dir: &Path, config: &[(String, String)]) -> Option<Vec<(Stri
         .iter()
         .zip(&ours)
         .all(|((k, _), (o, _))| k.eq_ignore_ascii_case(o));
-    (tail_matches && !ours.iter().any(|(k, _)| k.starts_with("include")))
-        .then(|| config[..split].to_vec())
+    (tail_matches && !ours.iter().any(|(k, _)| k.starts_with("include"))).then(|| ConfigSplit {
+        outer: config[..split].to_vec(),
+        ours,
+    })
+}
+
+/// Our config list told apart (see [`outer_config`]).
+struct ConfigSplit {
+    /// System and global entries.
+    outer: Vec<(String, String)>,
+    /// Those of our own config file.
+    ours: Vec<(String, String)>,
 }
 
 /// How refs are moved in a remote whose own config is `local` (see [`InPlace`]); `None` when
@@ -579,27 +623,10 @@ fn update_refs(
     msg: &str,
     intents: &Path,
 ) -> std::io::Result<bool> {
-    let read_packed = || match std::fs::read(git_dir.join("packed-refs")) {
-        Ok(p) => Some(p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
-        Err(_) => None,
-    };
-    let packed_lines = |packed: &[u8]| -> Vec<(String, String)> {
-        packed
-            .split(|&b| b == b'\n')
-            .filter(|l| l.len() > 41 && l[40] == b' ')
-            .map(|l| {
-                (
-                    String::from_utf8_lossy(&l[41..]).into_owned(),
-                    String::from_utf8_lossy(&l[..40]).into_owned(),
-                )
-            })
-            .collect()
-    };
-    let Some(before) = read_packed() else {
+    let Some(before) = crate::git::packed_refs(git_dir) else {
         return Ok(false);
     };
-    let in_the_way = packed_lines(&before).into_iter().any(|(other, _)| {
+    let in_the_way = before.keys().any(|other| {
         moves.iter().any(|m| {
             other.starts_with(&format!("{}/", m.name)) || m.name.starts_with(&format!("{other}/"))
         })
@@ -671,14 +698,15 @@ fn update_refs(
     }
 
     // Their values now, under the locks.
-    let mut packed: Option<Vec<(String, String)>> = None;
+    // (packed-refs read again: a `pack-refs` may have moved a value there before we locked.)
+    let mut packed: Option<BTreeMap<String, String>> = None;
     let mut writes: Vec<(&RefMove, Option<String>)> = Vec::new();
     for m in moves {
         let now = match std::fs::read(git_dir.join(&m.name)) {
             Ok(c) => {
                 let c = String::from_utf8_lossy(&c);
                 let c = c.trim_end();
-                if !(c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit())) {
+                if !crate::git::is_sha1(c) {
                     release(&held);
                     return Ok(false);
                 }
@@ -686,17 +714,13 @@ fn update_refs(
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if packed.is_none() {
-                    let Some(p) = read_packed() else {
-                        release(&held);
-                        return Ok(false);
-                    };
-                    packed = Some(packed_lines(&p));
+                    packed = crate::git::packed_refs(git_dir);
                 }
-                packed
-                    .iter()
-                    .flatten()
-                    .find(|(name, _)| *name == m.name)
-                    .map(|(_, v)| v.clone())
+                let Some(packed) = &packed else {
+                    release(&held);
+                    return Ok(false);
+                };
+                packed.get(&m.name).cloned()
             }
             Err(_) => {
                 release(&held);
@@ -860,7 +884,7 @@ impl Store {
         if !self.got.contains_key(id) {
             let (kind, data) = self.cat.get(id.as_bytes()).ok()??;
             self.bytes += data.len();
-            if self.bytes > MAX_BYTES || object_id(&kind, &data) != id {
+            if self.bytes > MAX_BYTES || crate::git::object_id(&kind, &data) != id {
                 return None;
             }
             self.got.insert(id.to_string(), (kind, data));
@@ -1039,15 +1063,6 @@ fn tree_diff(
         }
     }
     Some(())
-}
-
-/// A git object's SHA-1 id.
-fn object_id(kind: &str, data: &[u8]) -> String {
-    use sha1::{Digest, Sha1};
-    let mut h = Sha1::new();
-    h.update(format!("{kind} {}\0", data.len()).as_bytes());
-    h.update(data);
-    crate::key::hex(&h.finalize())
 }
 
 /// Writes one loose object as git does (without fsync, as git does by default for loose
@@ -1577,12 +1592,17 @@ mod tests {
             e("core.bare", "false"),
             e("user.name", "Local"),
         ];
+        let split = outer_config(d.path(), &list).unwrap();
         assert_eq!(
-            outer_config(d.path(), &list),
-            Some(vec![
+            split.outer,
+            vec![
                 e("user.name", "Global"),
                 e("core.logallrefupdates", "false")
-            ])
+            ]
+        );
+        assert_eq!(
+            split.ours,
+            vec![e("core.bare", "false"), e("user.name", "Local")]
         );
         // The tail does not match our file: unsure.
         let other = vec![
@@ -1590,7 +1610,7 @@ mod tests {
             e("core.bare", "false"),
             e("x.y", "z"),
         ];
-        assert_eq!(outer_config(d.path(), &other), None);
+        assert!(outer_config(d.path(), &other).is_none());
         // A bare remote without its own setting follows the global one; a clone its own.
         let outer = [
             e("core.logallrefupdates", "false"),
@@ -1624,7 +1644,7 @@ mod tests {
         assert!(st.success());
         for size in [0usize, 1, 65535, 65536, 200_000] {
             let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-            let id = object_id("blob", &data);
+            let id = crate::git::object_id("blob", &data);
             write_loose_object(&d.path().join("objects"), &id, "blob", &data).unwrap();
             let out = std::process::Command::new("git")
                 .arg("-C")

@@ -269,35 +269,15 @@ fn push_changes_nothing(
     if has(&format!("refs/heads/{branch}"), &head) {
         return true;
     }
-    // The branch differs: only a refused push leaves it so.
-    let refused = || -> Option<bool> {
-        let checked_out = std::fs::read_to_string(git_dir.join("HEAD")).ok()?;
-        if checked_out.trim_end() != format!("ref: refs/heads/{branch}") {
-            return Some(false);
-        }
-        let config: String = std::fs::read_to_string(git_dir.join("config"))
-            .ok()?
-            .to_ascii_lowercase()
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        let unusual = ["denycurrentbranch", "include", "worktree", "hookspath"];
-        // Its hooks would see the refused push: let it happen.
-        let hooks = std::fs::read_dir(git_dir.join("hooks"))
-            .map(|rd| {
-                rd.flatten()
-                    .any(|e| !e.file_name().as_encoded_bytes().ends_with(b".sample"))
-            })
-            .unwrap_or(false);
-        Some(
-            config.contains("[core]")
-                && config.contains("bare=false")
-                && !hooks
-                && !unusual.iter().any(|u| config.contains(u))
-                && !global.keys().any(|k| unusual.iter().any(|u| k.contains(u))),
-        )
-    };
-    refused().unwrap_or(false)
+    // The branch differs: only a refused push leaves it so (the branch checked out in a work
+    // tree, with nothing that would change or see the refusal).
+    let bare = r.local_path.as_ref() == Some(&git_dir);
+    !bare
+        && !global
+            .keys()
+            .any(|k| super::localpush::unusual_for_receiving(k))
+        && super::localpush::plain_receiver(&git_dir, false)
+            .is_some_and(|rc| rc.checked_out == Some(format!("refs/heads/{branch}")))
 }
 
 pub(crate) fn current_branch(repo: &Repo) -> Result<String> {
