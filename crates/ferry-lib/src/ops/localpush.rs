@@ -154,7 +154,7 @@ pub(crate) fn push_local(
         })
         .filter(|(_, olds)| !olds.is_empty())
         .collect();
-    let verdicts = parallel(&sides, |(new, olds)| {
+    let verdicts = super::parallel(&sides, |(new, olds)| {
         behind(repo, new, &olds.iter().map(String::as_str).collect())
     });
     for ((new, _), (rejected, unsure)) in sides.iter().zip(verdicts) {
@@ -182,7 +182,7 @@ pub(crate) fn push_local(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let lists = parallel(&unwalked, |haves| {
+    let lists = super::parallel(&unwalked, |haves| {
         let mut input = format!("{head}\n{annex}\n");
         for h in *haves {
             input.push_str(&format!("^{h}\n"));
@@ -221,23 +221,11 @@ pub(crate) fn push_local(
 
     let ours = repo.git_dir.clone();
     // Write, then move the refs: each remote on its own thread.
-    let done: Vec<bool> = std::thread::scope(|s| {
-        let handles: Vec<_> = plans
-            .iter()
-            .zip(&needs)
-            .map(|(p, need)| {
-                let (objects, ours) = (&objects, &ours);
-                s.spawn(move || match (need, objects) {
-                    _ if p.updates.is_empty() => true,
-                    (Some(ids), Some(objects)) => apply(p, ids, objects, ours),
-                    _ => false,
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(false))
-            .collect()
+    let work: Vec<(&Plan, &Option<Vec<String>>)> = plans.iter().zip(&needs).collect();
+    let done: Vec<bool> = super::parallel(&work, |(p, need)| match (need, &objects) {
+        _ if p.updates.is_empty() => true,
+        (Some(ids), Some(objects)) => apply(p, ids, objects, &ours),
+        _ => false,
     });
 
     // Our remote-tracking refs follow, as after `git push`.
@@ -428,20 +416,6 @@ pub(crate) fn plain_receiver(git_dir: &Path, bare: bool) -> Option<Receiver> {
 /// too (global and system entries), changes how a push is received.
 pub(crate) fn unusual_for_receiving(key: &str) -> bool {
     unusual_key(key, true)
-}
-
-/// `f` of each of `items`, each on its own thread (they run git), in order.
-fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if items.len() == 1 {
-        return vec![f(&items[0])];
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
 }
 
 /// Which of `olds` are not ancestors of `new`: (surely not, unsure). One `merge-base

@@ -435,35 +435,27 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
             None => groups.push((g, vec![i])),
         }
     }
+    // (Only the remotes to fetch: an unchanged or missing one costs no thread.)
+    let groups: Vec<Vec<usize>> = groups
+        .into_iter()
+        .map(|(_, members)| {
+            members
+                .into_iter()
+                .filter(|&i| available[i] && !current[i])
+                .collect::<Vec<usize>>()
+        })
+        .filter(|members| !members.is_empty())
+        .collect();
     let mut fetched: Vec<std::result::Result<(), String>> = vec![Ok(()); all.len()];
-    std::thread::scope(|s| {
-        let handles: Vec<_> = groups
+    let results = super::parallel(&groups, |members| {
+        members
             .iter()
-            .map(|(_, members)| {
-                let (all, available, current) = (&all, &available, &current);
-                s.spawn(move || {
-                    members
-                        .iter()
-                        .map(|&i| {
-                            (
-                                i,
-                                if available[i] && !current[i] {
-                                    git_try(net, &["fetch", "--quiet", &all[i].name])
-                                } else {
-                                    Ok(())
-                                },
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for (i, r) in h.join().unwrap_or_default() {
-                fetched[i] = r;
-            }
-        }
+            .map(|&i| (i, git_try(net, &["fetch", "--quiet", &all[i].name])))
+            .collect::<Vec<_>>()
     });
+    for (i, r) in results.into_iter().flatten() {
+        fetched[i] = r;
+    }
     for (i, r) in fetched.into_iter().enumerate() {
         if !available[i] {
             reports[i].pulled = Outcome::Unavailable;
@@ -514,23 +506,7 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
         }
     }
     if repo.git.rev_parse("HEAD")?.is_some() {
-        let pushed: Vec<std::result::Result<(), String>> = std::thread::scope(|s| {
-            let branch = &branch;
-            let handles: Vec<_> = push_to
-                .iter()
-                .map(|&i| {
-                    let name = &all[i].name;
-                    s.spawn(move || push(net, name, branch))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err("push thread panicked".into()))
-                })
-                .collect()
-        });
+        let pushed = super::parallel(&push_to, |&i| push(net, &all[i].name, &branch));
         for (&i, r) in push_to.iter().zip(pushed) {
             if let Err(e) = r {
                 // Rejected as non-fast-forward: someone pushed meanwhile. Pull, merge, retry.
