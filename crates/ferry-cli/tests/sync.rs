@@ -703,6 +703,14 @@ fn a_push_that_finds_the_ref_locked_by_another_push_waits_and_lands() {
             .stdout(),
         env.git(&a, &["rev-parse", "HEAD"]).stdout()
     );
+    // A lock that stays (left by a killed git): the failure says what to do.
+    std::fs::write(hub.join("refs/heads/synced/main.lock"), "").unwrap();
+    add_committed(&env, &a, "later", "l\n");
+    let r = env.ferry(&a, &["sync", "--json"]);
+    r.assert_fails();
+    let j = &r.json_lines()[0];
+    let msg = j["remotes"][0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("remove the stale <ref>.lock"), "{j}");
 }
 
 /// `git ls-tree -r HEAD`: every path with its mode and blob (for annexed files: link or pointer,

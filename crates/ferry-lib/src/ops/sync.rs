@@ -532,6 +532,13 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
                 }
                 if !ok {
                     reports[i].pushed = Outcome::Failed;
+                    if held_by_another_push(&last) {
+                        last.push_str(
+                            " (a ref there stayed locked: the next sync tries again; if no git or \
+                             ferry works on that repository, remove the stale <ref>.lock file \
+                             under its refs/ directory)",
+                        );
+                    }
                     reports[i].message = Some(last);
                 }
             }
