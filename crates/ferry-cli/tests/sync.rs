@@ -1474,3 +1474,96 @@ fn a_diverged_branch_on_a_bare_remote_is_left_alone_while_the_sync_ref_lands() {
         .assert_ok();
     let _ = a;
 }
+
+/// Every `*.lock` file under `dir` (a repository's `refs/`).
+fn ref_locks(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension() == Some(OsStr::new("lock")) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A sync killed while it holds ref locks (in a remote it writes into, then in this
+/// repository, for the remote-tracking refs) leaves locks git would refuse to work past; the
+/// next sync removes them, as the killed process noted them, and completes the push. The
+/// sync is held at the right moment by a FIFO where it appends a reflog line: opening it
+/// blocks after the locks are taken.
+#[test]
+fn a_sync_killed_holding_ref_locks_leaves_nothing_the_next_one_cannot_clear() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    add_committed(&env, &a, "seed", "s\n");
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
+    env.ferry(&a, &["sync"]).assert_ok();
+    let held = [
+        // b's sync ref (b's locks), then our tracking ref of it (our locks).
+        (b.join(".git"), "refs/heads/synced/main"),
+        (a.join(".git"), "refs/remotes/b/synced/main"),
+    ];
+    for (round, (git_dir, name)) in held.iter().enumerate() {
+        let log = git_dir.join("logs").join(name);
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&log);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&log)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        add_committed(&env, &a, &format!("new-{round}"), "n\n");
+        let mut child = env
+            .cmd(&a, ferry_bin(), &["sync".as_ref()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lock = git_dir.join(format!("{name}.lock"));
+        let took = wait_until(std::time::Duration::from_secs(20), || lock.exists());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            took,
+            "round {round}: the sync never took {}",
+            lock.display()
+        );
+        assert!(
+            lock.exists(),
+            "round {round}: the killed sync left its lock"
+        );
+        std::fs::remove_file(&log).unwrap();
+
+        let r = env.ferry(&a, &["sync", "--json"]);
+        assert!(
+            r.ok(),
+            "round {round}: the next sync must clear the locks and push\n{}\n{}",
+            r.stdout(),
+            r.stderr()
+        );
+        let head = env.git(&a, &["rev-parse", "HEAD"]).stdout();
+        for (dir, reference) in [
+            (&b, "refs/heads/synced/main"),
+            (&a, "refs/remotes/b/synced/main"),
+        ] {
+            assert_eq!(
+                env.git(dir, &["rev-parse", reference]).stdout(),
+                head,
+                "round {round}"
+            );
+            let left = ref_locks(&dir.join(".git/refs"));
+            assert!(left.is_empty(), "round {round}: locks left {left:?}");
+        }
+        env.git(&b, &["fsck", "--no-progress"]).assert_ok();
+    }
+}

@@ -105,13 +105,14 @@ pub(crate) fn push_local(
     ) else {
         return Vec::new();
     };
-    let mut plans: Vec<Plan> = remotes
-        .iter()
-        .filter_map(|&(at, r)| {
-            let outer = outer.as_ref().map(|c| c.outer.as_slice());
-            plan(at, r, branch, &head, &annex, outer)
-        })
-        .collect();
+    // (Each remote read on its own thread, as each is written on one below.)
+    let mut plans: Vec<Plan> = super::parallel(remotes, |&(at, r)| {
+        let outer = outer.as_ref().map(|c| c.outer.as_slice());
+        plan(at, r, branch, &head, &annex, outer)
+    })
+    .into_iter()
+    .flatten()
+    .collect();
 
     // What each remote lacks, and whether our commits descend from its old values: one walk
     // per distinct set of what remotes have, in-process over one `cat-file --batch` (see
@@ -219,62 +220,90 @@ pub(crate) fn push_local(
         None => Some(BTreeMap::new()),
     };
 
-    let ours = repo.git_dir.clone();
-    // Write, then move the refs: each remote on its own thread.
-    let work: Vec<(&Plan, &Option<Vec<String>>)> = plans.iter().zip(&needs).collect();
-    let done: Vec<bool> = super::parallel(&work, |(p, need)| match (need, &objects) {
-        _ if p.updates.is_empty() => true,
-        (Some(ids), Some(objects)) => apply(p, ids, objects, &ours),
-        _ => false,
+    // How our remote-tracking refs move after a push, as `git push` moves them: in place
+    // when our repository is plain enough (see `in_place`), else by `git update-ref`.
+    let ours = &repo.git_dir;
+    let tracking_how = outer.as_ref().and_then(|c| {
+        let plain = crate::git::local_git_dir(ours.parent()?)? == *ours;
+        plain.then(|| in_place(&c.ours, &c.outer, false)).flatten()
     });
+    let our_head = std::fs::read_to_string(ours.join("HEAD")).ok();
+    let our_head = our_head
+        .as_deref()
+        .and_then(|h| h.trim_end().strip_prefix("ref: "));
 
-    // Our remote-tracking refs follow, as after `git push`.
-    let mut tracking: Vec<RefMove> = Vec::new();
-    for (p, _) in plans.iter().zip(&done).filter(|(_, d)| **d) {
-        let pushed = p.updates.iter().map(|u| (&u.name, &u.new));
-        for (b, value) in p.same.iter().map(|(b, v)| (b, v)).chain(pushed) {
-            tracking.push(RefMove {
-                name: format!("refs/remotes/{}/{b}", p.name),
-                new: value.clone(),
-                expect: None,
-            });
-        }
-    }
-    if !tracking.is_empty() {
-        let ours = outer.as_ref().and_then(|c| {
-            let plain = crate::git::local_git_dir(repo.git_dir.parent()?)? == repo.git_dir;
-            plain.then(|| in_place(&c.ours, &c.outer, false)).flatten()
-        });
-        let head_ref = std::fs::read_to_string(repo.git_dir.join("HEAD")).ok();
-        let head_ref = head_ref
-            .as_deref()
-            .and_then(|h| h.trim_end().strip_prefix("ref: "));
-        let moved = ours.is_some_and(|how| {
-            update_refs(
-                &repo.git_dir,
-                &tracking,
-                &how,
-                head_ref,
-                "update by push",
-                &intents,
-            )
-            .unwrap_or(false)
-        });
-        if !moved {
-            let input: String = tracking
+    // Our remote-tracking refs for each remote, as they are after a push there.
+    let trackings: Vec<Vec<RefMove>> = plans
+        .iter()
+        .map(|p| {
+            let pushed = p.updates.iter().map(|u| (&u.name, &u.new));
+            p.same
                 .iter()
-                .map(|m| format!("update {} {}\n", m.name, m.new))
-                .collect();
-            let _ = repo.git.run_with_input(
-                ["update-ref", "-m", "update by push", "--stdin"],
-                input.as_bytes(),
-            );
+                .map(|(b, v)| (b, v))
+                .chain(pushed)
+                .map(|(b, value)| RefMove {
+                    name: format!("refs/remotes/{}/{b}", p.name),
+                    new: value.clone(),
+                    expect: None,
+                })
+                .collect()
+        })
+        .collect();
+    // Every lock this push may take, in their repositories and in ours, noted at once (see
+    // `note_locks`): one note, not one per transaction. (If it cannot be written, each
+    // transaction tries its own.)
+    let theirs = plans.iter().flat_map(|p| {
+        let lock = |u: &Update| p.git_dir.join(format!("refs/heads/{}.lock", u.name));
+        p.updates.iter().map(move |u| (lock(u), u.new.as_str()))
+    });
+    let mine = trackings
+        .iter()
+        .flatten()
+        .map(|m| (ours.join(format!("{}.lock", m.name)), m.new.as_str()));
+    let note = note_locks(&intents, theirs.chain(mine));
+    let notes = match note {
+        Some(_) => Notes::Taken,
+        None => Notes::In(&intents),
+    };
+
+    // Each remote on its own thread: write what it lacks, move its refs, then move our
+    // remote-tracking refs for it. Returns whether it was done, and the tracking refs left
+    // for git to move.
+    let each: Vec<usize> = (0..plans.len()).collect();
+    let results: Vec<(bool, &[RefMove])> = super::parallel(&each, |&i| {
+        let (p, need, tracking) = (&plans[i], &needs[i], &trackings[i]);
+        let done = match (need, &objects) {
+            _ if p.updates.is_empty() => true,
+            (Some(ids), Some(objects)) => apply(p, ids, objects, ours, notes),
+            _ => false,
+        };
+        let none: &[RefMove] = &[];
+        if !done {
+            return (false, none);
         }
+        let moved = tracking_how.as_ref().is_some_and(|how| {
+            update_refs(ours, tracking, how, our_head, "update by push", notes).unwrap_or(false)
+        });
+        (true, if moved { none } else { tracking.as_slice() })
+    });
+    if let Some(note) = note {
+        let _ = std::fs::remove_file(note);
+    }
+    let left: String = results
+        .iter()
+        .flat_map(|(_, left)| left.iter())
+        .map(|m| format!("update {} {}\n", m.name, m.new))
+        .collect();
+    if !left.is_empty() {
+        let _ = repo.git.run_with_input(
+            ["update-ref", "-m", "update by push", "--stdin"],
+            left.as_bytes(),
+        );
     }
     plans
         .iter()
-        .zip(done)
-        .filter(|(_, d)| *d)
+        .zip(results)
+        .filter(|(_, (done, _))| *done)
         .map(|(p, _)| p.at)
         .collect()
 }
@@ -455,9 +484,10 @@ fn apply(
     ids: &[String],
     objects: &BTreeMap<String, (String, Vec<u8>)>,
     ours: &Path,
+    notes: Notes<'_>,
 ) -> bool {
     let objects_dir = p.git_dir.join("objects");
-    let (our_objects, intents) = (ours.join("objects"), intents_dir(ours));
+    let our_objects = ours.join("objects");
     for id in ids {
         let Some((kind, data)) = objects.get(id) else {
             return false;
@@ -484,7 +514,7 @@ fn apply(
             how,
             p.head_ref.as_deref(),
             "push",
-            &intents,
+            notes,
         ) {
             Ok(true) => return true,
             // Nothing changed (a ref locked or moved meanwhile, or a reflog line that needs
@@ -595,7 +625,7 @@ fn update_refs(
     how: &InPlace,
     head_ref: Option<&str>,
     msg: &str,
-    intents: &Path,
+    notes: Notes<'_>,
 ) -> std::io::Result<bool> {
     let Some(before) = crate::git::packed_refs(git_dir) else {
         return Ok(false);
@@ -624,26 +654,27 @@ fn update_refs(
     // later one remove it (see `clear_stale_locks`), where git would refuse that ref until it
     // is removed by hand.
     let lock_of = |name: &str| git_dir.join(format!("{name}.lock"));
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let note = intents.join(format!("{}-{seq}", std::process::id()));
-    let mut text = String::new();
-    for m in &moves {
-        text.push_str(&format!("{}\t{}\n", lock_of(&m.name).display(), m.new));
-    }
-    let noted = std::fs::write(&note, &text).or_else(|_| {
-        std::fs::create_dir_all(intents)?;
-        std::fs::write(&note, &text)
-    });
-    if noted.is_err() {
-        return Ok(false);
-    }
+    let note = match notes {
+        Notes::In(intents) => {
+            let locks = moves.iter().map(|m| (lock_of(&m.name), m.new.as_str()));
+            match note_locks(intents, locks) {
+                Some(note) => Some(note),
+                None => return Ok(false),
+            }
+        }
+        Notes::Taken => None,
+    };
+    let forget = || {
+        if let Some(note) = &note {
+            let _ = std::fs::remove_file(note);
+        }
+    };
     let mut held: Vec<&RefMove> = Vec::new();
     let release = |held: &[&RefMove]| {
         for m in held {
             let _ = std::fs::remove_file(lock_of(&m.name));
         }
-        let _ = std::fs::remove_file(&note);
+        forget();
     };
     for m in &moves {
         let lock = lock_of(&m.name);
@@ -745,13 +776,20 @@ fn update_refs(
 
     let prepared = (|| -> std::io::Result<()> {
         for (log, line) in &lines {
-            if let Some(dir) = log.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(log)?;
+            let open = || {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(log)
+            };
+            // (Its directory is made only when missing: one system call, not three.)
+            let mut f = match open() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    log.parent().map_or(Ok(()), std::fs::create_dir_all)?;
+                    open()?
+                }
+                other => other?,
+            };
             std::io::Write::write_all(&mut f, line.as_bytes())?;
         }
         Ok(())
@@ -767,12 +805,45 @@ fn update_refs(
             return Err(e);
         }
     }
-    let _ = std::fs::remove_file(&note);
+    forget();
     Ok(true)
 }
 
+/// Where [`update_refs`] notes the ref locks it is about to take.
+#[derive(Clone, Copy)]
+enum Notes<'a> {
+    /// In a note of its own in this directory (see [`note_locks`]).
+    In(&'a Path),
+    /// Already noted by the caller (one note for all the transactions of a push).
+    Taken,
+}
+
+/// Notes the ref locks about to be taken (each lock's path and the value it will hold) in a
+/// new file in `intents`, named after this process, so that a later sync can remove them if
+/// this process is killed holding them (see [`clear_stale_locks`]). The note's path, `None`
+/// if it could not be written.
+fn note_locks<'a>(
+    intents: &Path,
+    locks: impl Iterator<Item = (PathBuf, &'a str)>,
+) -> Option<PathBuf> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let note = intents.join(format!("{}-{seq}", std::process::id()));
+    let mut text = String::new();
+    for (lock, value) in locks {
+        text.push_str(&format!("{}\t{value}\n", lock.display()));
+    }
+    std::fs::write(&note, &text)
+        .or_else(|_| {
+            std::fs::create_dir_all(intents)?;
+            std::fs::write(&note, &text)
+        })
+        .ok()?;
+    Some(note)
+}
+
 /// Where a repository notes the ref locks it is about to take (see [`update_refs`]).
-fn intents_dir(git_dir: &Path) -> PathBuf {
+pub(crate) fn intents_dir(git_dir: &Path) -> PathBuf {
     git_dir.join("annex/ferry/reflocks")
 }
 
@@ -780,7 +851,7 @@ fn intents_dir(git_dir: &Path) -> PathBuf {
 /// one): those noted in `intents` by a process that is gone, not older than the note, still
 /// holding the value that process was to write (or nothing: killed between creating and
 /// writing it). A lock another process took since holds its own value, and is left alone.
-fn clear_stale_locks(intents: &Path) {
+pub(crate) fn clear_stale_locks(intents: &Path) {
     let Ok(rd) = std::fs::read_dir(intents) else {
         return;
     };
@@ -1398,7 +1469,17 @@ mod tests {
             mv("refs/heads/synced/main", &c2, Some(None)),
             mv("refs/heads/main", &c1, Some(Some(&c2))),
         ];
-        assert!(update_refs(&g, &moves, &how, Some("refs/heads/main"), "push", &notes).unwrap());
+        assert!(
+            update_refs(
+                &g,
+                &moves,
+                &how,
+                Some("refs/heads/main"),
+                "push",
+                Notes::In(&notes)
+            )
+            .unwrap()
+        );
         // The same through git, on twin refs.
         git(
             r,
@@ -1457,7 +1538,7 @@ mod tests {
             mv("refs/heads/synced/main", &c1, Some(Some(&c2))),
             mv("refs/heads/main", &c2, Some(Some(&c1))),
         ];
-        assert!(!update_refs(&g, &back, &how, None, "push", &notes).unwrap());
+        assert!(!update_refs(&g, &back, &how, None, "push", Notes::In(&notes)).unwrap());
         std::fs::remove_file(g.join("refs/heads/main.lock")).unwrap();
         assert_eq!(
             git(r, &["rev-parse", "synced/main", "main"]),
@@ -1466,24 +1547,24 @@ mod tests {
         assert!(!g.join("refs/heads/synced/main.lock").exists());
         // A value that moved meanwhile: nothing changes.
         let stale = [mv("refs/heads/synced/main", &c1, Some(Some(&c1)))];
-        assert!(!update_refs(&g, &stale, &how, None, "push", &notes).unwrap());
+        assert!(!update_refs(&g, &stale, &how, None, "push", Notes::In(&notes)).unwrap());
         assert_eq!(git(r, &["rev-parse", "synced/main"]), c2);
         // Packed refs: the packed value is the old one.
         git(r, &["pack-refs", "--all", "--prune"]);
         assert!(!g.join("refs/heads/synced/main").exists());
         let from_packed = [mv("refs/heads/synced/main", &c1, Some(Some(&c2)))];
-        assert!(update_refs(&g, &from_packed, &how, None, "push", &notes).unwrap());
+        assert!(update_refs(&g, &from_packed, &how, None, "push", Notes::In(&notes)).unwrap());
         assert_eq!(git(r, &["rev-parse", "synced/main"]), c1);
         // A packed ref where a directory would go: left to git.
         git(r, &["update-ref", "refs/heads/pk", &c1]);
         git(r, &["pack-refs", "--all", "--prune"]);
         let below = [mv("refs/heads/pk/x", &c1, Some(None))];
-        assert!(!update_refs(&g, &below, &how, None, "push", &notes).unwrap());
+        assert!(!update_refs(&g, &below, &how, None, "push", Notes::In(&notes)).unwrap());
         assert!(!g.join("refs/heads/pk").exists());
         // Already there: no new reflog line.
         let lines = log("refs/heads/synced/main").lines().count();
         let same = [mv("refs/heads/synced/main", &c1, None)];
-        assert!(update_refs(&g, &same, &how, None, "push", &notes).unwrap());
+        assert!(update_refs(&g, &same, &how, None, "push", Notes::In(&notes)).unwrap());
         assert_eq!(log("refs/heads/synced/main").lines().count(), lines);
         // A reflog git would need an identity for: left to git.
         let anonymous = InPlace {
@@ -1491,12 +1572,12 @@ mod tests {
             ident: None,
         };
         let new = [mv("refs/heads/n", &c1, Some(None))];
-        assert!(!update_refs(&g, &new, &anonymous, None, "push", &notes).unwrap());
+        assert!(!update_refs(&g, &new, &anonymous, None, "push", Notes::In(&notes)).unwrap());
         let quiet = InPlace {
             create_logs: false,
             ident: None,
         };
-        assert!(update_refs(&g, &new, &quiet, None, "push", &notes).unwrap());
+        assert!(update_refs(&g, &new, &quiet, None, "push", Notes::In(&notes)).unwrap());
         assert!(!g.join("logs/refs/heads/n").exists());
         git(r, &["fsck", "--strict", "--no-dangling"]);
     }

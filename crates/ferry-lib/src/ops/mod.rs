@@ -16,8 +16,8 @@ pub mod whereis;
 /// `f` of each of `items`, each on its own thread (they run git or wait on other
 /// repositories), in order; one item runs on this thread. A panic in one is raised here.
 pub(crate) fn parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    if items.len() == 1 {
-        return vec![f(&items[0])];
+    if items.len() <= 1 {
+        return items.iter().map(f).collect();
     }
     std::thread::scope(|s| {
         let handles: Vec<_> = items.iter().map(|i| s.spawn(|| f(i))).collect();

@@ -239,34 +239,45 @@ pub(crate) fn local_remote_unchanged(repo: &Repo, r: &Remote, git_dir: &std::pat
     }
 }
 
+/// Our `<branch>` and `git-annex` commits, what a push sends (`None` if either is missing or
+/// unreadable).
+type OurTips = Option<(String, String)>;
+
+fn our_tips(repo: &Repo, branch: &str) -> OurTips {
+    match (
+        repo.git.rev_parse(&format!("refs/heads/{branch}")),
+        repo.git.rev_parse("refs/heads/git-annex"),
+    ) {
+        (Ok(Some(head)), Ok(Some(annex))) => Some((head, annex)),
+        _ => None,
+    }
+}
+
 /// Whether `git push` to local remote `r` (see [`push`]) would change nothing there: its sync
 /// refs and `git-annex` already hold our commits, and its `<branch>` either does too or is
 /// the branch checked out in its work tree, which a push is refused to update (a non-bare
 /// remote that says so in its config, with no `receive.denyCurrentBranch` anywhere). Read
 /// from disk; false when unsure.
 fn push_changes_nothing(
-    repo: &Repo,
     r: &Remote,
     branch: &str,
+    ours: &OurTips,
     global: &std::collections::HashMap<String, String>,
 ) -> bool {
+    let Some((head, annex)) = ours else {
+        return false;
+    };
     let Some((git_dir, theirs)) = their_refs(r) else {
         return false;
     };
-    let (Ok(Some(head)), Ok(Some(annex))) = (
-        repo.git.rev_parse(&format!("refs/heads/{branch}")),
-        repo.git.rev_parse("refs/heads/git-annex"),
-    ) else {
-        return false;
-    };
     let has = |name: &str, sha: &str| theirs.get(name).map(String::as_str) == Some(sha);
-    if !(has(&format!("refs/heads/synced/{branch}"), &head)
-        && has("refs/heads/synced/git-annex", &annex)
-        && has("refs/heads/git-annex", &annex))
+    if !(has(&format!("refs/heads/synced/{branch}"), head)
+        && has("refs/heads/synced/git-annex", annex)
+        && has("refs/heads/git-annex", annex))
     {
         return false;
     }
-    if has(&format!("refs/heads/{branch}"), &head) {
+    if has(&format!("refs/heads/{branch}"), head) {
         return true;
     }
     // The branch differs: only a refused push leaves it so (the branch checked out in a work
@@ -412,16 +423,19 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
         true => tracking_refs(repo),
         false => None,
     };
-    let current: Vec<bool> = all
-        .iter()
-        .zip(&available)
-        .map(|(r, &there)| {
-            there
-                && ours.as_ref().is_some_and(|ours| {
-                    their_refs(r).is_some_and(|(_, theirs)| fetch_changes_nothing(r, &theirs, ours))
-                })
-        })
+    let checked: Vec<usize> = (0..all.len())
+        .filter(|&i| available[i] && ours.is_some() && all[i].plain)
         .collect();
+    let same = super::parallel(&checked, |&i| {
+        let r = &all[i];
+        ours.as_ref().is_some_and(|ours| {
+            their_refs(r).is_some_and(|(_, theirs)| fetch_changes_nothing(r, &theirs, ours))
+        })
+    });
+    let mut current = vec![false; all.len()];
+    for (i, same) in checked.into_iter().zip(same) {
+        current[i] = same;
+    }
     // One thread per host: remotes on the same ssh host are fetched one after another over the
     // shared connection (the first one opens it); different hosts and local remotes in parallel.
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
@@ -481,10 +495,18 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
         .collect();
     // A local remote that already has everything a push would send is not pushed to; the
     // plainest local remotes get what is missing written straight in (ops/localpush.rs).
+    // (Each remote's refs read on its own thread: with many remotes, that file-system work
+    // is most of a sync.)
     let global: std::collections::HashMap<String, String> = config.iter().cloned().collect();
+    let tips = our_tips(repo, &branch);
+    let unchanged = super::parallel(&push_to, |&i| {
+        push_changes_nothing(&all[i], &branch, &tips, &global)
+    });
     let push_to: Vec<usize> = push_to
         .into_iter()
-        .filter(|&i| !push_changes_nothing(repo, &all[i], &branch, &global))
+        .zip(unchanged)
+        .filter(|(_, unchanged)| !unchanged)
+        .map(|(i, _)| i)
         .collect();
     let local: Vec<(usize, &Remote)> = push_to
         .iter()
@@ -580,7 +602,7 @@ pub(crate) fn push_one(
 ) -> std::result::Result<(), String> {
     if r.local_path.is_some() {
         let global: std::collections::HashMap<String, String> = config.iter().cloned().collect();
-        if push_changes_nothing(repo, r, branch, &global)
+        if push_changes_nothing(r, branch, &our_tips(repo, branch), &global)
             || !super::localpush::push_local(repo, &[(0, r)], branch, config).is_empty()
         {
             return Ok(());
@@ -673,6 +695,8 @@ pub(crate) fn sync_lock(repo: &Repo) -> Result<crate::lock::Lock> {
     std::fs::create_dir_all(&lockdir)
         .map_err(|e| Error::io(format!("creating {}", lockdir.display()), e))?;
     let lock = crate::lock::lock_wait(&lockdir.join("sync.lck"), crate::lock::LockKind::Exclusive)?;
+    // Ref locks a killed sync left here (our remote-tracking refs) would make the fetches fail.
+    super::localpush::clear_stale_locks(&super::localpush::intents_dir(&repo.git_dir));
     recover_interrupted_merge(repo)?;
     if repo.git_dir.join("MERGE_HEAD").exists() {
         return Err(Error::Unsupported(
