@@ -18,7 +18,27 @@ pub struct Repo {
     /// [`RepoOptions::lazy_config`] (`git config --list`, keys as git prints them). Long-lived
     /// users (the daemon) read config afresh where it may change.
     config: std::sync::OnceLock<std::collections::HashMap<String, String>>,
+    /// The entries `config` was made from, when read at opening, and when: handed once to
+    /// [`Repo::config_entries_now`] if still fresh, which saves a command that opens and then
+    /// syncs a second `git config --list` a moment later.
+    opened_with: std::sync::Mutex<Option<(std::time::Instant, ConfigStamp, ConfigEntries)>>,
 }
+
+/// Which `.git/config` file a config read saw (inode, size, modification time): git
+/// rewrites the file whole and renames it into place, so any change made since shows here.
+type ConfigStamp = Option<(u64, u64, std::time::SystemTime)>;
+
+fn config_stamp(git_dir: &Path) -> ConfigStamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(git_dir.join("config")).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()?))
+}
+
+/// git config entries in git's order ([`Git::config_entries`]).
+type ConfigEntries = Vec<(String, String)>;
+
+/// How old the config read at opening may be and still count as read now.
+const FRESH_CONFIG: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Options that the caller (the CLI) resolves from its environment.
 #[derive(Clone, Debug, Default)]
@@ -81,8 +101,12 @@ impl Repo {
         let git = Git::new(top.clone().unwrap_or_else(|| git_dir.clone())).with_git_dir(&git_dir);
         let branch = Branch::new(git.clone(), git_dir.join("annex"), opts.fixed_clock);
         let config = std::sync::OnceLock::new();
+        let mut opened_with = None;
         if !opts.lazy_config {
-            let _ = config.set(git.config_map()?);
+            let stamp = config_stamp(&git_dir);
+            let entries = git.config_entries()?;
+            let _ = config.set(entries.iter().cloned().collect());
+            opened_with = Some((std::time::Instant::now(), stamp, entries));
         }
         Ok(Repo {
             top,
@@ -91,6 +115,7 @@ impl Repo {
             branch,
             uuid: std::sync::OnceLock::new(),
             config,
+            opened_with: std::sync::Mutex::new(opened_with),
         })
     }
 
@@ -241,7 +266,7 @@ impl Repo {
     /// [`Repo::learn_local_remote_uuids`], returning the config as entries in git's order
     /// ([`Git::config_entries`]: a multi-valued variable once per value).
     pub fn learn_local_remote_uuids_entries(&self) -> Result<Vec<(String, String)>> {
-        let entries = self.git.config_entries()?;
+        let entries = self.config_entries_now()?;
         let config: std::collections::HashMap<String, String> = entries.iter().cloned().collect();
         let mut learned = false;
         for (k, url) in &config {
@@ -299,6 +324,27 @@ impl Repo {
             .unwrap_or("")
     }
 
+    /// git config entries as they are now: those read at opening if that was a moment ago,
+    /// `.git/config` has not changed since, and they were not handed out before; else read
+    /// again.
+    pub fn config_entries_now(&self) -> Result<ConfigEntries> {
+        let opened = self
+            .opened_with
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match opened {
+            Some((at, stamp, entries))
+                if at.elapsed() < FRESH_CONFIG
+                    && stamp.is_some()
+                    && stamp == config_stamp(&self.git_dir) =>
+            {
+                Ok(entries)
+            }
+            _ => self.git.config_entries(),
+        }
+    }
+
     /// git config (see the field); read now if it was left for later.
     pub fn config(&self) -> &std::collections::HashMap<String, String> {
         self.config.get_or_init(|| {
@@ -349,4 +395,59 @@ pub fn filter_configured(repo: &Repo) -> Result<bool> {
     Ok(String::from_utf8_lossy(&out)
         .trim_end()
         .ends_with(": annex"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(entries: &[(String, String)], key: &str, value: &str) -> bool {
+        entries.iter().any(|(k, v)| k == key && v == value)
+    }
+
+    /// The config read at opening is handed out once, and never when `.git/config` changed
+    /// since (by ferry or anyone): then it is read again.
+    #[test]
+    fn config_read_at_opening_is_reused_only_while_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let (init, _) = Repo::init(d.path(), None, "test", &Default::default()).unwrap();
+        drop(init);
+        let open = || Repo::open(d.path(), &Default::default()).unwrap();
+
+        // Unchanged: the entries read at opening, handed out (no second read).
+        let repo = open();
+        let stored = repo.opened_with.lock().unwrap().as_ref().unwrap().2.clone();
+        assert!(stored.iter().any(|(k, _)| k == "annex.uuid"));
+        assert_eq!(repo.config_entries_now().unwrap(), stored);
+        assert!(
+            repo.opened_with.lock().unwrap().is_none(),
+            "handed out once"
+        );
+
+        // Changed after opening: read again, the change seen at once.
+        let repo = open();
+        Git::new(d.path())
+            .run(["config", "ferry.test", "changed"])
+            .unwrap();
+        assert!(has(
+            &repo.config_entries_now().unwrap(),
+            "ferry.test",
+            "changed"
+        ));
+
+        // Handed out once: a second call reads again (and sees a later change).
+        let repo = open();
+        assert!(has(
+            &repo.config_entries_now().unwrap(),
+            "ferry.test",
+            "changed"
+        ));
+        let git = Git::new(d.path());
+        git.run(["config", "ferry.test", "again"]).unwrap();
+        assert!(has(
+            &repo.config_entries_now().unwrap(),
+            "ferry.test",
+            "again"
+        ));
+    }
 }
