@@ -479,6 +479,57 @@ fn sync_over_ssh_to_a_bare_hub_and_a_clone_shares_one_connection() {
         .status();
 }
 
+/// A repository deep enough that `.git/annex/ssh/<hash>` is too long for a Unix socket (ssh
+/// refuses to make the control socket and the whole connection fails): the sockets go to a
+/// short private directory instead, the sync works and still uses one connection. The path
+/// is chosen in the range that once broke (a directory of 55 bytes: short enough to be used,
+/// too long for ssh's temporary socket name).
+#[test]
+fn sync_over_ssh_from_a_deep_path_still_shares_one_connection() {
+    let env = Env::new();
+    let sshd = TestSshd::start(&env);
+    let tail = "/.git/annex/ssh".len() + 1;
+    let base = env.tmp.path().as_os_str().len();
+    assert!(
+        base + tail + 8 <= 55,
+        "temporary directory too long for this test"
+    );
+    let name = "d".repeat(55 - base - tail);
+    let a = env.ferry_repo(&name);
+    assert_eq!(a.join(".git/annex/ssh").as_os_str().len(), 55);
+    add_committed(&env, &a, "deep.txt", "from deep\n");
+    env.git(env.tmp.path(), &["init", "-q", "--bare", "hub.git"])
+        .assert_ok();
+    let hub = format!("ssh://root@127.0.0.1{}", env.path("hub.git").display());
+    env.git(&a, &["remote", "add", "hub", &hub]).assert_ok();
+    env.git(&a, &["remote", "add", "hub2", &hub]).assert_ok();
+    let before = sshd.logins();
+    let mut c = env.cmd(&a, ferry_bin(), &["sync".as_ref(), "--json".as_ref()]);
+    c.env("GIT_SSH_COMMAND", sshd.ssh_command());
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let used = sshd.logins() - before;
+    assert_eq!(
+        used, 1,
+        "expected one shared ssh connection, saw {used} logins"
+    );
+    assert_eq!(
+        env.git(&env.path("hub.git"), &["rev-parse", "synced/main"])
+            .stdout(),
+        env.git(&a, &["rev-parse", "HEAD"]).stdout()
+    );
+    // No socket was made in the repository's own directory.
+    let in_repo = std::fs::read_dir(a.join(".git/annex/ssh"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(in_repo, 0);
+}
+
 /// `kill -9` at arbitrary points of a sync (mid-fetch, mid-merge, mid-push) leaves nothing that
 /// blocks the next sync, which completes the work.
 #[test]

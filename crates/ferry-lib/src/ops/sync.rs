@@ -332,15 +332,43 @@ pub(crate) fn ssh_with_sharing(repo: &Repo, user: Option<&str>) -> Result<Option
             .config("core.sshCommand")?
             .unwrap_or_else(|| "ssh".into()),
     };
-    let dir = repo.annex_dir().join("ssh");
-    // Unix socket paths are limited to about 100 bytes; %C adds 40.
-    if dir.as_os_str().len() > 60 || std::fs::create_dir_all(&dir).is_err() {
+    let Some(dir) = ssh_socket_dir(repo) else {
         return Ok(None);
-    }
+    };
     let quoted = dir.display().to_string().replace('\'', "'\\''");
     Ok(Some(format!(
         "{base} -o ControlMaster=auto -o ControlPersist=60 -o 'ControlPath={quoted}/%C'"
     )))
+}
+
+/// The longest directory a control socket can be made in: a Unix socket path holds at most
+/// 107 bytes, and ssh adds `/` and `%C` (40) and, while it sets up a master, a temporary
+/// suffix (`.` and 16 more).
+const SSH_SOCKET_DIR_MAX: usize = 107 - 58;
+
+/// Where the ssh control sockets go: `.git/annex/ssh`, as git-annex keeps them, when its path
+/// is short enough for a socket; else a private directory of this user's (in
+/// `$XDG_RUNTIME_DIR`, else `/tmp/ferry-ssh-<uid>`), made mode 0700 and used only if it is
+/// ours, a directory and closed to others. `None`: no connection sharing.
+fn ssh_socket_dir(repo: &Repo) -> Option<PathBuf> {
+    let fits = |d: &std::path::Path| d.as_os_str().len() <= SSH_SOCKET_DIR_MAX;
+    let ours = repo.annex_dir().join("ssh");
+    if fits(&ours) {
+        return std::fs::create_dir_all(&ours).is_ok().then_some(ours);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let candidates = [
+        std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("ferry-ssh")),
+        Some(PathBuf::from(format!("/tmp/ferry-ssh-{me}"))),
+    ];
+    candidates.into_iter().flatten().find(|d| {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(d);
+        fits(d)
+            && std::fs::symlink_metadata(d)
+                .is_ok_and(|m| m.is_dir() && m.uid() == me && m.mode() & 0o077 == 0)
+    })
 }
 
 /// Runs git, returning Ok or the trimmed stderr.
