@@ -481,7 +481,8 @@ fn sync_over_ssh_to_a_bare_hub_and_a_clone_shares_one_connection() {
 
 /// A repository deep enough that `.git/annex/ssh/<hash>` is too long for a Unix socket (ssh
 /// refuses to make the control socket and the whole connection fails): the sockets go to a
-/// short private directory instead, the sync works and still uses one connection. The path
+/// short private directory instead, the sync works and still uses one connection for its three
+/// remotes on that host (the first fetched alone, opening it; the other two at once over it). The path
 /// is chosen in the range that once broke (a directory of 55 bytes: short enough to be used,
 /// too long for ssh's temporary socket name).
 #[test]
@@ -503,6 +504,7 @@ fn sync_over_ssh_from_a_deep_path_still_shares_one_connection() {
     let hub = format!("ssh://root@127.0.0.1{}", env.path("hub.git").display());
     env.git(&a, &["remote", "add", "hub", &hub]).assert_ok();
     env.git(&a, &["remote", "add", "hub2", &hub]).assert_ok();
+    env.git(&a, &["remote", "add", "hub3", &hub]).assert_ok();
     let before = sshd.logins();
     let mut c = env.cmd(&a, ferry_bin(), &["sync".as_ref(), "--json".as_ref()]);
     c.env("GIT_SSH_COMMAND", sshd.ssh_command());

@@ -464,8 +464,9 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
     for (i, same) in checked.into_iter().zip(same) {
         current[i] = same;
     }
-    // One thread per host: remotes on the same ssh host are fetched one after another over the
-    // shared connection (the first one opens it); different hosts and local remotes in parallel.
+    // One thread per host: of the remotes on one ssh host, the first is fetched alone (it opens
+    // the shared connection), then the others at once over it; different hosts and local
+    // remotes in parallel.
     let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
     for (i, r) in all.iter().enumerate() {
         let g = r
@@ -489,11 +490,12 @@ pub fn sync(repo: &Repo, opts: &SyncOptions) -> Result<SyncReport> {
         .filter(|members| !members.is_empty())
         .collect();
     let mut fetched: Vec<std::result::Result<(), String>> = vec![Ok(()); all.len()];
+    let fetch = |&i: &usize| (i, git_try(net, &["fetch", "--quiet", &all[i].name]));
     let results = super::parallel(&groups, |members| {
-        members
-            .iter()
-            .map(|&i| (i, git_try(net, &["fetch", "--quiet", &all[i].name])))
-            .collect::<Vec<_>>()
+        let (first, rest) = members.split_first().expect("groups are not empty");
+        let mut done = vec![fetch(first)];
+        done.extend(super::parallel(rest, fetch));
+        done
     });
     for (i, r) in results.into_iter().flatten() {
         fetched[i] = r;
