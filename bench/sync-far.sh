@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sync with remotes far away: 10 remotes over ssh, of which 3 are offline, against one, with
-# every byte delayed DELAY_MS each way (a server DELAY_MS*2 ms round trip away). `ferry sync`
+# every byte delayed DELAY_MS each way (a server DELAY_MS*2 ms round trip away; each remote a
+# host of its own, or with SAME_HOST=1 all on one host). `ferry sync`
 # fetches and pushes all remotes at once, so it should take about as long as one remote;
 # `git annex sync` (the anchor) goes through them one after another. A real sshd on loopback,
 # started here, serves bare repositories; bench/delay_proxy.py sits in front of it, one port per
@@ -8,13 +9,15 @@
 set -euo pipefail
 RUNS=${RUNS:-5}
 DELAY_MS=${DELAY_MS:-25}
+# 1: the 7 reachable remotes are repositories on one host (one proxy port, one ssh connection).
+SAME_HOST=${SAME_HOST:-0}
 SCRATCH_NAME=syncfar
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 for tool in /usr/sbin/sshd ssh-keygen python3; do
     command -v "$tool" >/dev/null || { echo "sync-far.sh needs $tool (apt-get install openssh-server python3)"; exit 1; }
 done
-echo "# sync-far benchmark $(date -u +%Y-%m-%dT%H:%MZ); $(git --version); git-annex $(git annex version --raw 2>/dev/null); RUNS=$RUNS DELAY_MS=$DELAY_MS"
+echo "# sync-far benchmark $(date -u +%Y-%m-%dT%H:%MZ); $(git --version); git-annex $(git annex version --raw 2>/dev/null); RUNS=$RUNS DELAY_MS=$DELAY_MS SAME_HOST=$SAME_HOST"
 
 PIDS=()
 # The server side runs as a user of its own, with /bin/sh as its shell: sshd runs every git
@@ -95,7 +98,11 @@ setup() { # kind (ferry|annex) port-offset
     done
     for i in $(seq 8); do git clone -q --bare "$WORK/$k-a" "$WORK/srv/$k-$i.git"; done
     cd "$WORK/$k-many"
-    for i in $(seq 7); do git remote add "far$i" "$(url $((o + i)) "$WORK/srv/$k-$i.git")"; done
+    for i in $(seq 7); do
+        local p=$((o + i))
+        ((SAME_HOST)) && p=$((o + 1))
+        git remote add "far$i" "$(url "$p" "$WORK/srv/$k-$i.git")"
+    done
     for i in 1 2 3; do git remote add "offline$i" "$WORK/unplugged$i"; done
     git -C "$WORK/$k-one" remote add far8 "$(url $((o + 8)) "$WORK/srv/$k-8.git")"
 }
