@@ -398,6 +398,21 @@ fn conflicts_of_every_name_shape_get_git_annex_variant_names() {
     env.annex(&c, &["fsck", "--fast", "--quiet"]).assert_ok();
 }
 
+/// `ferry sync` in `dir` with `sshd`'s client settings, which must succeed; the logins it cost.
+fn sync_over_ssh(env: &Env, sshd: &TestSshd, dir: &Path) -> usize {
+    let before = sshd.logins();
+    let mut c = env.cmd(dir, ferry_bin(), &["sync".as_ref(), "--json".as_ref()]);
+    c.env("GIT_SSH_COMMAND", sshd.ssh_command());
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sshd.logins() - before
+}
+
 /// Sync over ssh with a real sshd on loopback, to a bare hub and to a clone; one ssh connection
 /// serves all of a sync's fetches and pushes to a host.
 #[test]
@@ -419,21 +434,7 @@ fn sync_over_ssh_to_a_bare_hub_and_a_clone_shares_one_connection() {
         .assert_ok();
     env.git(&a, &["remote", "add", "peer", &url("peer")])
         .assert_ok();
-    let ssh = sshd.ssh_command();
-    let sync = |d: &Path| {
-        let mut c = env.cmd(d, ferry_bin(), &["sync".as_ref(), "--json".as_ref()]);
-        c.env("GIT_SSH_COMMAND", &ssh);
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let before = sshd.logins();
-    sync(&a);
-    let used = sshd.logins() - before;
+    let used = sync_over_ssh(&env, &sshd, &a);
     // Two remotes on one host, each fetched and pushed: one login serves them all.
     assert_eq!(
         used, 1,
@@ -464,19 +465,6 @@ fn sync_over_ssh_to_a_bare_hub_and_a_clone_shares_one_connection() {
         w[0]["whereis"][0]["uuid"],
         config(&env, &a, "annex.uuid").as_str()
     );
-    // Stop the shared connection's master before sshd goes away.
-    let _ = std::process::Command::new("ssh")
-        .args([
-            "-o",
-            &format!("ControlPath={}/.git/annex/ssh/%C", a.display()),
-            "-O",
-            "exit",
-            "-p",
-            &sshd.port.to_string(),
-            "root@127.0.0.1",
-        ])
-        .stderr(std::process::Stdio::null())
-        .status();
 }
 
 /// A repository deep enough that `.git/annex/ssh/<hash>` is too long for a Unix socket (ssh
@@ -505,17 +493,7 @@ fn sync_over_ssh_from_a_deep_path_still_shares_one_connection() {
     env.git(&a, &["remote", "add", "hub", &hub]).assert_ok();
     env.git(&a, &["remote", "add", "hub2", &hub]).assert_ok();
     env.git(&a, &["remote", "add", "hub3", &hub]).assert_ok();
-    let before = sshd.logins();
-    let mut c = env.cmd(&a, ferry_bin(), &["sync".as_ref(), "--json".as_ref()]);
-    c.env("GIT_SSH_COMMAND", sshd.ssh_command());
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let used = sshd.logins() - before;
+    let used = sync_over_ssh(&env, &sshd, &a);
     assert_eq!(
         used, 1,
         "expected one shared ssh connection, saw {used} logins"
@@ -565,7 +543,7 @@ fn syncs_killed_at_random_points_are_completed_by_the_next_one() {
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(10 + round * 17 % 90));
-        let kids = crate::unlocked::descendants(child.id());
+        let kids = descendants(child.id());
         let _ = child.kill();
         let _ = child.wait();
         // The killed sync's git children finish on their own; wait for them.

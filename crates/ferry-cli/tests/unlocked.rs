@@ -425,44 +425,6 @@ fn clean_filter_streams_large_files_in_constant_memory() {
     );
 }
 
-/// All descendants of `pid`, from /proc.
-pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may hold spaces; split after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        if let Some(ppid) = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|x| x.parse::<u32>().ok())
-        {
-            parent_of.push((p, ppid));
-        }
-    }
-    let mut out = vec![pid];
-    let mut i = 0;
-    while i < out.len() {
-        let cur = out[i];
-        out.extend(
-            parent_of
-                .iter()
-                .filter(|(_, pp)| *pp == cur)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    out.remove(0);
-    out
-}
-
 /// `populate` / `depopulate`, the library operations transfers use when content arrives or
 /// leaves: unmodified files switch between content and pointer, edits are never touched, and
 /// git sees no change either way.

@@ -424,10 +424,55 @@ impl TestSshd {
 }
 
 impl Drop for TestSshd {
+    /// Stops the server and the sessions it forked (which outlive it otherwise): a client's
+    /// shared connection (ControlPersist) then ends too, with no `ssh -O exit` per test.
     fn drop(&mut self) {
+        let sessions = descendants(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for p in sessions {
+            // SAFETY: kill has no memory-safety preconditions; these are our descendants.
+            unsafe { libc::kill(p as libc::pid_t, libc::SIGTERM) };
+        }
     }
+}
+
+/// All descendants of `pid`, from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces; split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        if let Some(ppid) = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|x| x.parse::<u32>().ok())
+        {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let cur = out[i];
+        out.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == cur)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    out.remove(0);
+    out
 }
 
 /// Whether a repository's store (non-bare `.git/annex/objects` or bare `annex/objects`) holds

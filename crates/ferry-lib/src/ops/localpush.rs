@@ -97,8 +97,8 @@ pub(crate) fn push_local(
         return Vec::new();
     }
     let outer = outer_config(&repo.git_dir, config);
+    // (Locks a killed push left are cleared by the callers first: `sync_lock`, `push_one`.)
     let intents = intents_dir(&repo.git_dir);
-    clear_stale_locks(&intents);
     let (Ok(Some(head)), Ok(Some(annex))) = (
         repo.git.rev_parse(&format!("refs/heads/{branch}")),
         repo.git.rev_parse("refs/heads/git-annex"),
@@ -843,16 +843,17 @@ fn note_locks<'a>(
 }
 
 /// Where a repository notes the ref locks it is about to take (see [`update_refs`]).
-pub(crate) fn intents_dir(git_dir: &Path) -> PathBuf {
+fn intents_dir(git_dir: &Path) -> PathBuf {
     git_dir.join("annex/ferry/reflocks")
 }
 
 /// Removes the ref locks a killed ferry process left in other repositories (and in this
-/// one): those noted in `intents` by a process that is gone, not older than the note, still
-/// holding the value that process was to write (or nothing: killed between creating and
-/// writing it). A lock another process took since holds its own value, and is left alone.
-pub(crate) fn clear_stale_locks(intents: &Path) {
-    let Ok(rd) = std::fs::read_dir(intents) else {
+/// one): those noted (in this repository's `intents_dir`) by a process that is gone, not older
+/// than the note, still holding the value that process was to write (or nothing: killed
+/// between creating and writing it). A lock another process took since holds its own value,
+/// and is left alone.
+pub(crate) fn clear_stale_locks(git_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(intents_dir(git_dir)) else {
         return;
     };
     for e in rd.flatten() {
@@ -1621,7 +1622,7 @@ mod tests {
             format!("{}\t{c1}\n", live_lock.display()),
         )
         .unwrap();
-        clear_stale_locks(&notes);
+        clear_stale_locks(&g);
         assert!(!lock.exists() && !empty.exists());
         assert!(other.exists(), "another value: not ours");
         assert!(live_lock.exists(), "a live process's lock");

@@ -631,6 +631,8 @@ pub(crate) fn push_one(
     branch: &str,
 ) -> std::result::Result<(), String> {
     if r.local_path.is_some() {
+        // (The daemon's pusher holds no sync lock, which clears these for a sync.)
+        super::localpush::clear_stale_locks(&repo.git_dir);
         let global: std::collections::HashMap<String, String> = config.iter().cloned().collect();
         if push_changes_nothing(r, branch, &our_tips(repo, branch), &global)
             || !super::localpush::push_local(repo, &[(0, r)], branch, config).is_empty()
@@ -726,7 +728,7 @@ pub(crate) fn sync_lock(repo: &Repo) -> Result<crate::lock::Lock> {
         .map_err(|e| Error::io(format!("creating {}", lockdir.display()), e))?;
     let lock = crate::lock::lock_wait(&lockdir.join("sync.lck"), crate::lock::LockKind::Exclusive)?;
     // Ref locks a killed sync left here (our remote-tracking refs) would make the fetches fail.
-    super::localpush::clear_stale_locks(&super::localpush::intents_dir(&repo.git_dir));
+    super::localpush::clear_stale_locks(&repo.git_dir);
     recover_interrupted_merge(repo)?;
     if repo.git_dir.join("MERGE_HEAD").exists() {
         return Err(Error::Unsupported(
