@@ -1,9 +1,12 @@
 //! Pushing to remotes at local paths without `git push`: what `sync` pushes (see
 //! [`super::sync::push`]) is written straight into the remote repository: the few missing
-//! objects as loose object files, then the refs in one `git update-ref --stdin` transaction run
-//! there (git does the locking, the compare-and-swap against the values read, the reflogs).
-//! One `git push` costs seven processes (push, a shell, receive-pack, pack-objects,
-//! unpack-objects, rev-list, for-each-ref); this costs one per remote, plus a few shared by all.
+//! objects hard-linked from ours (or written as loose object files), then the refs moved as
+//! `git update-ref` moves them there (`update_refs`: git's lock files, the compare-and-swap
+//! under the locks, the reflogs), or by `git update-ref` itself when that cannot be done
+//! exactly. What each remote lacks is found by one in-process walk over a `cat-file --batch`
+//! shared by all (`walk`). One `git push` costs seven processes (push, a shell,
+//! receive-pack, pack-objects, unpack-objects, rev-list, for-each-ref); this costs none per
+//! remote in the common case. Each remote is read and written on a thread of its own.
 //!
 //! It is only a shortcut for the plainest case. A remote is left to `git push` at any doubt:
 //! hooks (which `git push` runs), a `receive.*` / `transfer.*` / `fsck.*` setting, shared
