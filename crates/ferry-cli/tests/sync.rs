@@ -1598,3 +1598,45 @@ fn a_sync_killed_holding_ref_locks_leaves_nothing_the_next_one_cannot_clear() {
         env.git(&b, &["fsck", "--no-progress"]).assert_ok();
     }
 }
+
+/// A merge git refuses before starting (an untracked file here where the incoming commit has
+/// one) is reported with the files git names and what to do, not with git's last line
+/// ("Aborting") and advice about conflicts; once the file is moved away, the next sync merges.
+#[test]
+fn a_merge_refused_for_an_untracked_file_says_which_file_and_what_to_do() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    add_committed(&env, &a, "seed", "s\n");
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    for d in [&a, &b] {
+        env.git(d, &["config", "annex.largefiles", "nothing"])
+            .assert_ok();
+    }
+    write(&a, "in-the-way.txt", "committed in a\n");
+    env.git(&a, &["add", "in-the-way.txt"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "a file in git"]).assert_ok();
+    write(&b, "in-the-way.txt", "untracked in b\n");
+    let r = env.ferry(&b, &["sync", "--json"]);
+    r.assert_fails();
+    let j = &r.json_lines()[0];
+    let msg = j["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("refused by git") && msg.contains("in-the-way.txt"),
+        "{j}"
+    );
+    assert!(msg.contains("move, commit or remove"), "{j}");
+    assert!(!msg.contains("Aborting"), "{j}");
+    assert_eq!(
+        std::fs::read_to_string(b.join("in-the-way.txt")).unwrap(),
+        "untracked in b\n"
+    );
+    std::fs::rename(b.join("in-the-way.txt"), b.join("moved.txt")).unwrap();
+    env.ferry(&b, &["sync"]).assert_ok();
+    assert_eq!(
+        std::fs::read_to_string(b.join("in-the-way.txt")).unwrap(),
+        "committed in a\n"
+    );
+}

@@ -124,20 +124,23 @@ pub struct Global {
     pub mincopies_config: Option<u32>,
 }
 
+/// The count a `numcopies.log` / `mincopies.log` on the git-annex branch sets (journal
+/// first; at least 1), if any.
+pub fn log_count(repo: &Repo, log: &[u8]) -> Result<Option<u32>> {
+    Ok(repo
+        .branch
+        .read(log)?
+        .and_then(|c| crate::logs::parse_numcopies(&c))
+        .map(|n| n.max(1)))
+}
+
 impl Global {
     /// Reads the logs (journal first) and git config (afresh: the daemon's repository handle
     /// lives long).
     pub fn load(repo: &Repo) -> Result<Global> {
-        let log = |f: &[u8]| -> Result<Option<u32>> {
-            Ok(repo
-                .branch
-                .read(f)?
-                .and_then(|c| crate::logs::parse_numcopies(&c))
-                .map(|n| n.max(1)))
-        };
         let mut g = Global {
-            numcopies_log: log(b"numcopies.log")?,
-            mincopies_log: log(b"mincopies.log")?,
+            numcopies_log: log_count(repo, b"numcopies.log")?,
+            mincopies_log: log_count(repo, b"mincopies.log")?,
             ..Default::default()
         };
         // One git for both settings.

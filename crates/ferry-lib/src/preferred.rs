@@ -399,12 +399,8 @@ impl Preferences {
             here: repo.uuid().to_string(),
             trust: trust_levels(repo)?,
             groups,
-            numcopies: repo
-                .branch
-                .read(b"numcopies.log")?
-                .and_then(|c| crate::logs::parse_numcopies(&c))
-                .unwrap_or(1)
-                .max(1),
+            // (approxlackingcopies: the log, never git config; see `Global::approx_numcopies`.)
+            numcopies: crate::copies::log_count(repo, b"numcopies.log")?.unwrap_or(1),
             group_wanted,
             preferred_dirs,
         };

@@ -216,12 +216,8 @@ pub fn copies(n: Option<u32>, json: bool, min: bool) -> anyhow::Result<ExitCode>
         }
         let g = ferry_lib::copies::Global::load(&repo)?;
         let s = if min { g.mincopies() } else { g.numcopies() };
-        let source = match s.from {
-            ferry_lib::copies::Origin::Log => file.to_string(),
-            ferry_lib::copies::Origin::GitConfig => format!("git config annex.{name}"),
-            _ => "default".to_string(),
-        };
-        let v = serde_json::json!({ name: s.n, "source": source, "set": n.is_some() });
+        let v =
+            serde_json::json!({ name: s.n, "source": s.from.describe(name), "set": n.is_some() });
         let text = match n {
             None => s.n.to_string(),
             Some(n) => format!("{name} {n} ok"),

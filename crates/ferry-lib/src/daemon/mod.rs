@@ -864,10 +864,8 @@ impl MainLoop {
             // (files kept in git) fails every time: the wait doubles, up to 10 minutes (a new
             // push from that clone is merged at once anyway).
             let base = self.settings.retry_base.max(Duration::from_secs(2));
-            let wait = base
-                .saturating_mul(1 << self.merge_failures.min(10))
-                .min(Duration::from_secs(600));
             self.merge_failures += 1;
+            let wait = backoff(base, self.merge_failures).min(Duration::from_secs(600));
             self.merge_retry_at = Some(Instant::now() + wait);
             for e in &report.errors {
                 (self.log)(&format!(

@@ -427,6 +427,9 @@ pub(super) struct Ctx {
     queue: Queue,
     /// The remotes content moves with, read again by each planning round.
     remotes: RwLock<Arc<Remotes>>,
+    /// git's attribute files outside the work tree, found with the remotes (for the workers'
+    /// drop policies: finding them costs two `git var`).
+    outside: RwLock<Arc<crate::copies::OutsideFiles>>,
     /// Bandwidth limits, updated in place when git config changes.
     limits: Limits,
     last_publish: Mutex<Instant>,
@@ -468,6 +471,7 @@ pub(super) fn start(
         cancel,
         queue: Queue::new(),
         remotes: RwLock::new(Arc::new(Vec::new())),
+        outside: RwLock::new(Arc::default()),
         limits: Limits::default(),
         last_publish: Mutex::new(Instant::now()),
         gave_up: AtomicU64::new(0),
@@ -576,6 +580,7 @@ fn planner(ctx: &Ctx, rx: Receiver<Round>) {
                             continue;
                         }
                     };
+                    *ctx.outside.write().unwrap() = Arc::new(outside.clone());
                     let remotes = Arc::new(remotes);
                     *ctx.remotes.write().unwrap() = remotes.clone();
                     loaded = Some((remotes, !unusable.is_empty()));
@@ -1170,7 +1175,11 @@ fn run_batch(ctx: &Ctx, run: u64, remotes: &Remotes, batch: Vec<Item>) -> Booked
                 .flat_map(|(_, items)| items)
                 .collect();
             let files: Vec<AnnexedFile> = drops.iter().map(|i| i.file.clone()).collect();
-            let mut p = crate::ops::drop::DropPolicy::load(repo, &files, true)?;
+            // (All of their keys: every other file of these keys only raises what `need`
+            // already holds, which the planner found over all of them.)
+            let outside = ctx.outside.read().unwrap().clone();
+            let copies = crate::copies::FileCopies::load_with(repo, &files, true, &outside)?;
+            let mut p = crate::ops::drop::DropPolicy::with_copies(repo, copies)?;
             for it in &drops {
                 if let Some(need) = &it.need {
                     p.copies.raise(&it.file.key, need);

@@ -65,11 +65,6 @@ pub fn trust_levels(repo: &Repo) -> Result<HashMap<String, Trust>> {
     Ok(out)
 }
 
-/// mincopies: `mincopies.log`, else `annex.mincopies`, else 1.
-pub fn mincopies(repo: &Repo) -> Result<u32> {
-    Ok(crate::copies::Global::load(repo)?.mincopies().n)
-}
-
 /// Sets `numcopies.log` or `mincopies.log` (git-annex's `TS N` format, one line) and commits.
 pub fn set_copies_log(repo: &Repo, file: &str, n: u32) -> Result<()> {
     let path = file.as_bytes();
@@ -302,7 +297,7 @@ pub fn drop(
         return Err(crate::ops::content::readonly_error(r));
     }
     let files = annexed_files(&repo.git, pathspecs)?;
-    let policy = DropPolicy::load(repo, &files, false)?;
+    let policy = DropPolicy::load(repo, &files, crate::annexed::whole_tree(pathspecs))?;
     let mut summary = Summary::default();
     let mut seen = std::collections::HashSet::new();
     for f in &files {

@@ -876,7 +876,8 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
             .map(|_| ())
             .map_err(stderr_of);
         if let Err(e) = merged {
-            let resolved = if repo.git_dir.join("MERGE_HEAD").exists() {
+            let conflicted = repo.git_dir.join("MERGE_HEAD").exists();
+            let resolved = if conflicted {
                 resolve_conflicts(repo, &c, started)
             } else {
                 Ok(false)
@@ -894,10 +895,24 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
                     }
                     let _ = abort_merge(repo, started);
                     let _ = std::fs::remove_file(&marker);
-                    report.errors.push(format!(
-                        "merging {c} failed and was undone ({}); conflicts between files that are not annexed are left to you (git merge {c})",
-                        e.lines().last().filter(|l| !l.is_empty()).unwrap_or("conflicting changes")
-                    ));
+                    report.errors.push(if conflicted {
+                        format!(
+                            "merging {c} failed and was undone ({}); conflicts between files that are not annexed are left to you (git merge {c})",
+                            e.lines().last().filter(|l| !l.is_empty()).unwrap_or("conflicting changes")
+                        )
+                    } else {
+                        // git refused before merging (its last line is just "Aborting"):
+                        // what it said names the files in the way.
+                        let said: Vec<&str> = e
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && *l != "Aborting")
+                            .collect();
+                        format!(
+                            "merging {c} was refused by git ({}); move, commit or remove the files it names, then sync again",
+                            said.join(" ")
+                        )
+                    });
                 }
                 Err(err) => {
                     // Resolving failed part way (a full disk, a lock): undo the whole merge so
