@@ -154,15 +154,6 @@ fn seeded(env: &Env, file: &str, content: &str) -> PathBuf {
     a
 }
 
-/// "b", a ferry clone of "a" (remote "origin"; no remote back yet).
-fn clone_b(env: &Env) -> PathBuf {
-    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
-        .assert_ok();
-    let b = env.path("b");
-    env.ferry(&b, &["init", "b"]).assert_ok();
-    b
-}
-
 /// A and B: B a clone of A, remotes both ways (A's "b", B's "origin"), synced once.
 fn pair(env: &Env) -> (PathBuf, PathBuf) {
     let a = seeded(env, "seed.txt", "seed\n");

@@ -24,10 +24,7 @@ fn two_ferry_clones_exchange_files_and_location_logs() {
     write(&a, "same.txt", "identical\n");
     env.ferry(&a, &["add"]).assert_ok();
     env.git(&a, &["commit", "-qm", "a"]).assert_ok();
-    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
-        .assert_ok();
-    let b = env.path("b");
-    env.ferry(&b, &["init", "b"]).assert_ok();
+    let b = clone_b(&env);
     env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
     // b adds its own file and the same content under another name (same key).
     write(&b, "from-b.txt", "b\n");
@@ -519,10 +516,7 @@ fn syncs_killed_at_random_points_are_completed_by_the_next_one() {
     write(&a, "base.txt", "base\n");
     env.ferry(&a, &["add"]).assert_ok();
     env.git(&a, &["commit", "-qm", "base"]).assert_ok();
-    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
-        .assert_ok();
-    let b = env.path("b");
-    env.ferry(&b, &["init", "b"]).assert_ok();
+    let b = clone_b(&env);
     env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
     for round in 0..6u64 {
         // Conflicting work on both sides, so the sync has a merge with conflicts to resolve.
@@ -1158,10 +1152,7 @@ fn traced_sync(env: &Env, dir: &Path, trace: &str) -> (Run, String) {
 fn synced_pair(env: &Env) -> (PathBuf, PathBuf) {
     let a = env.ferry_repo("a");
     add_committed(env, &a, "seed", "s\n");
-    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
-        .assert_ok();
-    let b = env.path("b");
-    env.ferry(&b, &["init", "b"]).assert_ok();
+    let b = clone_b(env);
     env.ferry(&b, &["sync"]).assert_ok();
     (a, b)
 }
@@ -1429,10 +1420,7 @@ fn when_a_merge_is_undone_the_commits_it_contains_are_still_merged() {
     write(&a, "plain.txt", "base\n");
     env.git(&a, &["add", "plain.txt"]).assert_ok();
     env.git(&a, &["commit", "-qm", "plain"]).assert_ok();
-    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
-        .assert_ok();
-    let b = env.path("b");
-    env.ferry(&b, &["init", "b"]).assert_ok();
+    let b = clone_b(&env);
     add_committed(&env, &b, "from-b", "b\n");
     let older = env.git(&b, &["rev-parse", "HEAD"]).stdout();
     env.git(env.tmp.path(), &["clone", "-q", "b", "b2"])
@@ -1533,10 +1521,7 @@ fn a_sync_killed_holding_ref_locks_leaves_nothing_the_next_one_cannot_clear() {
     let env = Env::new();
     let a = env.ferry_repo("a");
     add_committed(&env, &a, "seed", "s\n");
-    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
-        .assert_ok();
-    let b = env.path("b");
-    env.ferry(&b, &["init", "b"]).assert_ok();
+    let b = clone_b(&env);
     env.git(&a, &["remote", "add", "b", "../b"]).assert_ok();
     env.ferry(&a, &["sync"]).assert_ok();
     let held = [
@@ -1607,10 +1592,7 @@ fn a_merge_refused_for_an_untracked_file_says_which_file_and_what_to_do() {
     let env = Env::new();
     let a = env.ferry_repo("a");
     add_committed(&env, &a, "seed", "s\n");
-    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
-        .assert_ok();
-    let b = env.path("b");
-    env.ferry(&b, &["init", "b"]).assert_ok();
+    let b = clone_b(&env);
     for d in [&a, &b] {
         env.git(d, &["config", "annex.largefiles", "nothing"])
             .assert_ok();

@@ -514,3 +514,12 @@ pub fn clone_of_transfer_repo(env: &Env, name: &str) -> std::path::PathBuf {
     env.ferry(&d, &["init", name]).assert_ok();
     d
 }
+
+/// "b", a ferry clone of "a" (remote "origin"; no remote back yet).
+pub fn clone_b(env: &Env) -> PathBuf {
+    env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
+        .assert_ok();
+    let b = env.path("b");
+    env.ferry(&b, &["init", "b"]).assert_ok();
+    b
+}
