@@ -850,15 +850,27 @@ fn intents_dir(git_dir: &Path) -> PathBuf {
     git_dir.join("annex/ferry/reflocks")
 }
 
+/// How long a lock must have stood, unchanged, before [`clear_stale_locks`] takes it for one a
+/// killed process left. git and ferry hold a ref lock for milliseconds; this leaves room for a
+/// slow disk or a `reference-transaction` hook.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Removes the ref locks a killed ferry process left in other repositories (and in this
 /// one): those noted (in this repository's `intents_dir`) by a process that is gone, not older
 /// than the note, still holding the value that process was to write (or nothing: killed
-/// between creating and writing it). A lock another process took since holds its own value,
-/// and is left alone.
+/// between creating and writing it), and standing unchanged for [`STALE_AFTER`]. A lock
+/// another process took since holds its own value, and is left alone; so is one it holds
+/// with the same value (or before writing it), the killed process having died before taking
+/// that lock: such a lock is gone or another file once its holder is done, and a lock younger
+/// than [`STALE_AFTER`] is looked at again once it is that old (a sync right after a crash
+/// waits up to that long; later ones not at all).
 pub(crate) fn clear_stale_locks(git_dir: &Path) {
     let Ok(rd) = std::fs::read_dir(intents_dir(git_dir)) else {
         return;
     };
+    // Locks that look left behind: (path, what identifies that file).
+    let mut stale: Vec<(PathBuf, LockFile)> = Vec::new();
+    let mut notes: Vec<PathBuf> = Vec::new();
     for e in rd.flatten() {
         let name = e.file_name();
         let Some(pid) = name
@@ -881,16 +893,61 @@ pub(crate) fn clear_stale_locks(git_dir: &Path) {
             let Some((lock, value)) = line.split_once('\t') else {
                 continue;
             };
+            let Ok(meta) = std::fs::metadata(lock) else {
+                continue;
+            };
             // Its value, or nothing yet (killed between creating and writing it).
-            let ours = std::fs::metadata(lock)
-                .is_ok_and(|m| m.modified().ok().zip(noted).is_some_and(|(l, n)| l >= n))
+            let ours = meta.modified().ok().zip(noted).is_some_and(|(l, n)| l >= n)
                 && std::fs::read_to_string(lock)
                     .is_ok_and(|c| c.is_empty() || c == format!("{value}\n"));
             if ours {
-                let _ = std::fs::remove_file(lock);
+                stale.push((PathBuf::from(lock), LockFile::of(&meta)));
             }
         }
-        let _ = std::fs::remove_file(e.path());
+        notes.push(e.path());
+    }
+    // Those not yet known to have stood that long are looked at again once they have.
+    let young = stale
+        .iter()
+        .filter_map(|(_, f)| {
+            f.age()
+                .map_or(Some(STALE_AFTER), |a| STALE_AFTER.checked_sub(a))
+        })
+        .max();
+    if let Some(wait) = young {
+        std::thread::sleep(wait);
+    }
+    for (lock, was) in stale {
+        if std::fs::metadata(&lock).is_ok_and(|m| LockFile::of(&m) == was) {
+            let _ = std::fs::remove_file(&lock);
+        }
+    }
+    for note in notes {
+        let _ = std::fs::remove_file(note);
+    }
+}
+
+/// What tells one lock file from another at the same path, and from itself once written to.
+#[derive(PartialEq, Eq)]
+struct LockFile {
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl LockFile {
+    fn of(meta: &std::fs::Metadata) -> LockFile {
+        use std::os::unix::fs::MetadataExt;
+        LockFile {
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+
+    /// How long ago it was last written, `None` if unknown (or in the future).
+    fn age(&self) -> Option<std::time::Duration> {
+        self.modified?.elapsed().ok()
     }
 }
 
@@ -1598,9 +1655,7 @@ mod tests {
         let notes = intents_dir(&g);
         std::fs::create_dir_all(&notes).unwrap();
         // A process that is gone.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        let dead = a_dead_pid();
         let lock = g.join("refs/heads/main.lock");
         let empty = g.join("refs/heads/empty.lock");
         let other = g.join("refs/heads/other.lock");
@@ -1632,6 +1687,67 @@ mod tests {
         assert!(!notes.join(format!("{dead}-0")).exists());
         // git can move main again.
         git(r, &["update-ref", "refs/heads/main", &c1]);
+    }
+
+    /// A process that is gone (its id, for a note).
+    fn a_dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        dead
+    }
+
+    /// A process killed after noting a lock but before taking it: another process that takes
+    /// that lock since (with the same value) and holds it for a moment keeps it; a lock that
+    /// has stood long enough is removed without waiting.
+    #[test]
+    fn a_noted_lock_another_process_holds_is_left_to_it() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        git(r, &["init", "-q", "-b", "main"]);
+        let c1 = commit_file(r, "f", "1");
+        let g = r.join(".git");
+        let notes = intents_dir(&g);
+        std::fs::create_dir_all(&notes).unwrap();
+        let lock = g.join("refs/heads/x.lock");
+        std::fs::write(
+            notes.join(format!("{}-0", a_dead_pid())),
+            format!("{}\t{c1}\n", lock.display()),
+        )
+        .unwrap();
+        // The other process: takes the lock, writes the same value, commits it a moment later.
+        std::fs::write(&lock, format!("{c1}\n")).unwrap();
+        let holder = {
+            let (lock, g) = (lock.clone(), g.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                std::fs::rename(&lock, g.join("refs/heads/x"))
+            })
+        };
+        clear_stale_locks(&g);
+        holder
+            .join()
+            .unwrap()
+            .expect("the holder's lock was taken from it");
+        assert_eq!(git(r, &["rev-parse", "refs/heads/x"]), c1);
+        assert!(std::fs::read_dir(&notes).unwrap().next().is_none());
+
+        // A lock (and note) written long ago: removed at once.
+        let old = std::time::SystemTime::now() - STALE_AFTER * 4;
+        let note = notes.join(format!("{}-1", a_dead_pid()));
+        std::fs::write(&note, format!("{}\t{c1}\n", lock.display())).unwrap();
+        std::fs::write(&lock, format!("{c1}\n")).unwrap();
+        for f in [&note, &lock] {
+            let f = std::fs::File::options().write(true).open(f).unwrap();
+            f.set_modified(old).unwrap();
+        }
+        let t = std::time::Instant::now();
+        clear_stale_locks(&g);
+        assert!(!lock.exists());
+        assert!(
+            t.elapsed() < STALE_AFTER,
+            "waited for a lock that had stood long enough"
+        );
     }
 
     /// What git run in another repository would read: the system and global entries of our
