@@ -1647,13 +1647,9 @@ mod tests {
     /// next one; a lock another process holds (another value, a live process) is not.
     #[test]
     fn locks_left_by_a_killed_process_are_cleared() {
-        let d = tempfile::tempdir().unwrap();
+        let (d, c1, notes) = repo_with_notes();
         let r = d.path();
-        git(r, &["init", "-q", "-b", "main"]);
-        let c1 = commit_file(r, "f", "1");
         let g = r.join(".git");
-        let notes = intents_dir(&g);
-        std::fs::create_dir_all(&notes).unwrap();
         // A process that is gone.
         let dead = a_dead_pid();
         let lock = g.join("refs/heads/main.lock");
@@ -1689,6 +1685,16 @@ mod tests {
         git(r, &["update-ref", "refs/heads/main", &c1]);
     }
 
+    /// A repository with one commit (its id) and its directory of lock notes.
+    fn repo_with_notes() -> (tempfile::TempDir, String, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        git(d.path(), &["init", "-q", "-b", "main"]);
+        let c1 = commit_file(d.path(), "f", "1");
+        let notes = intents_dir(&d.path().join(".git"));
+        std::fs::create_dir_all(&notes).unwrap();
+        (d, c1, notes)
+    }
+
     /// A process that is gone (its id, for a note).
     fn a_dead_pid() -> u32 {
         let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -1702,13 +1708,9 @@ mod tests {
     /// has stood long enough is removed without waiting.
     #[test]
     fn a_noted_lock_another_process_holds_is_left_to_it() {
-        let d = tempfile::tempdir().unwrap();
+        let (d, c1, notes) = repo_with_notes();
         let r = d.path();
-        git(r, &["init", "-q", "-b", "main"]);
-        let c1 = commit_file(r, "f", "1");
         let g = r.join(".git");
-        let notes = intents_dir(&g);
-        std::fs::create_dir_all(&notes).unwrap();
         let lock = g.join("refs/heads/x.lock");
         std::fs::write(
             notes.join(format!("{}-0", a_dead_pid())),
