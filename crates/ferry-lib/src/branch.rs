@@ -392,45 +392,29 @@ impl Branch {
         ))
     }
 
-    /// Union-merges other clones' `git-annex` branches into ours, as git-annex does: a file
-    /// present on one side only is taken as is (deletions never propagate), a file on both sides
-    /// becomes the sorted, deduplicated union of their lines. Fast-forwards when it can. Returns
-    /// the refs that brought something new.
-    pub fn merge_refs(&self, lock: &JournalLock, refs: &[String]) -> Result<Vec<String>> {
+    /// Union-merges the other clones' `git-annex` branches that have something ours lacks (see
+    /// [`Branch::sibling_refs`]) into ours, as git-annex does: a file present on one side only
+    /// is taken as is (deletions never propagate), a file on both sides becomes the sorted,
+    /// deduplicated union of their lines. Fast-forwards when it can. Returns the refs that
+    /// brought something new.
+    pub fn merge_siblings(&self, lock: &JournalLock) -> Result<Vec<String>> {
         self.ensure_exists()?;
         // Pending journal entries first, so they are part of the base the merge unions with.
         self.commit(Some(lock), "update")?;
-        if refs.is_empty() {
-            return Ok(Vec::new());
-        }
         let Some(tip) = self.git.rev_parse(BRANCH)? else {
             return Err(Error::Protocol("the git-annex branch is missing".into()));
         };
         // The refs ours does not contain yet, with their commits, in one call; whether ours is
         // simply behind, in one more: however many clones sent something, a handful of git
         // calls in all.
-        let mut args = vec![
-            "for-each-ref".to_string(),
-            "--format=%(refname) %(objectname) %(objecttype)".into(),
-            format!("--no-merged={tip}"),
-        ];
-        args.extend(refs.iter().cloned());
-        let listed = self.git.run_str(&args)?;
+        let listed = self.siblings_not_in(&tip)?;
         let mut merged_names = Vec::new();
         let mut parents: Vec<String> = Vec::new();
-        for line in listed.lines() {
-            let mut it = line.rsplitn(3, ' ');
-            let (Some("commit"), Some(sha), Some(name)) = (it.next(), it.next(), it.next()) else {
-                continue;
-            };
-            // Patterns also match refs below a name: only the refs asked for count.
-            if !refs.iter().any(|r| r == name) {
-                continue;
+        for (name, sha) in listed {
+            if !parents.contains(&sha) {
+                parents.push(sha);
             }
-            merged_names.push(name.to_string());
-            if !parents.iter().any(|p| p == sha) {
-                parents.push(sha.to_string());
-            }
+            merged_names.push(name);
         }
         if parents.is_empty() {
             return Ok(merged_names);
@@ -529,27 +513,51 @@ impl Branch {
             Ok(()) => Ok(merged_names),
             // The branch moved under us: merging again from the new tip is always correct.
             Err(_) if self.git.rev_parse(BRANCH)?.as_deref() != Some(tip.as_str()) => {
-                self.merge_refs(lock, refs)
+                self.merge_siblings(lock)
             }
             Err(e) => Err(e),
         }
     }
 
-    /// Sibling `git-annex` refs (as `git show-ref git-annex`) with something not in ours yet.
-    pub fn sibling_refs(&self) -> Result<Vec<String>> {
+    /// Sibling `git-annex` refs (as `git show-ref git-annex`) with something not in ours yet,
+    /// with the commit each names: (ref, commit).
+    pub fn sibling_refs(&self) -> Result<Vec<(String, String)>> {
         self.ensure_exists()?;
+        match self.git.rev_parse(BRANCH)? {
+            Some(tip) => self.siblings_not_in(&tip),
+            None => Err(Error::Protocol("the git-annex branch is missing".into())),
+        }
+    }
+
+    /// Sibling `git-annex` refs naming a commit `tip` does not contain: (ref, commit).
+    fn siblings_not_in(&self, tip: &str) -> Result<Vec<(String, String)>> {
         let patterns = [
             "refs/remotes/*/git-annex",
             "refs/remotes/*/synced/git-annex",
             "refs/heads/synced/git-annex",
             "refs/synced/*/git-annex",
         ];
-        let refs = self
-            .git
-            .refs_not_merged_into(BRANCH, &patterns.map(String::from))?;
-        Ok(refs
+        let listed = self.git.run_str(
+            [
+                "for-each-ref",
+                "--format=%(refname) %(objectname) %(objecttype)",
+                &format!("--no-merged={tip}"),
+            ]
             .into_iter()
-            .filter(|r| r.ends_with("/git-annex"))
+            .chain(patterns),
+        )?;
+        Ok(listed
+            .lines()
+            .filter_map(|line| {
+                let mut it = line.rsplitn(3, ' ');
+                let (Some("commit"), Some(sha), Some(name)) = (it.next(), it.next(), it.next())
+                else {
+                    return None;
+                };
+                // `*` also matches several levels (`refs/remotes/a/b/git-annex`), as in git-annex.
+                name.ends_with("/git-annex")
+                    .then(|| (name.to_string(), sha.to_string()))
+            })
             .collect())
     }
 
@@ -864,7 +872,7 @@ mod tests {
         }
         let siblings = b.sibling_refs().unwrap();
         assert_eq!(siblings.len(), 3, "{siblings:?}");
-        let mut merged = b.merge_refs(&lock, &siblings).unwrap();
+        let mut merged = b.merge_siblings(&lock).unwrap();
         merged.sort();
         assert_eq!(
             merged,
@@ -895,7 +903,7 @@ mod tests {
         let r5 = commit_on(d.path(), &r4, &[("f.log", "f\n")]);
         git(&["update-ref", "refs/remotes/one/git-annex", &r4]);
         git(&["update-ref", "refs/remotes/two/git-annex", &r5]);
-        b.merge_refs(&lock, &b.sibling_refs().unwrap()).unwrap();
+        b.merge_siblings(&lock).unwrap();
         assert_eq!(git(&["rev-parse", BRANCH]), r5);
     }
 

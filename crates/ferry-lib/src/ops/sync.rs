@@ -770,8 +770,7 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
     // The daemon's transfer workers stage files while this merges: one index writer at a time.
     let _index = crate::git::index_lock();
     let lock = repo.branch.lock_journal()?;
-    let siblings = repo.branch.sibling_refs()?;
-    repo.branch.merge_refs(&lock, &siblings)?;
+    repo.branch.merge_siblings(&lock)?;
     drop(lock);
 
     let patterns = vec![
