@@ -295,7 +295,7 @@ pub fn read_ref(git_dir: &Path, name: &str) -> Option<Option<String>> {
             Err(e) if e.raw_os_error() == Some(libc::EISDIR) => return Some(None),
             Err(_) => return None,
         }
-        return Some(packed_refs(git_dir)?.remove(&name));
+        return packed_ref(git_dir, &name);
     }
     None
 }
@@ -427,9 +427,33 @@ pub fn read_refs(
 /// be read or has a line git would not write.
 pub(crate) fn packed_refs(git_dir: &Path) -> Option<std::collections::BTreeMap<String, String>> {
     let mut packed = std::collections::BTreeMap::new();
+    each_packed_ref(git_dir, true, |name, sha| {
+        packed.insert(name.to_string(), sha.to_string());
+    })?;
+    Some(packed)
+}
+
+/// The value of one ref in `packed-refs` (`None` inside: not there), `wanted` being a name
+/// [`read_ref`] checked, without building the whole map: a `gc` may have packed thousands of
+/// refs, and the daemon reads single refs often. Every line must have git's shape; the other
+/// names are not checked (git reads a bad one as a broken ref, not as a broken file).
+fn packed_ref(git_dir: &Path, wanted: &str) -> Option<Option<String>> {
+    let mut found = None;
+    each_packed_ref(git_dir, false, |name, sha| {
+        if name == wanted {
+            found = Some(sha.to_string());
+        }
+    })?;
+    Some(found)
+}
+
+/// Calls `each(name, value)` for every ref of `packed-refs`; `None` when it cannot be read or
+/// has a line git would not write (an absent file holds no refs), its names checked too
+/// if `names`.
+fn each_packed_ref(git_dir: &Path, names: bool, mut each: impl FnMut(&str, &str)) -> Option<()> {
     let data = match std::fs::read(git_dir.join("packed-refs")) {
         Ok(data) => data,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(packed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(()),
         Err(_) => return None,
     };
     for line in data.split(|&b| b == b'\n') {
@@ -444,12 +468,12 @@ pub(crate) fn packed_refs(git_dir: &Path) -> Option<std::collections::BTreeMap<S
             continue;
         }
         let (sha, name) = line.split_once(' ')?;
-        if !is_sha1(sha) || !valid_ref_name(name) {
+        if !is_sha1(sha) || (names && !valid_ref_name(name)) {
             return None;
         }
-        packed.insert(name.to_string(), sha.to_string());
+        each(name, sha);
     }
-    Some(packed)
+    Some(())
 }
 
 /// The id git gives an object of this kind (`blob`, `tree`, `commit`, `tag`) and content.
@@ -708,10 +732,21 @@ mod tests {
             format!("# pack-refs with: peeled fully-peeled sorted\n{b} refs/heads/old\n"),
         )
         .unwrap();
-        assert_eq!(read_ref(g, "HEAD"), Some(Some(a)));
-        assert_eq!(read_ref(g, "refs/heads/old"), Some(Some(b)));
+        assert_eq!(read_ref(g, "HEAD"), Some(Some(a.clone())));
+        assert_eq!(read_ref(g, "refs/heads/old"), Some(Some(b.clone())));
         assert_eq!(read_ref(g, "refs/heads/none"), Some(None));
         assert_eq!(read_ref(g, "HEAD^{tree}"), None, "not a plain ref: ask git");
+        // A peeled tag line is read past; a line git would not write anywhere: ask git.
+        let c = "c".repeat(40);
+        let packed = format!("{b} refs/heads/old\n{c} refs/tags/t\n^{a}\n");
+        std::fs::write(g.join("packed-refs"), &packed).unwrap();
+        assert_eq!(read_ref(g, "refs/tags/t"), Some(Some(c)));
+        std::fs::write(
+            g.join("packed-refs"),
+            format!("{packed}xyz refs/heads/bad\n"),
+        )
+        .unwrap();
+        assert_eq!(read_ref(g, "refs/heads/old"), None);
     }
 
     /// Runs git in `dir` (no user config needed: identities are given).
