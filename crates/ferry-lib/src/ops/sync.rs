@@ -961,14 +961,75 @@ fn recover_interrupted_merge(repo: &Repo) -> Result<()> {
 /// are only files git does not track, written since `started`, whose content is exactly one side
 /// of the conflict: a committed blob, so nothing is lost.
 fn abort_merge(repo: &Repo, started: std::time::SystemTime) -> Result<()> {
-    let debris = merge_debris(repo, started).unwrap_or_default();
+    let debris = unmerged_entries(repo)
+        .and_then(|u| merge_debris(repo, &u, started))
+        .unwrap_or_default();
     repo.git.run_index(["merge", "--abort"], &[])?;
-    for p in debris {
-        if !is_tracked(repo, &p) {
-            let _ = std::fs::remove_file(&p);
+    remove_untracked(repo, debris);
+    Ok(())
+}
+
+/// One index entry of a conflicted path (`git ls-files -u`).
+struct Unmerged {
+    path: Vec<u8>,
+    mode: String,
+    sha: String,
+    /// 1 the merge base, 2 ours, 3 theirs.
+    stage: u8,
+}
+
+/// The index entries of the conflicted paths: one `git ls-files -u`.
+fn unmerged_entries(repo: &Repo) -> Result<Vec<Unmerged>> {
+    let out = repo.git.run(["ls-files", "-u", "-z"])?;
+    Ok(out
+        .split(|&b| b == 0)
+        .filter_map(|rec| {
+            let tab = rec.iter().position(|&b| b == b'\t')?;
+            let meta = std::str::from_utf8(&rec[..tab]).ok()?;
+            let mut it = meta.split(' ');
+            let (mode, sha, stage) = (it.next()?, it.next()?, it.next()?.parse().ok()?);
+            Some(Unmerged {
+                path: rec[tab + 1..].to_vec(),
+                mode: mode.to_string(),
+                sha: sha.to_string(),
+                stage,
+            })
+        })
+        .collect())
+}
+
+/// Removes those of `files` (absolute paths in the work tree) that git's index does not
+/// have: one `git ls-files` for all; none when that cannot be told.
+fn remove_untracked(repo: &Repo, files: Vec<PathBuf>) {
+    let Ok(top) = repo.work_tree() else {
+        return;
+    };
+    let rel: Vec<&[u8]> = files
+        .iter()
+        .filter_map(|p| p.strip_prefix(top).ok())
+        .map(|r| r.as_os_str().as_bytes())
+        .collect();
+    if rel.is_empty() || rel.len() != files.len() {
+        return;
+    }
+    let mut args = vec![
+        std::ffi::OsString::from("ls-files"),
+        "-z".into(),
+        "--".into(),
+    ];
+    args.extend(rel.iter().map(|r| crate::annexed::literal_pathspec(r)));
+    let Ok(tracked) = repo.git.run(&args) else {
+        return;
+    };
+    let tracked: std::collections::HashSet<&[u8]> = tracked
+        .split(|&b| b == 0)
+        .filter(|t| !t.is_empty())
+        .collect();
+    for (p, r) in files.iter().zip(rel) {
+        if !tracked.contains(r) {
+            let _ = std::fs::remove_file(p);
         }
     }
-    Ok(())
 }
 
 /// The copies git wrote beside a directory when it moved a conflicting file aside during the
@@ -977,28 +1038,18 @@ fn abort_merge(repo: &Repo, started: std::time::SystemTime) -> Result<()> {
 /// file in git) or the content of the annexed key it points to (an unlocked file), the latter
 /// only while the store has that content too. Whether git tracks them is for the caller to
 /// check once the index is settled.
-fn merge_debris(repo: &Repo, started: std::time::SystemTime) -> Result<Vec<PathBuf>> {
+fn merge_debris(
+    repo: &Repo,
+    unmerged: &[Unmerged],
+    started: std::time::SystemTime,
+) -> Result<Vec<PathBuf>> {
     use std::os::unix::fs::MetadataExt;
     let top = repo.work_tree()?;
     let store = repo.store();
     // Stage entries of the conflicted paths: the blobs a moved-aside copy can hold.
-    let mut blobs: std::collections::BTreeMap<Vec<u8>, Vec<String>> = Default::default();
-    for rec in repo
-        .git
-        .run(["ls-files", "-u", "-z"])?
-        .split(|&b| b == 0)
-        .filter(|r| !r.is_empty())
-    {
-        let Some(tab) = rec.iter().position(|&b| b == b'\t') else {
-            continue;
-        };
-        let meta = String::from_utf8_lossy(&rec[..tab]).into_owned();
-        if let Some(sha) = meta.split(' ').nth(1) {
-            blobs
-                .entry(rec[tab + 1..].to_vec())
-                .or_default()
-                .push(sha.to_string());
-        }
+    let mut blobs: std::collections::BTreeMap<&[u8], Vec<String>> = Default::default();
+    for u in unmerged {
+        blobs.entry(&u.path).or_default().push(u.sha.clone());
     }
     // ctime is kept with a coarse clock: allow a second of slack.
     let since = started
@@ -1008,7 +1059,7 @@ fn merge_debris(repo: &Repo, started: std::time::SystemTime) -> Result<Vec<PathB
         .unwrap_or_default();
     let mut out = Vec::new();
     for (path, shas) in blobs {
-        let dir = top.join(std::ffi::OsStr::from_bytes(&path));
+        let dir = top.join(std::ffi::OsStr::from_bytes(path));
         if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
             continue;
         }
@@ -1074,26 +1125,6 @@ fn moved_aside_files(dir: &std::path::Path) -> Vec<(PathBuf, std::fs::Metadata)>
             std::fs::symlink_metadata(&p).ok().map(|m| (p, m))
         })
         .collect()
-}
-
-/// Whether git's index has `path` (an absolute path in the work tree); true when unsure.
-fn is_tracked(repo: &Repo, path: &std::path::Path) -> bool {
-    let Some(rel) = repo
-        .work_tree()
-        .ok()
-        .and_then(|top| path.strip_prefix(top).ok())
-    else {
-        return true;
-    };
-    let spec = [b":(literal)".as_slice(), rel.as_os_str().as_bytes()].concat();
-    repo.git
-        .run([
-            std::ffi::OsStr::new("ls-files"),
-            std::ffi::OsStr::new("-z"),
-            std::ffi::OsStr::new("--"),
-            std::ffi::OsStr::from_bytes(&spec),
-        ])
-        .map_or(true, |out| !out.is_empty())
 }
 
 /// For each conflicted path that is an annexed file on one side and a directory on the other,
@@ -1226,30 +1257,22 @@ struct Side {
 /// same conflict agree. Returns false (touching nothing) when some conflict is not of these
 /// kinds. `theirs` is the ref as it was given to `git merge`, `started` when that merge began.
 fn resolve_conflicts(repo: &Repo, theirs: &str, started: std::time::SystemTime) -> Result<bool> {
-    let out = repo.git.run(["ls-files", "-u", "-z"])?;
+    let unmerged = unmerged_entries(repo)?;
     let mut paths: std::collections::BTreeMap<Vec<u8>, [Option<Side>; 2]> = Default::default();
     let mut shas = Vec::new();
-    for rec in out.split(|&b| b == 0).filter(|r| !r.is_empty()) {
-        let Some(tab) = rec.iter().position(|&b| b == b'\t') else {
-            continue;
-        };
-        let meta = String::from_utf8_lossy(&rec[..tab]).into_owned();
-        let mut it = meta.split(' ');
-        let (Some(mode), Some(sha), Some(stage)) = (it.next(), it.next(), it.next()) else {
-            continue;
-        };
-        let slot = match stage {
-            "2" => 0,
-            "3" => 1,
+    for u in &unmerged {
+        let slot = match u.stage {
+            2 => 0,
+            3 => 1,
             _ => continue,
         };
-        let entry = paths.entry(rec[tab + 1..].to_vec()).or_insert([None, None]);
+        let entry = paths.entry(u.path.clone()).or_insert([None, None]);
         entry[slot] = Some(Side {
-            mode: mode.to_string(),
-            sha: sha.to_string(),
+            mode: u.mode.clone(),
+            sha: u.sha.clone(),
             key: None,
         });
-        shas.push(sha.as_bytes().to_vec());
+        shas.push(u.sha.as_bytes().to_vec());
     }
     if paths.is_empty() {
         return Ok(false);
@@ -1304,7 +1327,7 @@ fn resolve_conflicts(repo: &Repo, theirs: &str, started: std::time::SystemTime) 
     let aside = moved_aside_names(repo, &paths, theirs)?;
     // What git moved aside for a file against a directory: removed once the file lives on as
     // its variant (while the index still says which blobs were in conflict).
-    let debris = merge_debris(repo, started)?;
+    let debris = merge_debris(repo, &unmerged, started)?;
     let top = repo.work_tree()?.to_path_buf();
     let store = repo.store();
     let mut info = Vec::new(); // update-index --index-info lines
@@ -1395,14 +1418,16 @@ fn resolve_conflicts(repo: &Repo, theirs: &str, started: std::time::SystemTime) 
                 crate::ops::add::git_blob_id(&pointer)
             }
             (None, _) => {
-                // The non-annexed side: its blob as committed.
-                let blob = repo.git.run(["cat-file", "blob", sha])?;
+                // The non-annexed side: its blob as committed (read above).
+                let Some(blob) = contents.get(sha.as_bytes()) else {
+                    return Err(Error::Protocol(format!("blob {sha} could not be read")));
+                };
                 if mode == "120000" {
                     let _ = std::fs::remove_file(&w);
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&blob), &w)
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(blob), &w)
                         .map_err(|e| Error::io(format!("creating {}", w.display()), e))?;
                 } else {
-                    std::fs::write(&w, &blob)
+                    std::fs::write(&w, blob)
                         .map_err(|e| Error::io(format!("writing {}", w.display()), e))?;
                 }
                 sha.clone()
@@ -1435,11 +1460,7 @@ fn resolve_conflicts(repo: &Repo, theirs: &str, started: std::time::SystemTime) 
         ],
         &[],
     )?;
-    for p in debris {
-        if !is_tracked(repo, &p) {
-            let _ = std::fs::remove_file(&p);
-        }
-    }
+    remove_untracked(repo, debris);
     Ok(true)
 }
 
@@ -1489,6 +1510,31 @@ mod tests {
         git(&["update-ref", "refs/heads/synced/main", &theirs]);
         advance_synced(&repo, "main");
         assert_eq!(synced(), theirs);
+    }
+
+    /// Debris removal takes only files git does not track, asked of git in one call, names
+    /// with spaces, a `~` or in subdirectories included.
+    #[test]
+    fn only_untracked_debris_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| git_in(d.path(), args, true);
+        let (repo, _) = Repo::init(d.path(), None, "test", &Default::default()).unwrap();
+        let top = repo.work_tree().unwrap().to_path_buf();
+        std::fs::create_dir_all(top.join("sub dir")).unwrap();
+        let names = [
+            "x~HEAD",
+            "sub dir/y~HEAD_0",
+            "z~refs_heads_synced_main",
+            "*~HEAD",
+        ];
+        for n in names {
+            std::fs::write(top.join(n), n).unwrap();
+        }
+        git(&["add", "--", "x~HEAD", "sub dir/y~HEAD_0"]);
+        git(&["commit", "-q", "-m", "tracked ones"]);
+        remove_untracked(&repo, names.iter().map(|n| top.join(n)).collect());
+        let left: Vec<bool> = names.iter().map(|n| top.join(n).exists()).collect();
+        assert_eq!(left, [true, true, false, false]);
     }
 
     #[test]
