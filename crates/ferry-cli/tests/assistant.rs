@@ -227,6 +227,27 @@ fn changes_made_while_stopped_are_committed_at_start() {
     }));
 }
 
+/// A tagged push (the git-annex assistant's fallback, into `refs/synced/<uuid>/`) into a
+/// clone whose daemon runs is merged there at once, like a push into `synced/`.
+#[test]
+fn a_tagged_push_is_merged_by_the_running_daemon() {
+    let env = Env::new();
+    let a = seeded(&env, "seed.txt", "seed\n");
+    let b = clone_b(&env);
+    let ub = config(&env, &b, "annex.uuid");
+    let branch = env.git(&a, &["symbolic-ref", "--short", "HEAD"]).stdout();
+    let d = Daemon::start(&env, &a);
+    write(&b, "news.txt", "from b\n");
+    env.ferry(&b, &["add"]).assert_ok();
+    env.git(&b, &["commit", "-qm", "news"]).assert_ok();
+    tagged_push(&env, &b, &format!("refs/synced/{ub}/{}", branch.trim()));
+    assert!(
+        wait_until(WAIT, || committed(&env, &a, "news.txt")),
+        "the tagged push was not merged; log:\n{}",
+        logs(&[&d])
+    );
+}
+
 #[test]
 fn a_file_still_open_for_writing_waits_until_closed() {
     use std::io::Write;

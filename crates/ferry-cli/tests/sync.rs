@@ -1622,3 +1622,47 @@ fn a_merge_refused_for_an_untracked_file_says_which_file_and_what_to_do() {
         "committed in a\n"
     );
 }
+
+/// What the git-annex assistant pushes when a normal push is refused: its branches into a
+/// namespace of its own, `refs/synced/<uuid>/git-annex` and `refs/synced/<uuid>/<branch>` (or
+/// `refs/synced/<uuid>/<base64>/<branch>`), which no other clone writes. `ferry sync` merges
+/// both; a tagged push of another branch is left alone.
+#[test]
+fn tagged_pushes_of_the_git_annex_assistant_are_merged() {
+    let env = Env::new();
+    let a = env.ferry_repo("a");
+    write(&a, "seed", "s");
+    env.ferry(&a, &["add"]).assert_ok();
+    env.git(&a, &["commit", "-qm", "seed"]).assert_ok();
+    let branch = env.git(&a, &["symbolic-ref", "--short", "HEAD"]).stdout();
+    let branch = branch.trim();
+    let b = clone_b(&env);
+    let ub = config(&env, &b, "annex.uuid");
+    let tagged_push = |file: &str, to: &str| {
+        write(&b, file, file);
+        env.ferry(&b, &["add"]).assert_ok();
+        env.git(&b, &["commit", "-qm", file]).assert_ok();
+        tagged_push(&env, &b, to);
+    };
+    tagged_push("one", &format!("refs/synced/{ub}/{branch}"));
+    env.ferry(&a, &["sync"]).assert_ok();
+    assert!(a.join("one").symlink_metadata().is_ok(), "not merged");
+    assert_eq!(holders(&env, &a, "one"), vec![ub.clone()]);
+
+    tagged_push("two", &format!("refs/synced/{ub}/aW5mbw/{branch}"));
+    env.git(&b, &["checkout", "-q", "-b", "elsewhere"])
+        .assert_ok();
+    tagged_push("three", &format!("refs/synced/{ub}/elsewhere"));
+    env.ferry(&a, &["sync"]).assert_ok();
+    assert!(
+        a.join("two").symlink_metadata().is_ok(),
+        "base64 form not merged"
+    );
+    assert!(
+        a.join("three").symlink_metadata().is_err(),
+        "another branch's tagged push was merged"
+    );
+    // git-annex reads the merged location log the same way.
+    let w = env.annex(&a, &["whereis", "--json", "two"]).stdout();
+    assert!(w.contains(&ub), "{w}");
+}

@@ -516,6 +516,24 @@ pub fn clone_of_transfer_repo(env: &Env, name: &str) -> std::path::PathBuf {
 }
 
 /// "b", a ferry clone of "a" (remote "origin"; no remote back yet).
+/// Pushes the git-annex branch and HEAD of `dir` to its `origin` the way the git-annex
+/// assistant does when a normal push is refused (its "tagged push"): into a namespace of the
+/// pushing clone's own, `refs/synced/<uuid>/git-annex`, and `to` for the branch.
+pub fn tagged_push(env: &Env, dir: &Path, to: &str) {
+    let uuid = config(env, dir, "annex.uuid");
+    env.git(
+        dir,
+        &[
+            "push",
+            "-q",
+            "origin",
+            &format!("+git-annex:refs/synced/{uuid}/git-annex"),
+            &format!("HEAD:{to}"),
+        ],
+    )
+    .assert_ok();
+}
+
 pub fn clone_b(env: &Env) -> PathBuf {
     env.git(env.tmp.path(), &["clone", "-q", "a", "b"])
         .assert_ok();

@@ -130,11 +130,11 @@ impl Watcher {
     }
 
     /// Watches the places other clones push into and fetches update: `refs/heads` (and its
-    /// `synced/`), `refs/remotes/**`, and the git directory for `packed-refs`.
+    /// `synced/`), `refs/remotes/**`, `refs/synced/**` (the git-annex assistant's tagged
+    /// pushes), and the git directory for `packed-refs`.
     pub fn watch_refs(&mut self) {
         let heads = self.git_dir.join("refs/heads");
         let _ = std::fs::create_dir_all(heads.join("synced"));
-        let _ = std::fs::create_dir_all(self.git_dir.join("refs/remotes"));
         if let Ok(wd) = self
             .ino
             .add_watch(&self.git_dir, inotify::IN_MOVED_TO | inotify::IN_ONLYDIR)
@@ -142,7 +142,10 @@ impl Watcher {
             self.git_wd = Some(wd);
         }
         self.watch_ref_tree(heads);
-        self.watch_ref_tree(self.git_dir.join("refs/remotes"));
+        for others in ["refs/remotes", "refs/synced"] {
+            let _ = std::fs::create_dir_all(self.git_dir.join(others));
+            self.watch_ref_tree(self.git_dir.join(others));
+        }
     }
 
     /// Watches a ref directory and every directory below it.
@@ -381,6 +384,10 @@ mod tests {
         // This repository's own commit: no merge wanted. Then a push into synced/: wanted.
         put("refs/heads/main");
         put("refs/heads/synced/main");
+        batch_until(&mut w, |b| b.refs);
+        // A tagged push (a new directory per pushing clone): wanted.
+        std::fs::create_dir_all(git.join("refs/synced/some-uuid")).unwrap();
+        put("refs/synced/some-uuid/main");
         batch_until(&mut w, |b| b.refs);
         // Only the push counts: a batch with just the own branch says nothing of refs.
         put("refs/heads/main");
