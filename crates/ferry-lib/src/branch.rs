@@ -521,7 +521,8 @@ impl Branch {
 
     /// Sibling `git-annex` refs (as `git show-ref git-annex`) with something not in ours yet,
     /// with the commit each names: (ref, commit).
-    pub fn sibling_refs(&self) -> Result<Vec<(String, String)>> {
+    #[cfg(test)]
+    fn sibling_refs(&self) -> Result<Vec<(String, String)>> {
         self.ensure_exists()?;
         match self.git.rev_parse(BRANCH)? {
             Some(tip) => self.siblings_not_in(&tip),
@@ -531,11 +532,15 @@ impl Branch {
 
     /// Sibling `git-annex` refs naming a commit `tip` does not contain: (ref, commit).
     fn siblings_not_in(&self, tip: &str) -> Result<Vec<(String, String)>> {
+        // git-annex takes every ref ending in `/git-annex`; a `*` here stops at a `/`, so the
+        // deeper shapes are named: a remote's `synced/` (or a remote with a `/` in its name),
+        // and a tagged push with its base64 component (`refs/synced/<uuid>/<base64>/...`).
         let patterns = [
             "refs/remotes/*/git-annex",
-            "refs/remotes/*/synced/git-annex",
+            "refs/remotes/*/*/git-annex",
             "refs/heads/synced/git-annex",
             "refs/synced/*/git-annex",
+            "refs/synced/*/*/git-annex",
         ];
         let listed = self.git.run_str(
             [
@@ -554,7 +559,7 @@ impl Branch {
                 else {
                     return None;
                 };
-                // `*` also matches several levels (`refs/remotes/a/b/git-annex`), as in git-annex.
+                // A name without `*` also matches the refs below it.
                 name.ends_with("/git-annex")
                     .then(|| (name.to_string(), sha.to_string()))
             })
@@ -905,6 +910,26 @@ mod tests {
         git(&["update-ref", "refs/remotes/two/git-annex", &r5]);
         b.merge_siblings(&lock).unwrap();
         assert_eq!(git(&["rev-parse", BRANCH]), r5);
+
+        // The deeper shapes git-annex also takes: a tagged push with a base64 component, a
+        // remote with a `/` in its name.
+        let r6 = commit_on(d.path(), &r5, &[("g.log", "g\n")]);
+        git(&["update-ref", "refs/synced/u/aW5mbw/git-annex", &r6]);
+        git(&["update-ref", "refs/remotes/a/b/git-annex", &r6]);
+        let mut deep: Vec<String> = b
+            .sibling_refs()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        deep.sort();
+        assert_eq!(
+            deep,
+            [
+                "refs/remotes/a/b/git-annex",
+                "refs/synced/u/aW5mbw/git-annex"
+            ]
+        );
     }
 
     #[test]

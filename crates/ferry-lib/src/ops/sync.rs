@@ -690,19 +690,6 @@ pub(crate) fn push(
     Ok(())
 }
 
-/// Whether `name`, a ref under `refs/synced/`, is a tagged push of `branch` (the git-annex
-/// assistant's fallback when a push is refused: `refs/synced/<uuid>/<branch>`, or with a
-/// base64 component, `refs/synced/<uuid>/<base64>/<branch>`); `None` for a ref elsewhere.
-fn is_tagged_push_of(name: &str, branch: &str) -> Option<bool> {
-    let rest = name.strip_prefix("refs/synced/")?;
-    let Some(middle) = rest.strip_suffix(branch).and_then(|m| m.strip_suffix('/')) else {
-        return Some(false);
-    };
-    Some(
-        branch != "git-annex" && (1..=2).contains(&middle.split('/').count()) && !middle.is_empty(),
-    )
-}
-
 /// Points the local `synced/<branch>` at `<branch>` (as git-annex does), but only when
 /// everything it holds is merged, and by compare-and-swap: other clones push into this ref at
 /// any moment, and a push that lands between the merge and this update must never be
@@ -790,17 +777,13 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
         format!("refs/heads/synced/{branch}"),
         format!("refs/remotes/*/{branch}"),
         format!("refs/remotes/*/synced/{branch}"),
-        // The git-annex assistant's tagged pushes (`*` stops at a `/`: filtered below).
-        "refs/synced/".to_string(),
+        // The git-annex assistant's tagged pushes, with or without their base64 component
+        // (a `*` stops at a `/`).
+        format!("refs/synced/*/{branch}"),
+        format!("refs/synced/*/*/{branch}"),
     ];
-    let theirs = |name: &str| is_tagged_push_of(name, branch) != Some(false);
-    let not_merged = || -> Result<Vec<(String, String)>> {
-        let mut refs = repo.git.refs_not_merged_into_ids("HEAD", &patterns)?;
-        refs.retain(|(name, _)| theirs(name));
-        Ok(refs)
-    };
     let candidates = match repo.git.rev_parse("HEAD")? {
-        Some(_) => not_merged()?,
+        Some(_) => repo.git.refs_not_merged_into_ids("HEAD", &patterns)?,
         None => {
             // Nothing committed here yet: take the first of theirs, then merge the rest.
             let all = repo.git.run_str(
@@ -808,12 +791,12 @@ fn merge_all(repo: &Repo, branch: &str, report: &mut SyncReport) -> Result<()> {
                     .into_iter()
                     .chain(patterns.iter().map(String::as_str)),
             )?;
-            let Some(first) = all.lines().find(|name| theirs(name)) else {
+            let Some(first) = all.lines().next() else {
                 return Ok(());
             };
             repo.git
                 .run_index(["checkout", "-q", "-B", branch, first], &[])?;
-            not_merged()?
+            repo.git.refs_not_merged_into_ids("HEAD", &patterns)?
         }
     };
     // Several refs often name one commit; and one may contain another (a clone that merged
@@ -1439,7 +1422,9 @@ fn resolve_conflicts(repo: &Repo, theirs: &str, started: std::time::SystemTime) 
             (None, _) => {
                 // The non-annexed side: its blob as committed (read above).
                 let Some(blob) = contents.get(sha.as_bytes()) else {
-                    return Err(Error::Protocol(format!("blob {sha} could not be read")));
+                    return Err(Error::Protocol(format!(
+                        "the conflicted blob {sha} could not be read from git; `git fsck` says what is damaged"
+                    )));
                 };
                 if mode == "120000" {
                     let _ = std::fs::remove_file(&w);
@@ -1529,20 +1514,6 @@ mod tests {
         git(&["update-ref", "refs/heads/synced/main", &theirs]);
         advance_synced(&repo, "main");
         assert_eq!(synced(), theirs);
-    }
-
-    #[test]
-    fn tagged_pushes_are_told_by_their_shape() {
-        let t = |name: &str, branch: &str| is_tagged_push_of(name, branch);
-        assert_eq!(t("refs/synced/u/main", "main"), Some(true));
-        assert_eq!(t("refs/synced/u/aW5mbw/main", "main"), Some(true));
-        assert_eq!(t("refs/synced/u/feature/x", "feature/x"), Some(true));
-        assert_eq!(t("refs/synced/u/other", "main"), Some(false));
-        assert_eq!(t("refs/synced/u/a/b/main", "main"), Some(false));
-        assert_eq!(t("refs/synced/main", "main"), Some(false));
-        assert_eq!(t("refs/synced/u/xmain", "main"), Some(false));
-        assert_eq!(t("refs/synced/u/git-annex", "git-annex"), Some(false));
-        assert_eq!(t("refs/heads/synced/main", "main"), None);
     }
 
     /// Debris removal takes only files git does not track, asked of git in one call, names
